@@ -1,0 +1,104 @@
+"""The server process: storage, the grpc.aio server with health and reflection, and
+a clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
+from server.generated.eventstreaming.v1 import event_streaming_pb2_grpc as pb_grpc
+from server.interceptors import ErrorMappingInterceptor
+from server.servicer import EventStreamingServicer
+from server.settings import Settings
+from storage.factory import create_store
+from storage.interface import EventStore
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EventStreaming"].full_name
+
+
+def build_store(settings: Settings) -> EventStore:
+    return create_store(
+        settings.storage,
+        dsn=settings.database_url.get_secret_value(),
+        pool_min_size=settings.pool_min_size,
+        pool_max_size=settings.pool_max_size,
+        auto_migrate=settings.auto_migrate,
+    )
+
+
+@dataclass
+class EventStreamingServer:
+    """One running service: start() binds and serves, stop() shuts down cleanly."""
+
+    settings: Settings
+    store: EventStore | None = None
+    port: int = 0
+    _server: grpc.aio.Server | None = None
+    _health: health.aio.HealthServicer = field(default_factory=health.aio.HealthServicer)
+
+    async def start(self) -> None:
+        store = self.store = self.store or build_store(self.settings)
+        server = self._server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()])
+        pb_grpc.add_EventStreamingServicer_to_server(EventStreamingServicer(store), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        address = f"{self.settings.host}:{self.settings.port}"
+        self.port = server.add_insecure_port(address)
+        if self.port == 0:
+            raise RuntimeError(f"cannot listen on {address}")
+        # Storage first (pool, migrations), then accept calls: health says SERVING
+        # only once both are ready.
+        await store.start()
+        await server.start()
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "serving EventStreaming on %s:%d with %s storage",
+            self.settings.host,
+            self.port,
+            self.settings.storage,
+            extra={"port": self.port, "storage": self.settings.storage},
+        )
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, status)
+
+    async def stop(self, grace: float | None = None) -> None:
+        grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._server is not None:
+            await self._server.stop(grace)
+        if self.store is not None:
+            await self.store.close()
+        log.info("server stopped")
+
+    async def wait_for_termination(self) -> None:
+        assert self._server is not None
+        await self._server.wait_for_termination()
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then shut down within the grace period."""
+    app = EventStreamingServer(settings)
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop_requested.set)
+    try:
+        await app.start()
+        await stop_requested.wait()
+        log.info("shutdown requested; finishing calls in progress")
+    finally:
+        await app.stop()

@@ -1,0 +1,52 @@
+"""Conversions between protobuf messages and storage records."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
+from storage.records import RecordedEvent, StreamType
+
+
+def timestamp(value: datetime) -> Timestamp:
+    result = Timestamp()
+    result.FromDatetime(value)
+    return result
+
+
+def optional_timestamp(value: datetime | None) -> Timestamp | None:
+    return None if value is None else timestamp(value)
+
+
+def from_timestamp(value: Timestamp) -> datetime:
+    return value.ToDatetime(tzinfo=UTC)
+
+
+def duration(value: timedelta) -> Duration:
+    result = Duration()
+    result.FromTimedelta(value)
+    return result
+
+
+def event(record: RecordedEvent) -> pb.Event:
+    return pb.Event(
+        stream_name=record.stream_name,
+        offset=record.offset,
+        event_id=str(record.event_id),
+        event_type=record.event_type,
+        data=record.data,
+        content_type=record.content_type,
+        metadata=record.metadata,
+        correlation_id=record.correlation_id,
+        causation_id=record.causation_id,
+        timestamp=timestamp(record.timestamp),
+    )
+
+
+def stream_type(value: StreamType | None) -> pb.StreamType.ValueType:
+    if value is None:
+        return pb.STREAM_TYPE_UNSPECIFIED
+    return pb.StreamType.ValueType(int(value))

@@ -1,0 +1,1 @@
+"""Servicer methods, one module per capability (log, queue, consumers, admin)."""

@@ -1,0 +1,81 @@
+"""How storage errors and invalid arguments become gRPC status codes.
+
+Applied to every RPC by :class:`server.interceptors.ErrorMappingInterceptor`, so
+servicer methods just raise.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+from server.validation import InvalidArgument
+from storage import errors
+
+log = logging.getLogger(__name__)
+
+ERROR_DOMAIN = "eventstreaming.v1"
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+_CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
+    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.InvalidPageToken, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.StreamNotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.MessageNotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.ConsumerOffsetNotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.WrongStreamType, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.StreamTypeChange, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.MessageNotHeld, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.WrongExpectedOffset, grpc.StatusCode.ABORTED),
+    (errors.DuplicateEvent, grpc.StatusCode.ALREADY_EXISTS),
+    (errors.OffsetOutOfRange, grpc.StatusCode.OUT_OF_RANGE),
+    (errors.StorageUnavailable, grpc.StatusCode.UNAVAILABLE),
+)
+
+INTERNAL_MESSAGE = "internal error; the server log has the details"
+
+
+def _reason(exc: Exception) -> str:
+    name = type(exc).__name__
+    return "".join(f"_{c}" if c.isupper() else c.upper() for c in name).lstrip("_")
+
+
+def _error_info(exc: Exception) -> dict[str, str]:
+    if isinstance(exc, errors.WrongExpectedOffset):
+        return {
+            "stream_name": exc.stream_name,
+            "expected_last_offset": str(exc.expected),
+            "actual_last_offset": str(exc.actual),
+        }
+    if isinstance(exc, InvalidArgument):
+        return {"field": exc.field}
+    if isinstance(exc, errors.OffsetOutOfRange):
+        return {"offset": str(exc.offset), "newest_offset": str(exc.newest)}
+    stream_name = getattr(exc, "stream_name", None)
+    return {"stream_name": stream_name} if isinstance(stream_name, str) else {}
+
+
+def to_status(exc: Exception, method: str) -> tuple[grpc.StatusCode, str, tuple[tuple[str, bytes], ...]]:
+    """The status code, message and trailing metadata (google.rpc.Status with an
+    ErrorInfo detail) that ``exc`` stands for. Unknown errors are logged and
+    become INTERNAL with a generic message."""
+    for kind, code in _CODES:
+        if isinstance(exc, kind):
+            message = str(exc)
+            break
+    else:
+        log.error("unexpected error in %s", method, exc_info=exc, extra={"method": method})
+        return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE, ()
+    if code is grpc.StatusCode.UNAVAILABLE:
+        log.warning("storage unavailable in %s: %s", method, exc, extra={"method": method})
+    detail = any_pb2.Any()
+    detail.Pack(
+        error_details_pb2.ErrorInfo(
+            reason=_reason(exc), domain=ERROR_DOMAIN, metadata=_error_info(exc)
+        )
+    )
+    status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
+    return code, message, ((STATUS_DETAILS_KEY, status.SerializeToString()),)

@@ -1,0 +1,164 @@
+"""The storage interface: one abstract class, implemented by every backend.
+
+Backends raise only :mod:`storage.errors`; they never import grpc or protobuf.
+Validation of user input (names, sizes, JSON) happens before a call reaches here,
+so a backend may assume well-formed arguments.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from uuid import UUID
+
+from storage.records import (
+    AckResult,
+    AppendResult,
+    DeadLetterPage,
+    NewEvent,
+    QueueMessage,
+    ReadFilter,
+    ReadResult,
+    RetentionReport,
+    StreamConfiguration,
+    StreamMetadata,
+    StreamPage,
+)
+from storage.signals import StreamSignals
+
+
+class EventStore(abc.ABC):
+    """Persistent streams, queues, consumer offsets and stream administration."""
+
+    #: Wake-ups for long polls and live subscriptions. A backend calls
+    #: ``signals.notify(name)`` after every committed write to ``name`` (and, for a
+    #: shared database, when another replica reports one).
+    signals: StreamSignals
+
+    # -- lifecycle ---------------------------------------------------------------
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Connect and get ready; called once before the first operation."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release every resource; called once at shutdown."""
+
+    # -- persistent streams ------------------------------------------------------
+    @abc.abstractmethod
+    async def append_to_stream(
+        self,
+        stream_name: str,
+        events: Sequence[NewEvent],
+        expected_last_offset: int | None = None,
+    ) -> AppendResult:
+        """Append atomically; see the contract for expected offsets and idempotency.
+
+        Raises WrongStreamType, WrongExpectedOffset, DuplicateEvent.
+        """
+
+    @abc.abstractmethod
+    async def read_stream(
+        self,
+        stream_name: str,
+        from_offset: int,
+        max_count: int,
+        read_filter: ReadFilter = ReadFilter(),
+    ) -> ReadResult:
+        """Events from the first retained offset >= from_offset, ascending.
+
+        Raises StreamNotFound, WrongStreamType.
+        """
+
+    @abc.abstractmethod
+    async def get_stream_length(self, stream_name: str) -> int:
+        """Events ever written (last offset + 1). Raises StreamNotFound."""
+
+    @abc.abstractmethod
+    async def get_stream_metadata(self, stream_name: str) -> StreamMetadata:
+        """Raises StreamNotFound."""
+
+    # -- queues ------------------------------------------------------------------
+    @abc.abstractmethod
+    async def enqueue(self, stream_name: str, events: Sequence[NewEvent]) -> Sequence[UUID]:
+        """Add messages to the end of a queue. Raises WrongStreamType, DuplicateEvent."""
+
+    @abc.abstractmethod
+    async def dequeue(
+        self,
+        stream_name: str,
+        consumer_id: str,
+        visibility_timeout: timedelta | None,
+        max_messages: int,
+        wait_time: timedelta = timedelta(0),
+    ) -> Sequence[QueueMessage]:
+        """Lease up to max_messages visible messages, oldest first, waiting up to
+        wait_time for one to become visible. Raises WrongStreamType."""
+
+    @abc.abstractmethod
+    async def acknowledge(
+        self, stream_name: str, consumer_id: str, event_ids: Sequence[UUID]
+    ) -> AckResult:
+        """Delete held messages; per-id failures in the result."""
+
+    @abc.abstractmethod
+    async def nack(
+        self,
+        stream_name: str,
+        consumer_id: str,
+        event_id: UUID,
+        delay: timedelta,
+        reason: str,
+    ) -> None:
+        """Release a held message. Raises MessageNotFound, MessageNotHeld."""
+
+    @abc.abstractmethod
+    async def extend_visibility(
+        self,
+        stream_name: str,
+        consumer_id: str,
+        event_id: UUID,
+        visibility_timeout: timedelta,
+    ) -> datetime:
+        """New lease end, counted from now. Raises MessageNotFound, MessageNotHeld."""
+
+    @abc.abstractmethod
+    async def list_dead_letters(
+        self, stream_name: str, max_count: int, page_token: str
+    ) -> DeadLetterPage:
+        """Raises InvalidPageToken, WrongStreamType."""
+
+    @abc.abstractmethod
+    async def redrive_dead_letters(self, stream_name: str, event_ids: Sequence[UUID]) -> int:
+        """Move the given (or, when empty, all) dead letters back to the queue."""
+
+    # -- consumers ---------------------------------------------------------------
+    @abc.abstractmethod
+    async def commit_offset(self, stream_name: str, consumer_group: str, offset: int) -> None:
+        """Raises StreamNotFound, OffsetOutOfRange, WrongStreamType."""
+
+    @abc.abstractmethod
+    async def get_consumer_offset(self, stream_name: str, consumer_group: str) -> int:
+        """Raises ConsumerOffsetNotFound."""
+
+    # -- administration ----------------------------------------------------------
+    @abc.abstractmethod
+    async def configure_stream(
+        self, stream_name: str, configuration: StreamConfiguration
+    ) -> StreamConfiguration:
+        """Create or replace the configuration. Raises StreamTypeChange."""
+
+    @abc.abstractmethod
+    async def get_stream_configuration(self, stream_name: str) -> StreamConfiguration:
+        """Raises StreamNotFound."""
+
+    @abc.abstractmethod
+    async def list_streams(self, prefix: str, page_size: int, page_token: str) -> StreamPage:
+        """Streams in name order. Raises InvalidPageToken."""
+
+    @abc.abstractmethod
+    async def delete_stream(self, stream_name: str) -> None:
+        """Remove the stream and everything of it. Raises StreamNotFound."""
+
+    @abc.abstractmethod
+    async def enforce_retention(self, now: datetime | None = None) -> RetentionReport:
+        """One retention pass over every persistent stream (now: for tests)."""

@@ -1,0 +1,112 @@
+"""Persistent streams (append-only logs) for the in-memory backend."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from storage.errors import DuplicateEvent, WrongExpectedOffset
+from storage.memory.base import MemoryBase
+from storage.memory.state import MemoryStream, utc_now
+from storage.records import (
+    AppendResult,
+    NewEvent,
+    ReadFilter,
+    ReadResult,
+    RecordedEvent,
+    StreamMetadata,
+    StreamType,
+)
+
+
+def _repeated_batch(stream: MemoryStream, events: Sequence[NewEvent]) -> AppendResult | None:
+    """The original offsets when ``events`` repeats an earlier append exactly.
+
+    Raises DuplicateEvent when the batch only partly repeats ids in the stream.
+    """
+    offsets = [stream.offsets_by_id.get(e.event_id) for e in events]
+    known = [o for o in offsets if o is not None]
+    if not known:
+        return None
+    first = offsets[0]
+    exact = len(known) == len(offsets) and first is not None and all(
+        o == first + i for i, o in enumerate(offsets)
+    )
+    if not exact or first is None:
+        repeated = next(e for e, o in zip(events, offsets, strict=True) if o is not None)
+        raise DuplicateEvent(stream.name, repeated.event_id)
+    return AppendResult(first, first + len(events) - 1)
+
+
+class MemoryLog(MemoryBase):
+    async def append_to_stream(
+        self,
+        stream_name: str,
+        events: Sequence[NewEvent],
+        expected_last_offset: int | None = None,
+    ) -> AppendResult:
+        stream = self._find_or_create(stream_name, StreamType.PERSISTENT)
+        repeat = _repeated_batch(stream, events)
+        if repeat is not None:
+            return repeat
+        actual_last = stream.next_offset - 1
+        if expected_last_offset is not None and expected_last_offset != actual_last:
+            raise WrongExpectedOffset(stream_name, expected_last_offset, actual_last)
+        now = utc_now()
+        first = stream.next_offset
+        for i, new in enumerate(events):
+            stream.events.append(
+                RecordedEvent(
+                    stream_name=stream_name,
+                    offset=first + i,
+                    event_id=new.event_id,
+                    event_type=new.event_type,
+                    data=new.data,
+                    content_type=new.content_type,
+                    metadata=dict(new.metadata),
+                    correlation_id=new.correlation_id,
+                    causation_id=new.causation_id,
+                    timestamp=now,
+                )
+            )
+            stream.offsets_by_id[new.event_id] = first + i
+        stream.next_offset = first + len(events)
+        self.signals.notify(stream_name)
+        return AppendResult(first, stream.next_offset - 1)
+
+    async def read_stream(
+        self,
+        stream_name: str,
+        from_offset: int,
+        max_count: int,
+        read_filter: ReadFilter = ReadFilter(),
+    ) -> ReadResult:
+        stream = self._find(stream_name, StreamType.PERSISTENT)
+        start = max(from_offset, stream.first_retained_offset)
+        index = start - stream.first_retained_offset
+        found: list[RecordedEvent] = []
+        next_offset = start
+        for event in stream.events[index:]:
+            next_offset = event.offset + 1
+            if read_filter.matches(event):
+                found.append(event)
+                if len(found) == max_count:
+                    break
+        return ReadResult(tuple(found), next_offset, next_offset >= stream.next_offset)
+
+    async def get_stream_length(self, stream_name: str) -> int:
+        return self._find(stream_name).next_offset
+
+    def _log_metadata(self, stream: MemoryStream) -> StreamMetadata:
+        oldest = stream.events[0] if stream.events else None
+        newest = stream.events[-1] if stream.events else None
+        return StreamMetadata(
+            stream_name=stream.name,
+            stream_type=stream.stream_type or StreamType.PERSISTENT,
+            length=stream.next_offset,
+            retained_count=len(stream.events),
+            oldest_offset=oldest.offset if oldest else -1,
+            newest_offset=stream.next_offset - 1,
+            oldest_event_timestamp=oldest.timestamp if oldest else None,
+            newest_event_timestamp=newest.timestamp if newest else None,
+            created_at=stream.created_at,
+        )

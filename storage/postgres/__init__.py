@@ -1,0 +1,5 @@
+"""The PostgreSQL backend (asyncpg)."""
+
+from storage.postgres.store import PostgresEventStore
+
+__all__ = ["PostgresEventStore"]

@@ -1,0 +1,65 @@
+"""Connection pool and shared plumbing of the PostgreSQL backend's capabilities."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import asyncpg
+
+from storage.errors import StorageUnavailable
+from storage.signals import StreamSignals
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "event_streaming"
+
+
+async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
+    # Timestamps travel as timestamptz; keep the session in UTC so now() and
+    # interval arithmetic never depend on the server's TimeZone setting.
+    await conn.execute("SET TIME ZONE 'UTC'")
+
+
+class PostgresBase:
+    """Owns the asyncpg pool. Capability mixins reach the database through
+    :attr:`pool` and report committed writes through :meth:`_announce`."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        pool_min_size: int = 2,
+        pool_max_size: int = 10,
+        command_timeout: float = 30.0,
+    ) -> None:
+        self._dsn = dsn
+        self._pool_min_size = pool_min_size
+        self._pool_max_size = pool_max_size
+        self._command_timeout = command_timeout
+        self._pool: asyncpg.Pool[Any] | None = None
+        self.signals = StreamSignals()
+
+    @property
+    def pool(self) -> asyncpg.Pool[Any]:
+        if self._pool is None:
+            raise StorageUnavailable("the PostgreSQL store is not started")
+        return self._pool
+
+    async def _open_pool(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self._dsn,
+            min_size=self._pool_min_size,
+            max_size=self._pool_max_size,
+            command_timeout=self._command_timeout,
+            init=_init_connection,
+        )
+
+    async def _close_pool(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    def _announce(self, stream_name: str) -> None:
+        """Report a committed write to ``stream_name``: wakes local waiters."""
+        self.signals.notify(stream_name)

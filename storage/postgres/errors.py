@@ -1,0 +1,51 @@
+"""The one place where asyncpg and socket errors become storage errors."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
+
+import asyncpg
+
+from storage.errors import StorageError, StorageUnavailable
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: Errors that mean "the database cannot be reached or is going away": callers see
+#: StorageUnavailable (gRPC UNAVAILABLE) and may retry.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.InterfaceError,
+)
+
+TRANSLATED_MARK = "__translates_storage_errors__"
+
+
+def to_storage_error(exc: BaseException) -> StorageError:
+    if isinstance(exc, UNAVAILABLE_ERRORS):
+        return StorageUnavailable(f"database unavailable: {type(exc).__name__}")
+    return StorageError(f"database error: {type(exc).__name__}")
+
+
+def translates_errors(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Wrap a backend coroutine so it raises only storage errors (``from`` the cause)."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except StorageError:
+            raise
+        except (asyncpg.PostgresError, *UNAVAILABLE_ERRORS) as exc:
+            raise to_storage_error(exc) from exc
+
+    setattr(wrapper, TRANSLATED_MARK, True)
+    return wrapper

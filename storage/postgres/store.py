@@ -1,0 +1,58 @@
+"""PostgresEventStore: every capability on one asyncpg pool."""
+
+from __future__ import annotations
+
+from storage.errors import MigrationError, StreamNotFound
+from storage.interface import EventStore
+from storage.postgres.errors import translates_errors
+from storage.postgres.log import METADATA_SQL, PostgresLog
+from storage.postgres.migrations import apply_migrations, pending_migrations
+from storage.records import StreamMetadata, StreamType
+
+
+class PostgresEventStore(PostgresLog, EventStore):
+    """The production backend. Migrations run at start() unless auto_migrate is off,
+    in which case start() refuses to run against a schema with pending migrations."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        pool_min_size: int = 2,
+        pool_max_size: int = 10,
+        auto_migrate: bool = True,
+    ) -> None:
+        super().__init__(dsn, pool_min_size=pool_min_size, pool_max_size=pool_max_size)
+        self._auto_migrate = auto_migrate
+
+    @translates_errors
+    async def start(self) -> None:
+        await self._open_pool()
+        try:
+            async with self.pool.acquire() as conn:
+                if self._auto_migrate:
+                    await apply_migrations(conn)
+                else:
+                    pending = await pending_migrations(conn)
+                    if pending:
+                        names = ", ".join(m.file_name for m in pending)
+                        raise MigrationError(
+                            f"{len(pending)} migration(s) pending ({names}) and "
+                            "EVENTSTREAMING_AUTO_MIGRATE is false; apply them with "
+                            "'python -m server migrate' (or 'eventstreaming migrate')"
+                        )
+        except BaseException:
+            await self._close_pool()
+            raise
+
+    async def close(self) -> None:
+        await self._close_pool()
+
+    @translates_errors
+    async def get_stream_metadata(self, stream_name: str) -> StreamMetadata:
+        row = await self.pool.fetchrow(METADATA_SQL, stream_name)
+        if row is None:
+            raise StreamNotFound(stream_name)
+        if row["stream_type"] == StreamType.EPHEMERAL:
+            return await self._queue_metadata(row)
+        return self._log_metadata(row)

@@ -1,0 +1,173 @@
+"""Frozen records passed between the server and the storage backends."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from uuid import UUID
+
+JSON_CONTENT_TYPE = "application/json"
+DEFAULT_MAX_DELIVERY_ATTEMPTS = 5
+DEFAULT_VISIBILITY_TIMEOUT = timedelta(seconds=30)
+
+
+class StreamType(enum.IntEnum):
+    """What a stream is; the values match the proto's StreamType."""
+
+    PERSISTENT = 1
+    EPHEMERAL = 2
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event to write; already validated (JSON parsed, id assigned)."""
+
+    event_id: UUID
+    event_type: str
+    data: bytes
+    content_type: str = JSON_CONTENT_TYPE
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    correlation_id: str = ""
+    causation_id: str = ""
+
+    @property
+    def is_json(self) -> bool:
+        return self.content_type == JSON_CONTENT_TYPE
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    """An event as stored in a stream (or a message as stored in a queue)."""
+
+    stream_name: str
+    offset: int
+    event_id: UUID
+    event_type: str
+    data: bytes
+    content_type: str
+    metadata: Mapping[str, str]
+    correlation_id: str
+    causation_id: str
+    timestamp: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    first_offset: int
+    last_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadFilter:
+    """Replay options shared by ReadStream and SubscribeToStream."""
+
+    from_timestamp: datetime | None = None
+    event_types: frozenset[str] = frozenset()
+
+    @property
+    def is_empty(self) -> bool:
+        return self.from_timestamp is None and not self.event_types
+
+    def matches(self, event: RecordedEvent) -> bool:
+        if self.from_timestamp is not None and event.timestamp < self.from_timestamp:
+            return False
+        return not self.event_types or event.event_type in self.event_types
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    events: tuple[RecordedEvent, ...]
+    next_offset: int
+    end_of_stream: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StreamConfiguration:
+    """A stream's settings; None means "no limit" for the retention fields."""
+
+    stream_type: StreamType | None = None
+    retention_max_age: timedelta | None = None
+    retention_max_count: int | None = None
+    max_delivery_attempts: int = DEFAULT_MAX_DELIVERY_ATTEMPTS
+    default_visibility_timeout: timedelta = DEFAULT_VISIBILITY_TIMEOUT
+
+
+@dataclass(frozen=True, slots=True)
+class StreamMetadata:
+    stream_name: str
+    stream_type: StreamType
+    length: int
+    retained_count: int
+    oldest_offset: int
+    newest_offset: int
+    oldest_event_timestamp: datetime | None
+    newest_event_timestamp: datetime | None
+    created_at: datetime
+    pending_count: int = 0
+    in_flight_count: int = 0
+    dead_letter_count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class QueueMessage:
+    event: RecordedEvent
+    delivery_attempt: int
+    visible_until: datetime
+
+
+class AckFailureReason(enum.StrEnum):
+    NOT_FOUND = "NOT_FOUND"
+    NOT_HELD = "NOT_HELD"
+
+
+@dataclass(frozen=True, slots=True)
+class AckFailure:
+    event_id: UUID
+    reason: AckFailureReason
+
+
+@dataclass(frozen=True, slots=True)
+class AckResult:
+    acknowledged: tuple[UUID, ...]
+    failed: tuple[AckFailure, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    event: RecordedEvent
+    delivery_attempts: int
+    reason: str
+    dead_lettered_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterPage:
+    dead_letters: tuple[DeadLetter, ...]
+    next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSummary:
+    stream_name: str
+    stream_type: StreamType
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPage:
+    streams: tuple[StreamSummary, ...]
+    next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionReport:
+    """What one retention pass deleted."""
+
+    streams_examined: int
+    events_deleted: int

@@ -1,0 +1,201 @@
+"""Shared test plumbing: databases, servers in this process or in child processes,
+and small builders for requests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
+from server.generated.eventstreaming.v1 import event_streaming_pb2_grpc as pb_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+#: The server tests create their databases on (trust auth, user postgres).
+ADMIN_DSN = os.environ.get(
+    "EVENTSTREAMING_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def unique_name(prefix: str = "test") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:16]}"
+
+
+def dsn_for(database: str) -> str:
+    base, _, _ = ADMIN_DSN.rpartition("/")
+    return f"{base}/{database}"
+
+
+async def create_database() -> str:
+    """A new empty database; returns its name. Drop it with drop_database()."""
+    name = f"es_test_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(ADMIN_DSN)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return name
+
+
+async def drop_database(name: str) -> None:
+    assert name.startswith("es_test_"), "tests drop only databases they made"
+    conn = await asyncpg.connect(ADMIN_DSN)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def event(event_type: str = "Tested", payload: Any = None, **fields: Any) -> pb.EventData:
+    """EventData with a JSON payload (``{"n": 0}`` unless given)."""
+    data = json.dumps({"n": 0} if payload is None else payload).encode()
+    return pb.EventData(event_type=event_type, data=data, **fields)
+
+
+def events(count: int, event_type: str = "Tested") -> list[pb.EventData]:
+    return [event(event_type, {"n": i}) for i in range(count)]
+
+
+async def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll an async or plain predicate until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)
+
+
+async def wait_serving(address: str, timeout: float = 30.0) -> None:
+    """Wait until the health service at ``address`` reports SERVING."""
+    deadline = time.monotonic() + timeout
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"server at {address} not SERVING within {timeout} s")
+            await asyncio.sleep(0.05)
+
+
+@dataclass
+class ServerProcess:
+    """A server in a child process (``python -m server serve``)."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @classmethod
+    async def start(
+        cls, env: Mapping[str, str], log_path: Path, *, wait: bool = True, port: int | None = None
+    ) -> ServerProcess:
+        port = port or free_port()
+        full_env = {
+            **os.environ,
+            "EVENTSTREAMING_HOST": "127.0.0.1",
+            "EVENTSTREAMING_PORT": str(port),
+            **env,
+        }
+        log_file = log_path.open("ab")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "server", "serve"],
+            cwd=ROOT,
+            env=full_env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        log_file.close()
+        server = cls(process, port, log_path)
+        if wait:
+            try:
+                await server.wait_serving()
+            except BaseException:
+                server.kill()
+                raise
+        return server
+
+    async def wait_serving(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.process.poll() is None:
+            try:
+                await wait_serving(self.address, timeout=min(1.0, max(0.1, deadline - time.monotonic())))
+                return
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    break
+        raise AssertionError(
+            f"server process exited or did not serve (code {self.process.poll()}):\n{self.log()}"
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=10)
+
+    async def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait for a clean exit; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while self.process.poll() is None:
+            if time.monotonic() > deadline:
+                self.kill()
+                raise AssertionError("server did not exit within its shutdown timeout")
+            await asyncio.sleep(0.05)
+        return int(self.process.returncode)
+
+
+def stub_for(channel: grpc.aio.Channel) -> pb_grpc.EventStreamingStub:
+    return pb_grpc.EventStreamingStub(channel)
+
+
+def error_info(exc: grpc.aio.AioRpcError) -> dict[str, str]:
+    """The ErrorInfo metadata of a rich error status (empty when there is none)."""
+    from google.rpc import error_details_pb2, status_pb2
+
+    for key, value in exc.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):
+                    return dict(info.metadata)
+    return {}
