@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -43,7 +44,7 @@ class EventStreamingServer:
     store: EventStore | None = None
     port: int = 0
     _server: grpc.aio.Server | None = None
-    _health: health.aio.HealthServicer = field(default_factory=health.aio.HealthServicer)
+    _health: Any = field(default_factory=lambda: health.aio.HealthServicer())  # type: ignore[attr-defined]
 
     async def start(self) -> None:
         store = self.store = self.store or build_store(self.settings)
@@ -71,7 +72,9 @@ class EventStreamingServer:
             extra={"port": self.port, "storage": self.settings.storage},
         )
 
-    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
+    async def _set_health(
+        self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType
+    ) -> None:
         for service in ("", SERVICE_NAME):
             await self._health.set(service, status)
 

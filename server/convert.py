@@ -46,7 +46,6 @@ def event(record: RecordedEvent) -> pb.Event:
     )
 
 
-def stream_type(value: StreamType | None) -> pb.StreamType.ValueType:
-    if value is None:
-        return pb.STREAM_TYPE_UNSPECIFIED
-    return pb.StreamType.ValueType(int(value))
+def stream_type(value: StreamType | None) -> str:
+    """The proto enum value's name (the storage enum mirrors the proto's numbers)."""
+    return pb.StreamType.Name(0 if value is None else int(value))

@@ -1,11 +1,35 @@
-"""Logging set-up: one line per record, with the ``extra=`` fields appended."""
+"""Logging set-up: one line per record, as ``key=value`` text or as JSON, with the
+``extra=`` fields and the current call's request id attached."""
 
 from __future__ import annotations
 
+import contextvars
+import json
 import logging
 import sys
+from datetime import UTC, datetime
+from typing import Any, Literal
 
-_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+LogFormat = Literal["text", "json"]
+
+_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "request_id"}
+
+#: The request id of the RPC being handled (set by the call interceptor); every
+#: record logged while handling that call carries it.
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds ``request_id`` (empty outside a call) to every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "request_id", ""):
+            record.request_id = request_id_var.get()
+        return True
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
 
 
 class KeyValueFormatter(logging.Formatter):
@@ -13,13 +37,44 @@ class KeyValueFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        extras = [f"{k}={v}" for k, v in record.__dict__.items() if k not in _STANDARD]
-        return f"{line} {' '.join(extras)}" if extras else line
+        extras = _extras(record)
+        request_id = getattr(record, "request_id", "")
+        if request_id:
+            extras["request_id"] = request_id
+        pairs = " ".join(f"{k}={v}" for k, v in extras.items())
+        return f"{line} {pairs}" if pairs else line
 
 
-def configure_logging(level: str) -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, the extras,
+    request_id when inside a call, and the traceback as ``exception``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        request_id = getattr(record, "request_id", "")
+        if request_id:
+            entry["request_id"] = request_id
+        entry.update(_extras(record))
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def configure_logging(level: str, log_format: LogFormat = "text") -> None:
+    """Send every record to stderr, one line each, in the chosen format."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(KeyValueFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(KeyValueFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -58,13 +58,15 @@ def _error_info(exc: Exception) -> dict[str, str]:
     return {"stream_name": stream_name} if isinstance(stream_name, str) else {}
 
 
-def to_status(exc: Exception, method: str) -> tuple[grpc.StatusCode, str, tuple[tuple[str, bytes], ...]]:
+def to_status(
+    exc: Exception, method: str
+) -> tuple[grpc.StatusCode, str, tuple[tuple[str, bytes], ...]]:
     """The status code, message and trailing metadata (google.rpc.Status with an
     ErrorInfo detail) that ``exc`` stands for. Unknown errors are logged and
     become INTERNAL with a generic message."""
-    for kind, code in _CODES:
+    for kind, mapped in _CODES:
         if isinstance(exc, kind):
-            message = str(exc)
+            code, message = mapped, str(exc)
             break
     else:
         log.error("unexpected error in %s", method, exc_info=exc, extra={"method": method})

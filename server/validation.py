@@ -60,7 +60,9 @@ def event_id(value: str, field: str) -> uuid.UUID:
 
 def event_ids(values: Sequence[str], field: str, *, minimum: int, maximum: int) -> list[uuid.UUID]:
     if not minimum <= len(values) <= maximum:
-        raise InvalidArgument(field, f"has {len(values)} ids; between {minimum} and {maximum} allowed")
+        raise InvalidArgument(
+            field, f"has {len(values)} ids; between {minimum} and {maximum} allowed"
+        )
     return [event_id(v, f"{field}[{i}]") for i, v in enumerate(values)]
 
 
@@ -126,8 +128,9 @@ def json_payload(data: bytes, field: str) -> None:
         parsed = json.loads(text, parse_constant=_reject_constant)
         _check_json_strings(parsed)
     except UnicodeDecodeError:
-        raise InvalidArgument(field, "is not UTF-8 and so not JSON (content_type is "
-                              "application/json)") from None
+        raise InvalidArgument(
+            field, "is not UTF-8 and so not JSON (content_type is application/json)"
+        ) from None
     except ValueError as exc:
         raise InvalidArgument(
             field, f"is not valid JSON ({exc}); set content_type for non-JSON payloads"

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from uuid import UUID
 
 from storage.records import (
+    NO_FILTER,
     AckResult,
     AppendResult,
     DeadLetterPage,
@@ -62,7 +63,7 @@ class EventStore(abc.ABC):
         stream_name: str,
         from_offset: int,
         max_count: int,
-        read_filter: ReadFilter = ReadFilter(),
+        read_filter: ReadFilter = NO_FILTER,
     ) -> ReadResult:
         """Events from the first retained offset >= from_offset, ascending.
 

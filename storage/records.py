@@ -80,6 +80,9 @@ class ReadFilter:
         return not self.event_types or event.event_type in self.event_types
 
 
+NO_FILTER = ReadFilter()
+
+
 @dataclass(frozen=True, slots=True)
 class ReadResult:
     events: tuple[RecordedEvent, ...]

@@ -131,7 +131,7 @@ class ServerProcess:
             **env,
         }
         log_file = log_path.open("ab")
-        process = subprocess.Popen(
+        process = subprocess.Popen(  # noqa: ASYNC220 - returns at once
             [sys.executable, "-m", "server", "serve"],
             cwd=ROOT,
             env=full_env,
@@ -152,7 +152,9 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while self.process.poll() is None:
             try:
-                await wait_serving(self.address, timeout=min(1.0, max(0.1, deadline - time.monotonic())))
+                await wait_serving(
+                    self.address, timeout=min(1.0, max(0.1, deadline - time.monotonic()))
+                )
                 return
             except AssertionError:
                 if time.monotonic() > deadline:
@@ -199,3 +201,74 @@ def error_info(exc: grpc.aio.AioRpcError) -> dict[str, str]:
                 if detail.Unpack(info):
                     return dict(info.metadata)
     return {}
+
+
+class TcpProxy:
+    """A loopback TCP proxy to PostgreSQL that a test can cut, to play an outage.
+
+    ``hold()`` keeps new connections waiting (not forwarded) until ``release()``;
+    ``cut()`` drops every open connection and refuses new ones until ``restore()``.
+    """
+
+    def __init__(self, target_host: str = "127.0.0.1", target_port: int = 5432) -> None:
+        self.target = (target_host, target_port)
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._open = asyncio.Event()
+        self._open.set()
+        self._refusing = False
+
+    async def start(self) -> TcpProxy:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def dsn(self, database: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def hold(self) -> None:
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
+    def cut(self) -> None:
+        self._refusing = True
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    def restore(self) -> None:
+        self._refusing = False
+
+    async def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._refusing:
+            writer.transport.abort()
+            return
+        await self._open.wait()
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.update((writer, up_writer))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.transport.abort()
+                self._writers.discard(dst)
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))

@@ -42,14 +42,14 @@ class LogRpcs(RpcBase):
             first_offset=result.first_offset, last_offset=result.last_offset
         )
 
-    async def ReadStream(self, request: pb.ReadStreamRequest, context: Context) -> pb.ReadStreamResponse:
+    async def ReadStream(
+        self, request: pb.ReadStreamRequest, context: Context
+    ) -> pb.ReadStreamResponse:
         """Read a page of events from an offset, optionally filtered."""
         name = validation.stream_name(request.stream_name)
         from_offset = validation.offset(request.from_offset, "from_offset")
         max_count = validation.page_size(request.max_count, "max_count")
-        result = await self.store.read_stream(
-            name, from_offset, max_count, read_filter(request)
-        )
+        result = await self.store.read_stream(name, from_offset, max_count, read_filter(request))
         return pb.ReadStreamResponse(
             events=[convert.event(e) for e in result.events],
             next_offset=result.next_offset,

@@ -8,6 +8,7 @@ from storage.errors import DuplicateEvent, WrongExpectedOffset
 from storage.memory.base import MemoryBase
 from storage.memory.state import MemoryStream, utc_now
 from storage.records import (
+    NO_FILTER,
     AppendResult,
     NewEvent,
     ReadFilter,
@@ -28,8 +29,10 @@ def _repeated_batch(stream: MemoryStream, events: Sequence[NewEvent]) -> AppendR
     if not known:
         return None
     first = offsets[0]
-    exact = len(known) == len(offsets) and first is not None and all(
-        o == first + i for i, o in enumerate(offsets)
+    exact = (
+        len(known) == len(offsets)
+        and first is not None
+        and all(o == first + i for i, o in enumerate(offsets))
     )
     if not exact or first is None:
         repeated = next(e for e, o in zip(events, offsets, strict=True) if o is not None)
@@ -78,7 +81,7 @@ class MemoryLog(MemoryBase):
         stream_name: str,
         from_offset: int,
         max_count: int,
-        read_filter: ReadFilter = ReadFilter(),
+        read_filter: ReadFilter = NO_FILTER,
     ) -> ReadResult:
         stream = self._find(stream_name, StreamType.PERSISTENT)
         start = max(from_offset, stream.first_retained_offset)

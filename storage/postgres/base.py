@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 
 from storage.errors import StorageUnavailable
+from storage.postgres.notifier import PostgresNotifier
 from storage.signals import StreamSignals
 
 log = logging.getLogger(__name__)
 
 SCHEMA = "event_streaming"
 
+#: A connection of our own or one borrowed from the pool.
+Connection: TypeAlias = "asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]"
 
-async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
+
+async def _init_connection(conn: Connection) -> None:
     # Timestamps travel as timestamptz; keep the session in UTC so now() and
     # interval arithmetic never depend on the server's TimeZone setting.
     await conn.execute("SET TIME ZONE 'UTC'")
@@ -39,6 +43,8 @@ class PostgresBase:
         self._command_timeout = command_timeout
         self._pool: asyncpg.Pool[Any] | None = None
         self.signals = StreamSignals()
+        #: Tells the other replicas of committed writes (set while started).
+        self._notifier: PostgresNotifier | None = None
 
     @property
     def pool(self) -> asyncpg.Pool[Any]:
@@ -61,5 +67,18 @@ class PostgresBase:
             await pool.close()
 
     def _announce(self, stream_name: str) -> None:
-        """Report a committed write to ``stream_name``: wakes local waiters."""
+        """Report a committed write to ``stream_name``: wakes local waiters at once,
+        and waiters on every other replica within a few milliseconds (the notifier
+        batches the names and sends them outside any write's transaction)."""
         self.signals.notify(stream_name)
+        if self._notifier is not None:
+            self._notifier.announce(stream_name)
+
+    async def _start_notifier(self) -> None:
+        self._notifier = PostgresNotifier(self._dsn, self.signals)
+        await self._notifier.start()
+
+    async def _stop_notifier(self) -> None:
+        notifier, self._notifier = self._notifier, None
+        if notifier is not None:
+            await notifier.close()

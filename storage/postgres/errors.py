@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
 
@@ -26,6 +26,8 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
 )
 
+DRIVER_ERRORS: tuple[type[BaseException], ...] = (asyncpg.PostgresError, *UNAVAILABLE_ERRORS)
+
 TRANSLATED_MARK = "__translates_storage_errors__"
 
 
@@ -35,7 +37,9 @@ def to_storage_error(exc: BaseException) -> StorageError:
     return StorageError(f"database error: {type(exc).__name__}")
 
 
-def translates_errors(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+def translates_errors(
+    fn: Callable[P, Coroutine[Any, Any, T]],
+) -> Callable[P, Coroutine[Any, Any, T]]:
     """Wrap a backend coroutine so it raises only storage errors (``from`` the cause)."""
 
     @functools.wraps(fn)
@@ -44,7 +48,7 @@ def translates_errors(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]
             return await fn(*args, **kwargs)
         except StorageError:
             raise
-        except (asyncpg.PostgresError, *UNAVAILABLE_ERRORS) as exc:
+        except DRIVER_ERRORS as exc:
             raise to_storage_error(exc) from exc
 
     setattr(wrapper, TRANSLATED_MARK, True)

@@ -10,6 +10,7 @@ from storage.postgres.base import PostgresBase
 from storage.postgres.errors import translates_errors
 from storage.postgres.rows import EVENT_COLUMNS, event_arrays, event_from_row
 from storage.records import (
+    NO_FILTER,
     AppendResult,
     NewEvent,
     ReadFilter,
@@ -96,7 +97,7 @@ class PostgresLog(PostgresBase):
         stream_name: str,
         from_offset: int,
         max_count: int,
-        read_filter: ReadFilter = ReadFilter(),
+        read_filter: ReadFilter = NO_FILTER,
     ) -> ReadResult:
         if read_filter.is_empty:
             rows = await self.pool.fetch(READ_SQL, stream_name, from_offset, max_count)

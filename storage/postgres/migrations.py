@@ -15,11 +15,11 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
-from typing import Any
 
 import asyncpg
 
 from storage.errors import MigrationError
+from storage.postgres.base import Connection
 from storage.postgres.errors import translates_errors
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def load_migrations() -> list[Migration]:
     return [found[v] for v in sorted(found)]
 
 
-async def _applied(conn: asyncpg.Connection[Any]) -> dict[int, AppliedMigration]:
+async def _applied(conn: Connection) -> dict[int, AppliedMigration]:
     if not await conn.fetchval(SCHEMA_VERSION_EXISTS_SQL):
         return {}
     rows = await conn.fetch(SELECT_APPLIED_SQL)
@@ -122,7 +122,7 @@ def _check_checksums(migrations: list[Migration], applied: dict[int, AppliedMigr
 
 
 @translates_errors
-async def apply_migrations(conn: asyncpg.Connection[Any]) -> list[Migration]:
+async def apply_migrations(conn: Connection) -> list[Migration]:
     """Apply every pending migration; returns those applied (empty when up to date)."""
     migrations = load_migrations()
     await conn.execute("SELECT pg_advisory_lock($1)", ADVISORY_LOCK_KEY)
@@ -161,7 +161,7 @@ async def apply_migrations(conn: asyncpg.Connection[Any]) -> list[Migration]:
 
 
 @translates_errors
-async def migration_status(conn: asyncpg.Connection[Any]) -> list[MigrationStatus]:
+async def migration_status(conn: Connection) -> list[MigrationStatus]:
     """Every known migration with when it was applied (None: pending)."""
     migrations = load_migrations()
     applied = await _applied(conn)
@@ -172,5 +172,5 @@ async def migration_status(conn: asyncpg.Connection[Any]) -> list[MigrationStatu
     ]
 
 
-async def pending_migrations(conn: asyncpg.Connection[Any]) -> list[Migration]:
+async def pending_migrations(conn: Connection) -> list[Migration]:
     return [s.migration for s in await migration_status(conn) if s.applied_at is None]

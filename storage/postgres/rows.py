@@ -17,9 +17,14 @@ EVENT_COLUMNS = (
 
 def event_arrays(events: Sequence[NewEvent]) -> tuple[list[Any], ...]:
     """Column arrays for ``unnest(...)``: one element per event, in batch order."""
-    ids, types, content_types, json_data, byte_data, metadata, correlation, causation = (
-        [] for _ in range(8)
-    )
+    ids: list[Any] = []
+    types: list[Any] = []
+    content_types: list[Any] = []
+    json_data: list[Any] = []
+    byte_data: list[Any] = []
+    metadata: list[Any] = []
+    correlation: list[Any] = []
+    causation: list[Any] = []
     for e in events:
         ids.append(e.event_id)
         types.append(e.event_type)
@@ -40,7 +45,9 @@ def _metadata(text: str) -> Mapping[str, str]:
     return {} if text == "{}" else dict(json.loads(text))
 
 
-def event_from_row(stream_name: str, offset: int, row: Mapping[str, Any], timestamp_column: str = "created_at") -> RecordedEvent:
+def event_from_row(
+    stream_name: str, offset: int, row: Mapping[str, Any], timestamp_column: str = "created_at"
+) -> RecordedEvent:
     json_text = row["data_json"]
     return RecordedEvent(
         stream_name=stream_name,

@@ -1,0 +1,294 @@
+"""Benchmark: throughput and latency through gRPC on both backends, next to a raw
+asyncpg baseline doing the same work against the same schema in the same run.
+
+    python scripts/bench.py                 # log scenarios, both backends, a table
+    python scripts/bench.py --json          # machine-readable
+    python scripts/bench.py --suite log,queue,subscriptions --backend postgres
+
+Not a test: it asserts nothing. Bounded: every scenario has a fixed amount of work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchlib import Result, bench_database, emit, latency_ms, server_process
+
+from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
+from server.generated.eventstreaming.v1 import event_streaming_pb2_grpc as pb_grpc
+
+PAYLOAD = json.dumps({"order_id": 12345, "customer": "c-42", "total": 99.5, "items": [1, 2, 3]})
+CHANNELS = 4
+
+RAW_APPEND_SQL = """
+WITH s AS (
+    UPDATE event_streaming.streams SET next_offset = next_offset + cardinality($2::uuid[])
+     WHERE stream_id = $1 RETURNING next_offset - cardinality($2::uuid[]) AS first
+)
+INSERT INTO event_streaming.events (stream_id, stream_offset, event_id, event_type,
+                                    content_type, data_json, metadata, created_at)
+SELECT $1, s.first + t.ord - 1, t.id, t.event_type, 'application/json', t.data, '{}',
+       clock_timestamp()
+  FROM s, unnest($2::uuid[], $3::text[], $4::jsonb[])
+       WITH ORDINALITY AS t(id, event_type, data, ord)
+"""
+RAW_CREATE_STREAM_SQL = (
+    "INSERT INTO event_streaming.streams (stream_name, stream_type) VALUES ($1, 1) "
+    "RETURNING stream_id"
+)
+RAW_READ_SQL = """
+SELECT stream_offset, event_id, event_type, content_type, data_json, data_bytes, metadata,
+       correlation_id, causation_id, created_at
+  FROM event_streaming.events WHERE stream_id = $1 AND stream_offset >= $2
+ ORDER BY stream_offset LIMIT $3
+"""
+
+
+def event_data(count: int) -> list[pb.EventData]:
+    return [pb.EventData(event_type="OrderPlaced", data=PAYLOAD.encode()) for _ in range(count)]
+
+
+async def run_workers(
+    workers: int, per_worker: int, one: Callable[[int, int], Awaitable[None]]
+) -> tuple[float, list[float]]:
+    """Run ``one(worker, i)`` per_worker times in each of ``workers`` tasks; returns
+    elapsed seconds and per-call latencies."""
+    latencies: list[float] = []
+
+    async def worker(w: int) -> None:
+        for i in range(per_worker):
+            started = time.perf_counter()
+            await one(w, i)
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(w) for w in range(workers)))
+    return time.perf_counter() - started, latencies
+
+
+async def grpc_appends(
+    address: str, workers: int, per_worker: int, batch: int
+) -> tuple[float, list[float]]:
+    channels = [grpc.aio.insecure_channel(address) for _ in range(CHANNELS)]
+    stubs = [pb_grpc.EventStreamingStub(c) for c in channels]
+    prefix = uuid.uuid4().hex[:8]
+    requests = [
+        pb.AppendToStreamRequest(stream_name=f"bench-{prefix}-{w}", events=event_data(batch))
+        for w in range(workers)
+    ]
+
+    async def one(w: int, i: int) -> None:
+        await stubs[w % CHANNELS].AppendToStream(requests[w])
+
+    try:
+        return await run_workers(workers, per_worker, one)
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
+async def raw_appends(
+    pool: asyncpg.Pool[Any], workers: int, per_worker: int, batch: int
+) -> tuple[float, list[float]]:
+    prefix = uuid.uuid4().hex[:8]
+    stream_ids = [
+        await pool.fetchval(RAW_CREATE_STREAM_SQL, f"raw-{prefix}-{w}") for w in range(workers)
+    ]
+    types = ["OrderPlaced"] * batch
+    data = [PAYLOAD] * batch
+
+    async def one(w: int, i: int) -> None:
+        await pool.execute(
+            RAW_APPEND_SQL, stream_ids[w], [uuid.uuid4() for _ in range(batch)], types, data
+        )
+
+    return await run_workers(workers, per_worker, one)
+
+
+async def populate(address: str, name: str, total: int) -> None:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.EventStreamingStub(channel)
+        batch = pb.AppendToStreamRequest(stream_name=name, events=event_data(500))
+        await asyncio.gather(*(stub.AppendToStream(batch) for _ in range(total // 500)))
+
+
+async def grpc_reads(address: str, name: str, passes: int) -> tuple[float, list[float], int]:
+    rows = 0
+    latencies: list[float] = []
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.EventStreamingStub(channel)
+        started = time.perf_counter()
+        for _ in range(passes):
+            offset = 0
+            while True:
+                t0 = time.perf_counter()
+                page = await stub.ReadStream(
+                    pb.ReadStreamRequest(stream_name=name, from_offset=offset, max_count=1000)
+                )
+                latencies.append(time.perf_counter() - t0)
+                rows += len(page.events)
+                offset = page.next_offset
+                if page.end_of_stream:
+                    break
+        return time.perf_counter() - started, latencies, rows
+
+
+async def raw_reads(
+    pool: asyncpg.Pool[Any], name: str, passes: int
+) -> tuple[float, list[float], int]:
+    stream_id = await pool.fetchval(
+        "SELECT stream_id FROM event_streaming.streams WHERE stream_name = $1", name
+    )
+    rows = 0
+    latencies: list[float] = []
+    started = time.perf_counter()
+    for _ in range(passes):
+        offset = 0
+        while True:
+            t0 = time.perf_counter()
+            page = await pool.fetch(RAW_READ_SQL, stream_id, offset, 1000)
+            # Decode like the server does, so the comparison is like for like.
+            decoded = [
+                (r["stream_offset"], r["data_json"].encode(), json.loads(r["metadata"]))
+                for r in page
+            ]
+            latencies.append(time.perf_counter() - t0)
+            rows += len(decoded)
+            if len(page) < 1000:
+                break
+            offset = page[-1]["stream_offset"] + 1
+    return time.perf_counter() - started, latencies, rows
+
+
+async def log_suite(backend: str, args: argparse.Namespace, dsn: str) -> list[Result]:
+    results: list[Result] = []
+    single_per_worker = max(1, args.scale * 60)
+    batch_per_worker = max(1, args.scale * 20)
+    read_events = args.scale * 50_000
+    async with server_process(backend, dsn) as address:
+        pool = (
+            await asyncpg.create_pool(dsn, min_size=10, max_size=10)
+            if backend == "postgres"
+            else None
+        )
+        try:
+            await grpc_appends(address, 8, 5, 1)  # warm up connections and plans
+            if pool is not None:
+                await raw_appends(pool, 8, 5, 1)
+
+            elapsed, lat = await grpc_appends(address, 64, single_per_worker, 1)
+            base = None
+            if pool is not None:
+                raw_elapsed, _ = await raw_appends(pool, 64, single_per_worker, 1)
+                base = 64 * single_per_worker / raw_elapsed
+            p50, p99 = latency_ms(lat)
+            results.append(
+                Result(
+                    "append 1 event, 64 concurrent writers",
+                    backend,
+                    64 * single_per_worker / elapsed,
+                    p50,
+                    p99,
+                    base,
+                )
+            )
+
+            elapsed, lat = await grpc_appends(address, 8, batch_per_worker, 100)
+            base = None
+            if pool is not None:
+                raw_elapsed, _ = await raw_appends(pool, 8, batch_per_worker, 100)
+                base = 8 * batch_per_worker * 100 / raw_elapsed
+            p50, p99 = latency_ms(lat)
+            results.append(
+                Result(
+                    "append 100-event batches, 8 writers",
+                    backend,
+                    8 * batch_per_worker * 100 / elapsed,
+                    p50,
+                    p99,
+                    base,
+                )
+            )
+
+            name = f"bench-read-{uuid.uuid4().hex[:8]}"
+            await populate(address, name, read_events)
+            elapsed, lat, rows = await grpc_reads(address, name, 2)
+            base = None
+            if pool is not None:
+                raw_elapsed, _, raw_rows = await raw_reads(pool, name, 2)
+                base = raw_rows / raw_elapsed
+            p50, p99 = latency_ms(lat)
+            results.append(
+                Result(
+                    "read pages of 1,000",
+                    backend,
+                    rows / elapsed,
+                    p50,
+                    p99,
+                    base,
+                    notes=f"{read_events} events, 2 passes",
+                )
+            )
+        finally:
+            if pool is not None:
+                await pool.close()
+    return results
+
+
+SUITES = {"log": None, "queue": "bench_queue", "subscriptions": "bench_subscriptions"}
+
+
+async def main_async(args: argparse.Namespace) -> list[Result]:
+    results: list[Result] = []
+    suites = [s.strip() for s in args.suite.split(",") if s.strip()]
+    async with bench_database() as dsn:
+        for suite in suites:
+            if suite == "log":
+                for backend in args.backends:
+                    results.extend(await log_suite(backend, args, dsn))
+                continue
+            module = importlib.import_module(SUITES[suite] or suite)
+            for row in await module.run(argparse.Namespace(**vars(args), dsn=dsn)):
+                results.append(row if isinstance(row, Result) else Result(**row))
+    return results
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--suite", default="log", help=f"comma-separated: {', '.join(SUITES)}")
+    parser.add_argument("--backend", choices=["memory", "postgres", "both"], default="both")
+    parser.add_argument("--scale", type=int, default=1, help="multiply the amount of work")
+    args = parser.parse_args(argv)
+    args.backends = ["memory", "postgres"] if args.backend == "both" else [args.backend]
+    for suite in args.suite.split(","):
+        if suite.strip() and suite.strip() not in SUITES:
+            parser.error(f"unknown suite {suite!r}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    emit(asyncio.run(main_async(args)), args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
