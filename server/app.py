@@ -15,9 +15,13 @@ from grpc_reflection.v1alpha import reflection
 
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
 from server.generated.eventstreaming.v1 import event_streaming_pb2_grpc as pb_grpc
-from server.interceptors import ErrorMappingInterceptor
+from server.interceptors import build_interceptors
+from server.metrics import Metrics, MetricsService
+from server.retention import RetentionTask
+from server.security import server_credentials
 from server.servicer import EventStreamingServicer
 from server.settings import Settings
+from server.subscriptions import end_subscriptions
 from storage.factory import create_store
 from storage.interface import EventStore
 
@@ -43,12 +47,23 @@ class EventStreamingServer:
     settings: Settings
     store: EventStore | None = None
     port: int = 0
+    #: The port of the /metrics endpoint (0: metrics are off).
+    metrics_port: int = 0
     _server: grpc.aio.Server | None = None
+    _retention: RetentionTask | None = None
+    _metrics: MetricsService | None = None
     _health: Any = field(default_factory=lambda: health.aio.HealthServicer())  # type: ignore[attr-defined]
 
     async def start(self) -> None:
         store = self.store = self.store or build_store(self.settings)
-        server = self._server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()])
+        metrics = Metrics(queue_streams=self.settings.metrics_queue_streams)
+        server = self._server = grpc.aio.server(
+            interceptors=build_interceptors(
+                self.settings, metrics if self.settings.metrics_port else None
+            ),
+            # Larger requests are refused by gRPC itself with RESOURCE_EXHAUSTED.
+            options=[("grpc.max_receive_message_length", self.settings.max_message_bytes)],
+        )
         pb_grpc.add_EventStreamingServicer_to_server(EventStreamingServicer(store), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -56,12 +71,22 @@ class EventStreamingServer:
         )
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         address = f"{self.settings.host}:{self.settings.port}"
-        self.port = server.add_insecure_port(address)
+        credentials = server_credentials(self.settings)
+        if credentials is None:
+            self.port = server.add_insecure_port(address)
+        else:
+            self.port = server.add_secure_port(address, credentials)
         if self.port == 0:
             raise RuntimeError(f"cannot listen on {address}")
         # Storage first (pool, migrations), then accept calls: health says SERVING
         # only once both are ready.
         await store.start()
+        self._retention = RetentionTask(store, self.settings.retention_interval_seconds)
+        self._retention.start()
+        if self.settings.metrics_port:
+            self._metrics = MetricsService(metrics, store, self.settings.metrics_refresh_seconds)
+            self._metrics.start(self.settings.host, self.settings.metrics_port)
+            self.metrics_port = self._metrics.port
         await server.start()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -81,8 +106,16 @@ class EventStreamingServer:
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._retention is not None:
+            await self._retention.stop()
+        if self.store is not None:
+            # Subscriptions never finish on their own: end them (UNAVAILABLE, so
+            # clients resubscribe elsewhere) rather than wait out the grace period.
+            end_subscriptions(self.store)
         if self._server is not None:
             await self._server.stop(grace)
+        if self._metrics is not None:
+            await self._metrics.stop()
         if self.store is not None:
             await self.store.close()
         log.info("server stopped")

@@ -11,10 +11,16 @@ from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
 from storage.records import RecordedEvent, StreamType
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def timestamp(value: datetime) -> Timestamp:
-    result = Timestamp()
-    result.FromDatetime(value)
-    return result
+    # Timestamp.FromDatetime costs about 8x this arithmetic, and reads convert a
+    # timestamp per event.
+    since = value - _EPOCH
+    return Timestamp(
+        seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1000
+    )
 
 
 def optional_timestamp(value: datetime | None) -> Timestamp | None:
@@ -32,18 +38,23 @@ def duration(value: timedelta) -> Duration:
 
 
 def event(record: RecordedEvent) -> pb.Event:
-    return pb.Event(
+    result = pb.Event(
         stream_name=record.stream_name,
         offset=record.offset,
         event_id=str(record.event_id),
         event_type=record.event_type,
         data=record.data,
         content_type=record.content_type,
-        metadata=record.metadata,
-        correlation_id=record.correlation_id,
-        causation_id=record.causation_id,
         timestamp=timestamp(record.timestamp),
     )
+    # Optional fields only when set: an empty map or string still costs a call.
+    if record.metadata:
+        result.metadata.update(record.metadata)
+    if record.correlation_id:
+        result.correlation_id = record.correlation_id
+    if record.causation_id:
+        result.causation_id = record.causation_id
+    return result
 
 
 def stream_type(value: StreamType | None) -> str:

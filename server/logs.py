@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 LogFormat = Literal["text", "json"]
+_LIBRARY_LOGGERS = ("grpc", "asyncio", "asyncpg")
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "request_id"}
 
@@ -32,6 +33,15 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
 
 
+def _text(value: Any) -> str:
+    """A value as it reads in ``key=value``: quoted when empty or when it holds
+    spaces, quotes or ``=``."""
+    text = str(value)
+    if not text or any(c.isspace() or c in '"=' for c in text):
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
 class KeyValueFormatter(logging.Formatter):
     """``time level logger message key=value ...``"""
 
@@ -41,7 +51,7 @@ class KeyValueFormatter(logging.Formatter):
         request_id = getattr(record, "request_id", "")
         if request_id:
             extras["request_id"] = request_id
-        pairs = " ".join(f"{k}={v}" for k, v in extras.items())
+        pairs = " ".join(f"{k}={_text(v)}" for k, v in extras.items())
         return f"{line} {pairs}" if pairs else line
 
 
@@ -78,3 +88,6 @@ def configure_logging(level: str, log_format: LogFormat = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # DEBUG is for this service's per-call lines, not the libraries' internals.
+    for noisy in _LIBRARY_LOGGERS:
+        logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))

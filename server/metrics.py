@@ -79,7 +79,8 @@ class Metrics:
             registry=registry,
         )
         self.events_appended = Counter(
-            "eventstreaming_events_appended", "Events appended to persistent streams.",
+            "eventstreaming_events_appended",
+            "Events appended to persistent streams.",
             registry=registry,
         )
         self.messages_enqueued = Counter(
@@ -182,9 +183,7 @@ class Metrics:
         candidates = list(reversed(self._recent_queues))
         if len(candidates) < MAX_TRACKED_QUEUES:
             candidates += [
-                name
-                for name in await self._listed_queues(store)
-                if name not in self._recent_queues
+                name for name in await self._listed_queues(store) if name not in self._recent_queues
             ][: MAX_TRACKED_QUEUES - len(candidates)]
         samples: list[QueueSample] = []
         for name in candidates:
@@ -272,7 +271,10 @@ class MetricsService:
         self._refresher: asyncio.Task[None] | None = None
 
     def start(self, host: str, port: int) -> None:
-        self._http = start_http_server(port, host, registry=self.metrics.registry)
+        try:
+            self._http = start_http_server(port, host, registry=self.metrics.registry)
+        except OSError as exc:
+            raise RuntimeError(f"cannot serve metrics on {host}:{port}: {exc}") from exc
         self.port = int(self._http[0].server_port)
         self._refresher = asyncio.create_task(self._refresh_forever(), name="metrics-refresh")
         log.info("metrics on http://%s:%d/metrics", host, self.port, extra={"port": self.port})

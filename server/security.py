@@ -64,7 +64,7 @@ class BearerTokens:
                 break
         if header is None:
             return "missing bearer token: send metadata 'authorization: Bearer <token>'"
-        if not header[: len(BEARER_PREFIX)].lower() == BEARER_PREFIX:
+        if header[: len(BEARER_PREFIX)].lower() != BEARER_PREFIX:
             return "the authorization metadata must be 'Bearer <token>'"
         presented = header[len(BEARER_PREFIX) :].strip().encode()
         # Compare against every token so the time taken does not tell which one

@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     pool_max_size: int = Field(default=10, ge=1, le=1000)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=3600)
+    #: Seconds between retention passes.
+    retention_interval_seconds: float = Field(default=60.0, gt=0, le=86400)
     log_format: Literal["text", "json"] = "text"
     metrics_port: int = Field(default=0, ge=0, le=65535)  # 0: no metrics endpoint
     metrics_refresh_seconds: float = Field(default=15.0, gt=0, le=3600)

@@ -12,6 +12,7 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
+from server.subscriptions import ServerShuttingDown
 from server.validation import InvalidArgument
 from storage import errors
 
@@ -33,6 +34,7 @@ _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (errors.DuplicateEvent, grpc.StatusCode.ALREADY_EXISTS),
     (errors.OffsetOutOfRange, grpc.StatusCode.OUT_OF_RANGE),
     (errors.StorageUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (ServerShuttingDown, grpc.StatusCode.UNAVAILABLE),
 )
 
 INTERNAL_MESSAGE = "internal error; the server log has the details"
@@ -71,7 +73,7 @@ def to_status(
     else:
         log.error("unexpected error in %s", method, exc_info=exc, extra={"method": method})
         return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE, ()
-    if code is grpc.StatusCode.UNAVAILABLE:
+    if isinstance(exc, errors.StorageUnavailable):
         log.warning("storage unavailable in %s: %s", method, exc, extra={"method": method})
     detail = any_pb2.Any()
     detail.Pack(

@@ -45,6 +45,21 @@ SubscriptionItem = RecordedEvent | CaughtUp
 
 #: Every subscription in progress in this process (for observation and tests).
 active_subscriptions: weakref.WeakSet[Subscription] = weakref.WeakSet()
+#: Stores whose server is shutting down: their subscriptions end.
+_ending: weakref.WeakSet[EventStore] = weakref.WeakSet()
+
+
+class ServerShuttingDown(Exception):
+    """The server is stopping; the client should subscribe again (elsewhere)."""
+
+    def __init__(self) -> None:
+        super().__init__("the server is shutting down; subscribe again to continue")
+
+
+def end_subscriptions(store: EventStore) -> None:
+    """End every subscription on ``store``, now and from now on (at shutdown)."""
+    _ending.add(store)
+    store.signals.notify_all()
 
 
 class Subscription:
@@ -58,13 +73,13 @@ class Subscription:
         read_filter: ReadFilter = NO_FILTER,
         *,
         page_size: int = PAGE_SIZE,
-        repoll_seconds: float = REPOLL_SECONDS,
+        repoll_seconds: float | None = None,
     ) -> None:
         self.store = store
         self.stream_name = stream_name
         self.read_filter = read_filter
         self.page_size = page_size
-        self.repoll_seconds = repoll_seconds
+        self.repoll_seconds = REPOLL_SECONDS if repoll_seconds is None else repoll_seconds
         #: The offset the next read starts at.
         self.position = start
         self.caught_up = False
@@ -81,6 +96,8 @@ class Subscription:
         active_subscriptions.add(self)
         try:
             while True:
+                if self.store in _ending:
+                    raise ServerShuttingDown
                 waiter = self.store.signals.waiter(self.stream_name)
                 result = await self.store.read_stream(
                     self.stream_name, self.position, self.page_size, self.read_filter

@@ -55,6 +55,19 @@ class DuplicateEvent(StorageError):
         self.event_id = event_id
 
 
+class DuplicateMessage(DuplicateEvent):
+    """An enqueued id is already in the queue (pending, in flight or dead-lettered)."""
+
+    def __init__(self, stream_name: str, event_id: UUID) -> None:
+        StorageError.__init__(
+            self,
+            f"queue '{stream_name}': a message with event_id {event_id} is already in the "
+            "queue or its dead-letter queue; nothing of the batch was enqueued",
+        )
+        self.stream_name = stream_name
+        self.event_id = event_id
+
+
 class MessageNotFound(StorageError):
     def __init__(self, stream_name: str, event_id: UUID) -> None:
         super().__init__(f"stream '{stream_name}': no message with event_id {event_id}")

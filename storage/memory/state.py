@@ -6,11 +6,40 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from uuid import UUID
 
-from storage.records import RecordedEvent, StreamConfiguration, StreamType
+from storage.records import DeadLetter, RecordedEvent, StreamConfiguration, StreamType
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass
+class QueueEntry:
+    """A message in a queue and its lease. ``version`` goes up on every change, so
+    heap items that describe an earlier state are recognised and dropped."""
+
+    event: RecordedEvent
+    visible_at: datetime
+    delivery_attempts: int = 0
+    #: The consumer of the latest delivery; None when never delivered or nacked.
+    consumer_id: str | None = None
+    version: int = 0
+
+
+@dataclass
+class QueueState:
+    """A queue without timers: ``ready`` is a heap of visible messages by position,
+    ``waiting`` a heap of leased or delayed ones by the time they become visible.
+    Both are lazily cleaned: an item counts only while its entry has its version."""
+
+    messages: dict[UUID, QueueEntry] = field(default_factory=dict)
+    #: (queue position, version, event id)
+    ready: list[tuple[int, int, UUID]] = field(default_factory=list)
+    #: (visible at, queue position, version, event id)
+    waiting: list[tuple[datetime, int, int, UUID]] = field(default_factory=list)
+    #: In the order they were dead-lettered, with that order's sequence number.
+    dead_letters: dict[UUID, tuple[int, DeadLetter]] = field(default_factory=dict)
+    next_dead_letter: int = 1
 
 
 @dataclass
@@ -27,6 +56,7 @@ class MemoryStream:
     next_offset: int = 0
     offsets_by_id: dict[UUID, int] = field(default_factory=dict)
     consumer_offsets: dict[str, int] = field(default_factory=dict)
+    queue: QueueState = field(default_factory=QueueState)
 
     @property
     def first_retained_offset(self) -> int:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from storage.interface import EventStore
+from storage.memory.admin import MemoryAdmin
+from storage.memory.config import MemoryConfig
+from storage.memory.consumers import MemoryConsumers
 from storage.memory.log import MemoryLog
+from storage.memory.queue import MemoryQueue
 from storage.records import StreamMetadata, StreamType
 
 
-class InMemoryEventStore(MemoryLog, EventStore):
+class InMemoryEventStore(
+    MemoryLog, MemoryQueue, MemoryConfig, MemoryConsumers, MemoryAdmin, EventStore
+):
     """The development backend: same semantics as PostgreSQL, nothing kept on exit."""
 
     async def get_stream_metadata(self, stream_name: str) -> StreamMetadata:

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from storage.errors import MigrationError, StreamNotFound
 from storage.interface import EventStore
+from storage.postgres.admin import PostgresAdmin
+from storage.postgres.config import PostgresConfig
+from storage.postgres.consumers import PostgresConsumers
 from storage.postgres.errors import translates_errors
 from storage.postgres.log import METADATA_SQL, PostgresLog
 from storage.postgres.migrations import apply_migrations, pending_migrations
+from storage.postgres.queue import PostgresQueue
 from storage.records import StreamMetadata, StreamType
 
 
-class PostgresEventStore(PostgresLog, EventStore):
+class PostgresEventStore(
+    PostgresLog, PostgresQueue, PostgresConfig, PostgresConsumers, PostgresAdmin, EventStore
+):
     """The production backend. Migrations run at start() unless auto_migrate is off,
     in which case start() refuses to run against a schema with pending migrations."""
 
@@ -41,11 +47,14 @@ class PostgresEventStore(PostgresLog, EventStore):
                             "EVENTSTREAMING_AUTO_MIGRATE is false; apply them with "
                             "'python -m server migrate' (or 'eventstreaming migrate')"
                         )
+            await self._start_notifier()
         except BaseException:
+            await self._stop_notifier()
             await self._close_pool()
             raise
 
     async def close(self) -> None:
+        await self._stop_notifier()
         await self._close_pool()
 
     @translates_errors

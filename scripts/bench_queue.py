@@ -1,0 +1,313 @@
+"""Benchmark: work-queue throughput through gRPC on both backends, next to a raw
+asyncpg baseline doing the same queue work against the same database and schema.
+
+The work: 4 producers enqueue the messages in batches of 100, then 4 consumers
+drain the queue, each dequeuing up to 100 messages at a time and acknowledging
+each batch in one call. Reported per backend: the enqueue rate, the drain rate
+(dequeue + acknowledge) and the end-to-end rate (messages / (enqueue time + drain
+time)). On PostgreSQL the baseline does the same with plain SQL: an INSERT of the
+batch, an UPDATE ... FOR UPDATE SKIP LOCKED lease of the 100 oldest visible rows
+and a DELETE of the batch; its rows are decoded as the server decodes them.
+
+    python scripts/bench_queue.py                    # both backends, a table
+    python scripts/bench_queue.py --json             # machine-readable
+    python scripts/bench_queue.py --backend postgres --messages 50000
+
+Bounded: a fixed number of messages (20,000 by default, times --scale when run from
+scripts/bench.py). Not a test: it asserts nothing, but it reports a drain that
+acknowledged a different number of messages than were enqueued.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchlib import Result, bench_database, emit, latency_ms, server_process
+
+from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
+from server.generated.eventstreaming.v1 import event_streaming_pb2_grpc as pb_grpc
+
+MESSAGES = 20_000
+BATCH = 100
+PRODUCERS = 4
+CONSUMERS = 4
+VISIBILITY_SECONDS = 30
+#: A drain that has not finished by then is reported short rather than awaited.
+DRAIN_TIMEOUT_SECONDS = 300
+PAYLOAD = json.dumps({"order_id": 12345, "customer": "c-42", "total": 99.5, "items": [1, 2, 3]})
+
+RAW_CREATE_QUEUE_SQL = (
+    "INSERT INTO event_streaming.streams (stream_name, stream_type) VALUES ($1, 2) "
+    "RETURNING stream_id"
+)
+RAW_ENQUEUE_SQL = """
+WITH s AS (
+    UPDATE event_streaming.streams SET next_offset = next_offset + cardinality($2::uuid[])
+     WHERE stream_id = $1 RETURNING next_offset - cardinality($2::uuid[]) AS first
+)
+INSERT INTO event_streaming.queue_messages (stream_id, queue_offset, event_id, event_type,
+                                            content_type, data_json, metadata, created_at,
+                                            visible_at)
+SELECT $1, s.first + t.ord - 1, t.id, t.event_type, 'application/json', t.data, '{}',
+       clock_timestamp(), clock_timestamp()
+  FROM s, unnest($2::uuid[], $3::text[], $4::jsonb[]) WITH ORDINALITY AS t(id, event_type, data, ord)
+"""
+# The picked offsets go to the UPDATE as an array, so the generic plan of the
+# prepared statement stays an index scan whatever the table's statistics say.
+RAW_DEQUEUE_SQL = """
+UPDATE event_streaming.queue_messages m
+   SET visible_at = now() + make_interval(secs => $4), delivery_attempts = m.delivery_attempts + 1,
+       consumer_id = $2
+ WHERE m.stream_id = $1 AND m.queue_offset = ANY (ARRAY(
+       SELECT queue_offset FROM event_streaming.queue_messages
+        WHERE stream_id = $1 AND visible_at <= now()
+        ORDER BY queue_offset LIMIT $3
+          FOR UPDATE SKIP LOCKED))
+RETURNING m.queue_offset, m.event_id, m.event_type, m.content_type, m.data_json, m.data_bytes,
+          m.metadata, m.correlation_id, m.causation_id, m.created_at, m.visible_at,
+          m.delivery_attempts
+"""
+RAW_ACK_SQL = """
+DELETE FROM event_streaming.queue_messages
+ WHERE stream_id = $1 AND event_id = ANY($2::uuid[]) AND consumer_id = $3
+"""
+
+
+@dataclass
+class Run:
+    """One pass of the work: enqueue everything, then drain it."""
+
+    enqueue_seconds: float
+    drain_seconds: float
+    enqueue_latencies: list[float]
+    drain_latencies: list[float]
+    acknowledged: int
+
+    def rates(self, messages: int) -> tuple[float, float, float]:
+        return (
+            messages / self.enqueue_seconds,
+            messages / self.drain_seconds,
+            messages / (self.enqueue_seconds + self.drain_seconds),
+        )
+
+
+async def timed_workers(
+    workers: int, work: Callable[[int], Awaitable[None]]
+) -> float:
+    started = time.perf_counter()
+    await asyncio.gather(*(work(w) for w in range(workers)))
+    return time.perf_counter() - started
+
+
+async def run_pass(
+    messages: int,
+    enqueue_batch: Callable[[int], Awaitable[None]],
+    dequeue_and_ack: Callable[[int], Awaitable[int]],
+) -> Run:
+    """Enqueue ``messages`` with PRODUCERS workers, then drain with CONSUMERS."""
+    batches = messages // BATCH
+    enqueue_latencies: list[float] = []
+    drain_latencies: list[float] = []
+    acknowledged = 0
+
+    async def produce(worker: int) -> None:
+        for _ in range(worker, batches, PRODUCERS):
+            t0 = time.perf_counter()
+            await enqueue_batch(worker)
+            enqueue_latencies.append(time.perf_counter() - t0)
+
+    async def consume(worker: int) -> None:
+        nonlocal acknowledged
+        deadline = time.monotonic() + DRAIN_TIMEOUT_SECONDS
+        while acknowledged < batches * BATCH and time.monotonic() < deadline:
+            t0 = time.perf_counter()
+            done = await dequeue_and_ack(worker)
+            if not done:
+                # Another consumer holds the last messages; they will be acked.
+                await asyncio.sleep(0.005)
+                continue
+            drain_latencies.append(time.perf_counter() - t0)
+            acknowledged += done
+
+    enqueue_seconds = await timed_workers(PRODUCERS, produce)
+    drain_seconds = await timed_workers(CONSUMERS, consume)
+    return Run(enqueue_seconds, drain_seconds, enqueue_latencies, drain_latencies, acknowledged)
+
+
+async def grpc_pass(address: str, messages: int) -> Run:
+    name = f"bench-queue-{uuid.uuid4().hex[:10]}"
+    channels = [grpc.aio.insecure_channel(address) for _ in range(max(PRODUCERS, CONSUMERS))]
+    stubs = [pb_grpc.EventStreamingStub(c) for c in channels]
+    data = PAYLOAD.encode()
+    request = pb.EnqueueRequest(
+        stream_name=name,
+        events=[pb.EventData(event_type="OrderPlaced", data=data) for _ in range(BATCH)],
+    )
+
+    async def enqueue_batch(worker: int) -> None:
+        await stubs[worker].Enqueue(request)
+
+    async def dequeue_and_ack(worker: int) -> int:
+        consumer = f"consumer-{worker}"
+        reply = await stubs[worker].Dequeue(
+            pb.DequeueRequest(
+                stream_name=name,
+                consumer_id=consumer,
+                max_messages=BATCH,
+                visibility_timeout={"seconds": VISIBILITY_SECONDS},
+            )
+        )
+        if not reply.messages:
+            return 0
+        ids = [m.event.event_id for m in reply.messages]
+        acked = await stubs[worker].Acknowledge(
+            pb.AcknowledgeRequest(stream_name=name, consumer_id=consumer, event_ids=ids)
+        )
+        return len(acked.acknowledged)
+
+    try:
+        return await run_pass(messages, enqueue_batch, dequeue_and_ack)
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
+async def raw_pass(pool: asyncpg.Pool[Any], messages: int) -> Run:
+    stream_id = await pool.fetchval(RAW_CREATE_QUEUE_SQL, f"raw-queue-{uuid.uuid4().hex[:10]}")
+    types = ["OrderPlaced"] * BATCH
+    data = [PAYLOAD] * BATCH
+
+    async def enqueue_batch(worker: int) -> None:
+        ids = [uuid.uuid4() for _ in range(BATCH)]
+        await pool.execute(RAW_ENQUEUE_SQL, stream_id, ids, types, data)
+
+    async def dequeue_and_ack(worker: int) -> int:
+        consumer = f"consumer-{worker}"
+        rows = await pool.fetch(RAW_DEQUEUE_SQL, stream_id, consumer, BATCH, VISIBILITY_SECONDS)
+        if not rows:
+            return 0
+        # Decode like the server does, so the comparison is like for like.
+        decoded = [
+            (r["event_id"], r["data_json"].encode(), json.loads(r["metadata"])) for r in rows
+        ]
+        status = await pool.execute(RAW_ACK_SQL, stream_id, [d[0] for d in decoded], consumer)
+        return int(status.rsplit(" ", 1)[-1])
+
+    return await run_pass(messages, enqueue_batch, dequeue_and_ack)
+
+
+def _rows(backend: str, messages: int, run: Run, base: Run | None) -> list[dict[str, Any]]:
+    enqueue_rate, drain_rate, end_to_end = run.rates(messages)
+    base_rates = base.rates(messages) if base is not None else (None, None, None)
+    problem = (
+        f"; ACKNOWLEDGED {run.acknowledged} OF {messages}" if run.acknowledged != messages else ""
+    )
+    enq_p50, enq_p99 = latency_ms(run.enqueue_latencies)
+    drain_p50, drain_p99 = latency_ms(run.drain_latencies)
+    common = f"{messages} messages"
+    return [
+        Result(
+            f"queue: enqueue 100-message batches, {PRODUCERS} producers",
+            backend,
+            enqueue_rate,
+            enq_p50,
+            enq_p99,
+            base_rates[0],
+            notes=common,
+        ).as_dict(),
+        Result(
+            f"queue: dequeue 100 + ack, {CONSUMERS} consumers",
+            backend,
+            drain_rate,
+            drain_p50,
+            drain_p99,
+            base_rates[1],
+            notes=common + "; latency = one dequeue + its ack" + problem,
+        ).as_dict(),
+        Result(
+            "queue: end to end (enqueue, then drain)",
+            backend,
+            end_to_end,
+            None,
+            None,
+            base_rates[2],
+            notes=common + problem,
+            extra={
+                "enqueue_seconds": run.enqueue_seconds,
+                "drain_seconds": run.drain_seconds,
+                "baseline_enqueue_seconds": None if base is None else base.enqueue_seconds,
+                "baseline_drain_seconds": None if base is None else base.drain_seconds,
+            },
+        ).as_dict(),
+    ]
+
+
+async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The benchmark on the database ``args.dsn`` for ``args.backends``; one dict per
+    result row (the fields of benchlib.Result)."""
+    messages = int(getattr(args, "messages", 0) or MESSAGES * int(getattr(args, "scale", 1)))
+    messages = max(BATCH, messages - messages % BATCH)
+    backends = list(getattr(args, "backends", ["memory", "postgres"]))
+    rows: list[dict[str, Any]] = []
+    for backend in backends:
+        dsn = args.dsn if backend == "postgres" else ""
+        async with server_process(backend, dsn) as address:
+            await grpc_pass(address, 10 * BATCH)  # warm up connections and plans
+            result = await grpc_pass(address, messages)
+        base = None
+        if backend == "postgres":
+            pool = await asyncpg.create_pool(args.dsn, min_size=CONSUMERS, max_size=CONSUMERS)
+            try:
+                await raw_pass(pool, 10 * BATCH)
+                base = await raw_pass(pool, messages)
+            finally:
+                await pool.close()
+        rows.extend(_rows(backend, messages, result, base))
+    for row in rows:
+        row.pop("ratio", None)
+    return rows
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--backend", choices=["memory", "postgres", "both"], default="both")
+    parser.add_argument(
+        "--messages", type=int, default=MESSAGES, help=f"messages per pass (default {MESSAGES})"
+    )
+    args = parser.parse_args(argv)
+    args.backends = ["memory", "postgres"] if args.backend == "both" else [args.backend]
+    return args
+
+
+async def _standalone(args: argparse.Namespace) -> list[dict[str, Any]]:
+    async with bench_database() as dsn:
+        return await run(argparse.Namespace(**vars(args), dsn=dsn))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    rows = asyncio.run(_standalone(args))
+    emit([Result(**row) for row in rows], args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""Consumer-group offsets for the in-memory backend."""
+
+from __future__ import annotations
+
+from storage.errors import ConsumerOffsetNotFound, OffsetOutOfRange
+from storage.memory.base import MemoryBase
+from storage.records import StreamType
+
+
+class MemoryConsumers(MemoryBase):
+    async def commit_offset(self, stream_name: str, consumer_group: str, offset: int) -> None:
+        stream = self._find(stream_name, StreamType.PERSISTENT)
+        newest = stream.next_offset - 1
+        if offset > newest:
+            raise OffsetOutOfRange(stream_name, offset, newest)
+        stream.consumer_offsets[consumer_group] = offset
+
+    async def get_consumer_offset(self, stream_name: str, consumer_group: str) -> int:
+        stream = self._find(stream_name, StreamType.PERSISTENT)
+        committed = stream.consumer_offsets.get(consumer_group)
+        if committed is None:
+            raise ConsumerOffsetNotFound(stream_name, consumer_group)
+        return committed

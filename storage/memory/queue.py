@@ -1,0 +1,343 @@
+"""Ephemeral streams (work queues) for the in-memory backend.
+
+No timers: leases and delays are entries in a heap ordered by the time they end,
+looked at (and moved to the ready heap) whenever someone dequeues. Each method
+runs without awaiting between reading and writing state, so it is atomic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import heapq
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from uuid import UUID
+
+from storage.errors import (
+    DuplicateMessage,
+    InvalidPageToken,
+    MessageNotFound,
+    MessageNotHeld,
+    StreamNotFound,
+)
+from storage.memory.base import MemoryBase
+from storage.memory.state import MemoryStream, QueueEntry, QueueState, utc_now
+from storage.records import (
+    AckFailure,
+    AckFailureReason,
+    AckResult,
+    DeadLetter,
+    DeadLetterPage,
+    NewEvent,
+    QueueMessage,
+    RecordedEvent,
+    StreamMetadata,
+    StreamType,
+)
+from storage.signals import StreamSignals
+
+EXPIRED_REASON = "visibility timeout expired"
+NACKED_REASON = "nacked"
+_TOKEN_PREFIX = "dlq:"
+
+
+def _page_token(position: int) -> str:
+    return base64.urlsafe_b64encode(f"{_TOKEN_PREFIX}{position}".encode()).decode()
+
+
+def _token_position(token: str) -> int:
+    """The dead-letter sequence number a page token continues after (0: the start)."""
+    if not token:
+        return 0
+    try:
+        text = base64.urlsafe_b64decode(token.encode("ascii")).decode("ascii")
+    except (ValueError, binascii.Error, UnicodeError):
+        raise InvalidPageToken(token) from None
+    if not text.startswith(_TOKEN_PREFIX) or not text[len(_TOKEN_PREFIX) :].isdigit():
+        raise InvalidPageToken(token)
+    return int(text[len(_TOKEN_PREFIX) :])
+
+
+def _schedule(queue: QueueState, entry: QueueEntry, now: datetime) -> None:
+    """File the entry's current state in the heap it belongs to."""
+    entry.version += 1
+    item_id = entry.event.event_id
+    if entry.visible_at <= now:
+        heapq.heappush(queue.ready, (entry.event.offset, entry.version, item_id))
+    else:
+        heapq.heappush(
+            queue.waiting, (entry.visible_at, entry.event.offset, entry.version, item_id)
+        )
+
+
+def _bury(queue: QueueState, entry: QueueEntry, reason: str, now: datetime) -> None:
+    """Move a message to the dead-letter queue."""
+    del queue.messages[entry.event.event_id]
+    queue.dead_letters[entry.event.event_id] = (
+        queue.next_dead_letter,
+        DeadLetter(entry.event, entry.delivery_attempts, reason, now),
+    )
+    queue.next_dead_letter += 1
+
+
+def _exhausted(entry: QueueEntry, max_attempts: int, now: datetime) -> bool:
+    """Its last allowed lease has run out: a dead letter, wherever it still is."""
+    return entry.visible_at <= now and entry.delivery_attempts >= max_attempts
+
+
+def _bury_expired(stream: MemoryStream, now: datetime) -> None:
+    max_attempts = stream.configuration.max_delivery_attempts
+    for entry in sorted(
+        (e for e in stream.queue.messages.values() if _exhausted(e, max_attempts, now)),
+        key=lambda e: e.event.offset,
+    ):
+        _bury(stream.queue, entry, EXPIRED_REASON, now)
+
+
+class MemoryQueue(MemoryBase):
+    async def enqueue(self, stream_name: str, events: Sequence[NewEvent]) -> Sequence[UUID]:
+        stream = self._find_or_create(stream_name, StreamType.EPHEMERAL)
+        queue = stream.queue
+        for new in events:
+            if new.event_id in queue.messages or new.event_id in queue.dead_letters:
+                raise DuplicateMessage(stream_name, new.event_id)
+        now = utc_now()
+        for new in events:
+            entry = QueueEntry(
+                event=RecordedEvent(
+                    stream_name=stream_name,
+                    offset=stream.next_offset,
+                    event_id=new.event_id,
+                    event_type=new.event_type,
+                    data=new.data,
+                    content_type=new.content_type,
+                    metadata=dict(new.metadata),
+                    correlation_id=new.correlation_id,
+                    causation_id=new.causation_id,
+                    timestamp=now,
+                ),
+                visible_at=now,
+            )
+            stream.next_offset += 1
+            queue.messages[new.event_id] = entry
+            _schedule(queue, entry, now)
+        self.signals.notify(stream_name)
+        return [e.event_id for e in events]
+
+    def _lease(
+        self,
+        stream: MemoryStream,
+        consumer_id: str,
+        visibility_timeout: timedelta | None,
+        max_messages: int,
+    ) -> list[QueueMessage]:
+        """Lease up to max_messages visible messages, oldest first."""
+        queue = stream.queue
+        config = stream.configuration
+        now = utc_now()
+        if visibility_timeout is None:
+            visibility_timeout = config.default_visibility_timeout
+        visible_until = now + visibility_timeout
+        while queue.waiting and queue.waiting[0][0] <= now:
+            _, offset, version, event_id = heapq.heappop(queue.waiting)
+            entry = queue.messages.get(event_id)
+            if entry is not None and entry.version == version:
+                heapq.heappush(queue.ready, (offset, version, event_id))
+        leased: list[QueueMessage] = []
+        while queue.ready and len(leased) < max_messages:
+            _, version, event_id = heapq.heappop(queue.ready)
+            entry = queue.messages.get(event_id)
+            if entry is None or entry.version != version:
+                continue
+            if entry.delivery_attempts >= config.max_delivery_attempts:
+                _bury(queue, entry, EXPIRED_REASON, now)
+                continue
+            entry.delivery_attempts += 1
+            entry.consumer_id = consumer_id
+            entry.visible_at = visible_until
+            _schedule(queue, entry, now)
+            leased.append(QueueMessage(entry.event, entry.delivery_attempts, visible_until))
+        return leased
+
+    async def dequeue(
+        self,
+        stream_name: str,
+        consumer_id: str,
+        visibility_timeout: timedelta | None,
+        max_messages: int,
+        wait_time: timedelta = timedelta(0),
+    ) -> Sequence[QueueMessage]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_time.total_seconds()
+        while True:
+            waiter = self.signals.waiter(stream_name)
+            next_visible: float | None = None
+            try:
+                stream = self._find(stream_name, StreamType.EPHEMERAL)
+            except StreamNotFound:
+                pass  # an enqueue may create it while we wait
+            else:
+                leased = self._lease(stream, consumer_id, visibility_timeout, max_messages)
+                if leased:
+                    return leased
+                if stream.queue.waiting:
+                    # Possibly stale (acked since); then we just look once more.
+                    next_visible = max(
+                        0.0, (stream.queue.waiting[0][0] - utc_now()).total_seconds()
+                    )
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return []
+            timeout = remaining if next_visible is None else min(remaining, next_visible)
+            await StreamSignals.wait(waiter, timeout)
+
+    def _queue_or_none(self, stream_name: str) -> MemoryStream | None:
+        """The queue, None when the stream does not exist; WrongStreamType for a log."""
+        try:
+            return self._find(stream_name, StreamType.EPHEMERAL)
+        except StreamNotFound:
+            return None
+
+    async def acknowledge(
+        self, stream_name: str, consumer_id: str, event_ids: Sequence[UUID]
+    ) -> AckResult:
+        stream = self._queue_or_none(stream_name)
+        messages = stream.queue.messages if stream is not None else {}
+        done: list[UUID] = []
+        failed: list[AckFailure] = []
+        for event_id in dict.fromkeys(event_ids):
+            entry = messages.get(event_id)
+            if entry is None:
+                failed.append(AckFailure(event_id, AckFailureReason.NOT_FOUND))
+            elif entry.consumer_id != consumer_id:
+                failed.append(AckFailure(event_id, AckFailureReason.NOT_HELD))
+            else:
+                del messages[event_id]
+                done.append(event_id)
+        return AckResult(tuple(done), tuple(failed))
+
+    def _held(self, stream_name: str, consumer_id: str, event_id: UUID) -> MemoryStream:
+        stream = self._queue_or_none(stream_name)
+        if stream is None or event_id not in stream.queue.messages:
+            raise MessageNotFound(stream_name, event_id)
+        if stream.queue.messages[event_id].consumer_id != consumer_id:
+            raise MessageNotHeld(stream_name, event_id, consumer_id)
+        return stream
+
+    async def nack(
+        self,
+        stream_name: str,
+        consumer_id: str,
+        event_id: UUID,
+        delay: timedelta,
+        reason: str,
+    ) -> None:
+        stream = self._held(stream_name, consumer_id, event_id)
+        entry = stream.queue.messages[event_id]
+        now = utc_now()
+        if entry.delivery_attempts >= stream.configuration.max_delivery_attempts:
+            _bury(stream.queue, entry, reason or NACKED_REASON, now)
+            return
+        entry.consumer_id = None
+        entry.visible_at = now + delay
+        _schedule(stream.queue, entry, now)
+        self.signals.notify(stream_name)
+
+    async def extend_visibility(
+        self,
+        stream_name: str,
+        consumer_id: str,
+        event_id: UUID,
+        visibility_timeout: timedelta,
+    ) -> datetime:
+        stream = self._held(stream_name, consumer_id, event_id)
+        entry = stream.queue.messages[event_id]
+        now = utc_now()
+        entry.visible_at = now + visibility_timeout
+        _schedule(stream.queue, entry, now)
+        return entry.visible_at
+
+    async def list_dead_letters(
+        self, stream_name: str, max_count: int, page_token: str
+    ) -> DeadLetterPage:
+        after = _token_position(page_token)
+        stream = self._queue_or_none(stream_name)
+        if stream is None:
+            return DeadLetterPage((), "")
+        _bury_expired(stream, utc_now())
+        page = [
+            (position, letter)
+            for position, letter in stream.queue.dead_letters.values()
+            if position > after
+        ]
+        more = len(page) > max_count
+        page = page[:max_count]
+        token = _page_token(page[-1][0]) if more else ""
+        return DeadLetterPage(tuple(letter for _, letter in page), token)
+
+    async def redrive_dead_letters(self, stream_name: str, event_ids: Sequence[UUID]) -> int:
+        stream = self._queue_or_none(stream_name)
+        if stream is None:
+            return 0
+        now = utc_now()
+        _bury_expired(stream, now)
+        queue = stream.queue
+        wanted = set(event_ids)
+        chosen = [
+            letter
+            for _, letter in queue.dead_letters.values()
+            if not wanted or letter.event.event_id in wanted
+        ]
+        for letter in chosen:
+            del queue.dead_letters[letter.event.event_id]
+            event = letter.event
+            entry = QueueEntry(
+                event=RecordedEvent(
+                    stream_name=event.stream_name,
+                    offset=stream.next_offset,
+                    event_id=event.event_id,
+                    event_type=event.event_type,
+                    data=event.data,
+                    content_type=event.content_type,
+                    metadata=event.metadata,
+                    correlation_id=event.correlation_id,
+                    causation_id=event.causation_id,
+                    timestamp=event.timestamp,
+                ),
+                visible_at=now,
+            )
+            stream.next_offset += 1
+            queue.messages[event.event_id] = entry
+            _schedule(queue, entry, now)
+        if chosen:
+            self.signals.notify(stream_name)
+        return len(chosen)
+
+    def _queue_metadata(self, stream: MemoryStream) -> StreamMetadata:
+        now = utc_now()
+        max_attempts = stream.configuration.max_delivery_attempts
+        in_flight = expired = 0
+        for entry in stream.queue.messages.values():
+            if _exhausted(entry, max_attempts, now):
+                expired += 1
+            elif entry.consumer_id is not None and entry.visible_at > now:
+                in_flight += 1
+        entries = stream.queue.messages.values()
+        oldest = min(entries, key=lambda e: e.event.offset, default=None)
+        retained = len(stream.queue.messages) - expired
+        return StreamMetadata(
+            stream_name=stream.name,
+            stream_type=StreamType.EPHEMERAL,
+            length=stream.next_offset,
+            retained_count=retained,
+            oldest_offset=-1 if oldest is None else oldest.event.offset,
+            newest_offset=stream.next_offset - 1,
+            oldest_event_timestamp=min((e.event.timestamp for e in entries), default=None),
+            newest_event_timestamp=max((e.event.timestamp for e in entries), default=None),
+            created_at=stream.created_at,
+            pending_count=retained - in_flight,
+            in_flight_count=in_flight,
+            dead_letter_count=len(stream.queue.dead_letters) + expired,
+        )

@@ -1,0 +1,79 @@
+"""Stream configuration (type, retention, queue settings) on PostgreSQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from storage.errors import StreamNotFound, StreamTypeChange
+from storage.postgres.base import PostgresBase
+from storage.postgres.errors import translates_errors
+from storage.records import StreamConfiguration, StreamType
+
+_CONFIG_COLUMNS = (
+    "stream_type, retention_max_age, retention_max_count, max_delivery_attempts, "
+    "default_visibility_timeout"
+)
+
+# Creates the stream or replaces its settings in one statement. A NULL type keeps
+# the stored one; the WHERE refuses to change a type already decided, in which
+# case nothing is returned and the caller reports the conflict.
+CONFIGURE_SQL = f"""
+INSERT INTO event_streaming.streams AS s (stream_name, {_CONFIG_COLUMNS})
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (stream_name) DO UPDATE
+   SET stream_type = COALESCE(EXCLUDED.stream_type, s.stream_type),
+       retention_max_age = EXCLUDED.retention_max_age,
+       retention_max_count = EXCLUDED.retention_max_count,
+       max_delivery_attempts = EXCLUDED.max_delivery_attempts,
+       default_visibility_timeout = EXCLUDED.default_visibility_timeout
+ WHERE EXCLUDED.stream_type IS NULL OR s.stream_type IS NULL
+    OR s.stream_type = EXCLUDED.stream_type
+RETURNING {_CONFIG_COLUMNS}
+"""
+
+CURRENT_TYPE_SQL = "SELECT stream_type FROM event_streaming.streams WHERE stream_name = $1"
+
+CONFIGURATION_SQL = (
+    f"SELECT {_CONFIG_COLUMNS} FROM event_streaming.streams WHERE stream_name = $1"
+)
+
+
+def _configuration(row: Any) -> StreamConfiguration:
+    stream_type = row["stream_type"]
+    return StreamConfiguration(
+        stream_type=None if stream_type is None else StreamType(stream_type),
+        retention_max_age=row["retention_max_age"],
+        retention_max_count=row["retention_max_count"],
+        max_delivery_attempts=row["max_delivery_attempts"],
+        default_visibility_timeout=row["default_visibility_timeout"],
+    )
+
+
+class PostgresConfig(PostgresBase):
+    @translates_errors
+    async def configure_stream(
+        self, stream_name: str, configuration: StreamConfiguration
+    ) -> StreamConfiguration:
+        wanted = configuration.stream_type
+        row = await self.pool.fetchrow(
+            CONFIGURE_SQL,
+            stream_name,
+            None if wanted is None else int(wanted),
+            configuration.retention_max_age,
+            configuration.retention_max_count,
+            configuration.max_delivery_attempts,
+            configuration.default_visibility_timeout,
+        )
+        if row is None:
+            actual = await self.pool.fetchval(CURRENT_TYPE_SQL, stream_name)
+            assert actual is not None
+            assert wanted is not None
+            raise StreamTypeChange(stream_name, StreamType(actual), wanted)
+        return _configuration(row)
+
+    @translates_errors
+    async def get_stream_configuration(self, stream_name: str) -> StreamConfiguration:
+        row = await self.pool.fetchrow(CONFIGURATION_SQL, stream_name)
+        if row is None:
+            raise StreamNotFound(stream_name)
+        return _configuration(row)

@@ -1,0 +1,396 @@
+"""Ephemeral streams (work queues) on PostgreSQL.
+
+Leases live in the message rows (migrations/002_queues.sql), so every server
+process sharing the database sees the same queue and a killed process loses
+nothing: its leases run out and the messages are delivered again. Each RPC is one
+statement or one function call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from storage.errors import (
+    DuplicateMessage,
+    InvalidPageToken,
+    MessageNotFound,
+    MessageNotHeld,
+    WrongStreamType,
+)
+from storage.postgres.base import PostgresBase
+from storage.postgres.errors import translates_errors
+from storage.postgres.rows import EVENT_COLUMNS, event_arrays, event_from_row
+from storage.records import (
+    AckFailure,
+    AckFailureReason,
+    AckResult,
+    DeadLetter,
+    DeadLetterPage,
+    NewEvent,
+    QueueMessage,
+    StreamMetadata,
+    StreamType,
+)
+from storage.signals import StreamSignals
+
+#: How often a waiting Dequeue looks again without a wake-up, so that messages
+#: enqueued through other server processes are found (cross-process notifications
+#: make this a fallback); it also looks when the earliest lease or delay it knows
+#: of runs out.
+REPOLL_SECONDS = 0.5
+
+ENQUEUE_SQL = "SELECT * FROM event_streaming.enqueue_messages($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+
+_MESSAGE_COLUMNS = ", ".join(f"m.{c.strip()}" for c in EVENT_COLUMNS.split(","))
+
+# One statement: lock the oldest visible messages (skipping rows other consumers
+# have locked), move those that already had their last allowed delivery to the
+# dead-letter queue, lease the rest. When nothing was leased it also reports when
+# the earliest invisible message at the head becomes visible, so a long poll knows
+# when to look again. The stream lookups are scalar subqueries and the picked rows
+# are passed on as arrays, so that even the generic plan of the prepared statement
+# walks the primary key in queue order, stops at the LIMIT and updates by key.
+DEQUEUE_SQL = f"""
+WITH s AS (
+    SELECT stream_id, stream_type, max_delivery_attempts, default_visibility_timeout
+      FROM event_streaming.streams WHERE stream_name = $1
+), picked AS (
+    SELECT m.queue_offset,
+           m.delivery_attempts >= (SELECT max_delivery_attempts FROM s) AS exhausted
+      FROM event_streaming.queue_messages m
+     WHERE m.stream_id = (SELECT stream_id FROM s) AND (SELECT stream_type FROM s) = 2
+       AND m.visible_at <= now()
+     ORDER BY m.queue_offset
+     LIMIT $4
+       FOR UPDATE SKIP LOCKED
+), moved AS (
+    DELETE FROM event_streaming.queue_messages m
+     WHERE m.stream_id = (SELECT stream_id FROM s)
+       AND m.queue_offset = ANY (ARRAY(SELECT queue_offset FROM picked WHERE exhausted))
+    RETURNING m.*
+), buried AS (
+    INSERT INTO event_streaming.dead_letters (
+        stream_id, queue_offset, event_id, event_type, content_type, data_json, data_bytes,
+        metadata, correlation_id, causation_id, created_at, delivery_attempts, reason,
+        dead_lettered_at)
+    SELECT stream_id, queue_offset, event_id, event_type, content_type, data_json,
+           data_bytes, metadata, correlation_id, causation_id, created_at,
+           delivery_attempts, 'visibility timeout expired', now()
+      FROM moved ORDER BY queue_offset
+    RETURNING 1
+), leased AS (
+    UPDATE event_streaming.queue_messages m
+       SET visible_at = now() + COALESCE($3::interval, (SELECT default_visibility_timeout FROM s)),
+           delivery_attempts = m.delivery_attempts + 1,
+           consumer_id = $2
+     WHERE m.stream_id = (SELECT stream_id FROM s)
+       AND m.queue_offset = ANY (ARRAY(SELECT queue_offset FROM picked WHERE NOT exhausted))
+    RETURNING m.queue_offset, m.visible_at, m.delivery_attempts, m.created_at, {_MESSAGE_COLUMNS}
+)
+SELECT s.stream_type, (SELECT count(*) FROM buried) AS buried, now() AS db_now,
+       CASE WHEN NOT EXISTS (SELECT 1 FROM leased) THEN (
+           SELECT min(h.visible_at) FROM (
+               SELECT visible_at FROM event_streaming.queue_messages
+                WHERE stream_id = s.stream_id ORDER BY queue_offset LIMIT 1000) h
+            WHERE h.visible_at > now())
+       END AS next_visible_at,
+       l.*
+  FROM s LEFT JOIN leased l ON true
+ ORDER BY l.queue_offset
+"""
+
+# The holder check is in the DELETE itself: when another consumer's dequeue has
+# re-leased the row meanwhile, the DELETE re-reads it, sees the new consumer_id
+# and leaves it alone.
+ACKNOWLEDGE_SQL = """
+WITH s AS (
+    SELECT stream_id, stream_type FROM event_streaming.streams WHERE stream_name = $1
+), acked AS (
+    DELETE FROM event_streaming.queue_messages m
+     WHERE m.stream_id = (SELECT stream_id FROM s) AND (SELECT stream_type FROM s) = 2
+       AND m.event_id = ANY($3::uuid[]) AND m.consumer_id = $2
+    RETURNING m.event_id
+)
+SELECT (SELECT stream_type FROM s) AS stream_type,
+       ARRAY(SELECT event_id FROM acked) AS acknowledged,
+       ARRAY(SELECT m.event_id FROM event_streaming.queue_messages m
+              WHERE m.stream_id = (SELECT stream_id FROM s)
+                AND m.event_id = ANY($3::uuid[])) AS present
+"""
+
+NACK_SQL = "SELECT * FROM event_streaming.nack_message($1, $2, $3, $4, $5)"
+_RELEASED, _DEAD_LETTERED, _NACK_NOT_FOUND, _NACK_NOT_HELD, _NACK_WRONG_TYPE = range(5)
+
+EXTEND_SQL = """
+WITH s AS (
+    SELECT stream_id, stream_type FROM event_streaming.streams WHERE stream_name = $1
+), extended AS (
+    UPDATE event_streaming.queue_messages m SET visible_at = now() + $4::interval
+     WHERE m.stream_id = (SELECT stream_id FROM s) AND (SELECT stream_type FROM s) = 2
+       AND m.event_id = $3 AND m.consumer_id = $2
+    RETURNING m.visible_at
+)
+SELECT (SELECT stream_type FROM s) AS stream_type,
+       (SELECT visible_at FROM extended) AS visible_until,
+       EXISTS (SELECT 1 FROM event_streaming.queue_messages m
+                WHERE m.stream_id = (SELECT stream_id FROM s) AND m.event_id = $3) AS present
+"""
+
+STREAM_SQL = """
+SELECT stream_id, stream_type, max_delivery_attempts
+  FROM event_streaming.streams WHERE stream_name = $1
+"""
+BURY_EXPIRED_SQL = "SELECT event_streaming.bury_expired_messages($1, $2)"
+LIST_DEAD_LETTERS_SQL = f"""
+SELECT d.dead_letter_id, d.queue_offset, d.created_at, d.delivery_attempts, d.reason,
+       d.dead_lettered_at, {EVENT_COLUMNS}
+  FROM event_streaming.dead_letters d
+ WHERE d.stream_id = $1 AND d.dead_letter_id > $2
+ ORDER BY d.dead_letter_id
+ LIMIT $3
+"""
+
+REDRIVE_SQL = "SELECT * FROM event_streaming.redrive_dead_letters($1, $2)"
+
+# Messages whose last allowed lease ran out are dead letters in all but place
+# (Dequeue never hands them out again), so they count as dead-lettered here.
+QUEUE_COUNTS_SQL = """
+WITH s AS (
+    SELECT stream_id, max_delivery_attempts FROM event_streaming.streams WHERE stream_name = $1
+)
+SELECT q.*, (SELECT count(*) FROM event_streaming.dead_letters d
+              WHERE d.stream_id = (SELECT stream_id FROM s)) AS dead_letters
+  FROM (
+    SELECT count(*) FILTER (WHERE m.consumer_id IS NOT NULL AND m.visible_at > now())
+               AS in_flight,
+           count(*) FILTER (WHERE m.visible_at <= now()
+                              AND m.delivery_attempts >= (SELECT max_delivery_attempts FROM s))
+               AS expired,
+           count(*) AS messages,
+           min(m.queue_offset) AS oldest_offset,
+           min(m.created_at) AS oldest_at,
+           max(m.created_at) AS newest_at
+      FROM event_streaming.queue_messages m
+     WHERE m.stream_id = (SELECT stream_id FROM s)
+  ) q
+"""
+
+_ENQUEUED, _DUPLICATE, _ENQUEUE_WRONG_TYPE = range(3)
+_TOKEN_PREFIX = "dlq:"
+
+
+def _check_type(stream_name: str, actual: int | None) -> None:
+    if actual is not None and actual != StreamType.EPHEMERAL:
+        raise WrongStreamType(stream_name, StreamType(actual), StreamType.EPHEMERAL)
+
+
+def _page_token(position: int) -> str:
+    return base64.urlsafe_b64encode(f"{_TOKEN_PREFIX}{position}".encode()).decode()
+
+
+def _token_position(token: str) -> int:
+    """The dead-letter id a page token continues after (0 for the first page)."""
+    if not token:
+        return 0
+    try:
+        text = base64.urlsafe_b64decode(token.encode("ascii")).decode("ascii")
+    except (ValueError, binascii.Error, UnicodeError):
+        raise InvalidPageToken(token) from None
+    if not text.startswith(_TOKEN_PREFIX) or not text[len(_TOKEN_PREFIX) :].isdigit():
+        raise InvalidPageToken(token)
+    return int(text[len(_TOKEN_PREFIX) :])
+
+
+def _seconds_until(later: datetime | None, now: datetime) -> float | None:
+    return None if later is None else max(0.0, (later - now).total_seconds())
+
+
+class PostgresQueue(PostgresBase):
+    @translates_errors
+    async def enqueue(self, stream_name: str, events: Sequence[NewEvent]) -> Sequence[UUID]:
+        row = await self.pool.fetchrow(ENQUEUE_SQL, stream_name, *event_arrays(events))
+        assert row is not None
+        outcome = row["outcome"]
+        if outcome == _ENQUEUE_WRONG_TYPE:
+            _check_type(stream_name, row["actual_type"])
+        if outcome == _DUPLICATE:
+            raise DuplicateMessage(stream_name, row["conflict_event_id"])
+        self._announce(stream_name)
+        return [e.event_id for e in events]
+
+    @translates_errors
+    async def dequeue(
+        self,
+        stream_name: str,
+        consumer_id: str,
+        visibility_timeout: timedelta | None,
+        max_messages: int,
+        wait_time: timedelta = timedelta(0),
+    ) -> Sequence[QueueMessage]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_time.total_seconds()
+        while True:
+            # Taken before the look, so an enqueue committed after it wakes us.
+            waiter = self.signals.waiter(stream_name)
+            rows = await self.pool.fetch(
+                DEQUEUE_SQL, stream_name, consumer_id, visibility_timeout, max_messages
+            )
+            next_visible: float | None = None
+            if rows:
+                first = rows[0]
+                _check_type(stream_name, first["stream_type"])
+                messages = [
+                    QueueMessage(
+                        event=event_from_row(stream_name, r["queue_offset"], r),
+                        delivery_attempt=r["delivery_attempts"],
+                        visible_until=r["visible_at"],
+                    )
+                    for r in rows
+                    if r["queue_offset"] is not None
+                ]
+                if messages:
+                    return messages
+                if first["buried"]:
+                    continue  # the head held only dead letters; look behind them
+                next_visible = _seconds_until(first["next_visible_at"], first["db_now"])
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return []
+            timeout = min(remaining, REPOLL_SECONDS)
+            if next_visible is not None:
+                timeout = min(timeout, next_visible)
+            await StreamSignals.wait(waiter, timeout)
+
+    @translates_errors
+    async def acknowledge(
+        self, stream_name: str, consumer_id: str, event_ids: Sequence[UUID]
+    ) -> AckResult:
+        row = await self.pool.fetchrow(ACKNOWLEDGE_SQL, stream_name, consumer_id, list(event_ids))
+        assert row is not None
+        _check_type(stream_name, row["stream_type"])
+        acknowledged = set(row["acknowledged"])
+        present = set(row["present"])
+        done: list[UUID] = []
+        failed: list[AckFailure] = []
+        for event_id in dict.fromkeys(event_ids):
+            if event_id in acknowledged:
+                done.append(event_id)
+            elif event_id in present:
+                failed.append(AckFailure(event_id, AckFailureReason.NOT_HELD))
+            else:
+                failed.append(AckFailure(event_id, AckFailureReason.NOT_FOUND))
+        return AckResult(tuple(done), tuple(failed))
+
+    @translates_errors
+    async def nack(
+        self,
+        stream_name: str,
+        consumer_id: str,
+        event_id: UUID,
+        delay: timedelta,
+        reason: str,
+    ) -> None:
+        row = await self.pool.fetchrow(
+            NACK_SQL, stream_name, consumer_id, event_id, delay, reason or "nacked"
+        )
+        assert row is not None
+        outcome = row["outcome"]
+        if outcome == _NACK_WRONG_TYPE:
+            _check_type(stream_name, row["actual_type"])
+        if outcome == _NACK_NOT_FOUND:
+            raise MessageNotFound(stream_name, event_id)
+        if outcome == _NACK_NOT_HELD:
+            raise MessageNotHeld(stream_name, event_id, consumer_id)
+        if outcome == _RELEASED:
+            self._announce(stream_name)
+
+    @translates_errors
+    async def extend_visibility(
+        self,
+        stream_name: str,
+        consumer_id: str,
+        event_id: UUID,
+        visibility_timeout: timedelta,
+    ) -> datetime:
+        row = await self.pool.fetchrow(
+            EXTEND_SQL, stream_name, consumer_id, event_id, visibility_timeout
+        )
+        assert row is not None
+        _check_type(stream_name, row["stream_type"])
+        visible_until: datetime | None = row["visible_until"]
+        if visible_until is not None:
+            return visible_until
+        if row["present"]:
+            raise MessageNotHeld(stream_name, event_id, consumer_id)
+        raise MessageNotFound(stream_name, event_id)
+
+    @translates_errors
+    async def list_dead_letters(
+        self, stream_name: str, max_count: int, page_token: str
+    ) -> DeadLetterPage:
+        after = _token_position(page_token)
+        async with self.pool.acquire() as conn, conn.transaction():
+            stream = await conn.fetchrow(STREAM_SQL, stream_name)
+            if stream is None:
+                return DeadLetterPage((), "")
+            _check_type(stream_name, stream["stream_type"])
+            if stream["stream_type"] is None:
+                return DeadLetterPage((), "")
+            await conn.fetchval(
+                BURY_EXPIRED_SQL, stream["stream_id"], stream["max_delivery_attempts"]
+            )
+            rows = await conn.fetch(
+                LIST_DEAD_LETTERS_SQL, stream["stream_id"], after, max_count + 1
+            )
+        more = len(rows) > max_count
+        rows = rows[:max_count]
+        letters = tuple(
+            DeadLetter(
+                event=event_from_row(stream_name, r["queue_offset"], r),
+                delivery_attempts=r["delivery_attempts"],
+                reason=r["reason"],
+                dead_lettered_at=r["dead_lettered_at"],
+            )
+            for r in rows
+        )
+        token = _page_token(rows[-1]["dead_letter_id"]) if more else ""
+        return DeadLetterPage(letters, token)
+
+    @translates_errors
+    async def redrive_dead_letters(self, stream_name: str, event_ids: Sequence[UUID]) -> int:
+        row = await self.pool.fetchrow(REDRIVE_SQL, stream_name, list(event_ids) or None)
+        assert row is not None
+        _check_type(stream_name, row["actual_type"])
+        redriven: int = row["redriven"]
+        if redriven > 0:
+            self._announce(stream_name)
+        return redriven
+
+    async def _queue_metadata(self, row: Any) -> StreamMetadata:
+        """Queue-shaped metadata for a stream found by METADATA_SQL (log.py)."""
+        counts = await self.pool.fetchrow(QUEUE_COUNTS_SQL, row["stream_name"])
+        assert counts is not None
+        in_flight: int = counts["in_flight"]
+        expired: int = counts["expired"]
+        messages: int = counts["messages"]
+        oldest = counts["oldest_offset"]
+        return StreamMetadata(
+            stream_name=row["stream_name"],
+            stream_type=StreamType.EPHEMERAL,
+            length=row["next_offset"],
+            retained_count=messages - expired,
+            oldest_offset=-1 if oldest is None else oldest,
+            newest_offset=row["next_offset"] - 1,
+            oldest_event_timestamp=counts["oldest_at"],
+            newest_event_timestamp=counts["newest_at"],
+            created_at=row["created_at"],
+            pending_count=messages - in_flight - expired,
+            in_flight_count=in_flight,
+            dead_letter_count=counts["dead_letters"] + expired,
+        )

@@ -1,0 +1,62 @@
+"""A test-side subscriber: reads a SubscribeToStream call item by item, with timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
+from server.generated.eventstreaming.v1 import event_streaming_pb2_grpc as pb_grpc
+
+
+@dataclass
+class Subscriber:
+    """Wraps one call; remembers every event and every CaughtUp it saw, in order."""
+
+    call: Any
+    events: list[pb.Event] = field(default_factory=list)
+    caught_up: list[int] = field(default_factory=list)
+    #: Position in the call's items at which each CaughtUp arrived (events before it).
+    caught_up_after: list[int] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, stub: pb_grpc.EventStreamingStub, name: str, **start: Any) -> Subscriber:
+        return cls(stub.SubscribeToStream(pb.SubscribeToStreamRequest(stream_name=name, **start)))
+
+    async def next(self, timeout: float = 10.0) -> pb.SubscribeToStreamResponse:
+        item = await asyncio.wait_for(self.call.read(), timeout)
+        if item is grpc.aio.EOF:
+            raise AssertionError("the subscription ended")
+        assert isinstance(item, pb.SubscribeToStreamResponse)
+        if item.HasField("caught_up"):
+            self.caught_up.append(item.caught_up.next_offset)
+            self.caught_up_after.append(len(self.events))
+        else:
+            self.events.append(item.event)
+        return item
+
+    async def until_caught_up(self, timeout: float = 10.0) -> list[pb.Event]:
+        """Read until the (first) CaughtUp; returns the events read before it."""
+        while not self.caught_up:
+            await self.next(timeout)
+        return self.events[: self.caught_up_after[0]]
+
+    async def until_events(self, count: int, timeout: float = 10.0) -> list[pb.Event]:
+        """Read until ``count`` events in all have arrived."""
+        while len(self.events) < count:
+            await self.next(timeout)
+        return self.events
+
+    async def error(self, timeout: float = 10.0) -> grpc.aio.AioRpcError:
+        """Read until the call fails; returns its error."""
+        try:
+            while True:
+                await self.next(timeout)
+        except grpc.aio.AioRpcError as exc:
+            return exc
+
+    def cancel(self) -> None:
+        self.call.cancel()

@@ -1,0 +1,219 @@
+"""The ``eventstreaming`` command line: help on every command, ``serve`` as the
+default, ``config`` with secrets masked, ``health``, ``migrate`` (+ ``--status``)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from server.cli import describe_settings, main, mask_dsn
+from server.settings import Settings
+from tests.conftest import _run_in_thread
+from tests.support import (
+    ROOT,
+    create_database,
+    drop_database,
+    dsn_for,
+    free_port,
+)
+
+
+def command() -> list[str]:
+    """The console script when installed next to this Python, else ``python -m server``."""
+    script = Path(sys.executable).parent / "eventstreaming"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("eventstreaming")
+    return [found] if found else [sys.executable, "-m", "server"]
+
+
+def clean_env(**variables: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTSTREAMING_")}
+    env.update(variables)
+    return env
+
+
+def run(
+    args: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*command(), *args],
+        cwd=ROOT / "tests",  # no .env file here
+        env=dict(env if env is not None else clean_env()),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "mentions"),
+    [
+        ([], ["serve", "migrate", "retention", "config", "health"]),
+        (["serve"], ["usage: eventstreaming serve"]),
+        (["migrate"], ["--status"]),
+        (["retention"], ["run-once"]),
+        (["retention", "run-once"], ["usage: eventstreaming retention run-once"]),
+        (["config"], ["masked"]),
+        (["health"], ["--address", "--timeout", "--ca-file"]),
+    ],
+)
+def test_every_command_has_help(
+    args: list[str], mentions: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([*args, "--help"])
+    assert exited.value.code == 0
+    shown = capsys.readouterr().out
+    for word in mentions:
+        assert word in shown
+
+
+def test_the_console_script_runs() -> None:
+    result = run(["--help"])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: eventstreaming")
+
+
+def test_config_prints_every_setting_with_secrets_masked() -> None:
+    result = run(
+        ["config"],
+        clean_env(
+            EVENTSTREAMING_STORAGE="postgres",
+            EVENTSTREAMING_DATABASE_URL="postgresql://app:hunter2@db.example:5432/events",
+            EVENTSTREAMING_AUTH_TOKENS="tok-one,tok-two",
+            EVENTSTREAMING_METRICS_PORT="9464",
+        ),
+    )
+    assert result.returncode == 0, result.stderr
+    shown = dict(line.split("=", 1) for line in result.stdout.splitlines())
+    assert set(shown) == {f"EVENTSTREAMING_{name.upper()}" for name in Settings.model_fields}
+    assert shown["EVENTSTREAMING_STORAGE"] == "postgres"
+    assert shown["EVENTSTREAMING_METRICS_PORT"] == "9464"
+    assert shown["EVENTSTREAMING_DATABASE_URL"] == "postgresql://app:****@db.example:5432/events"
+    assert shown["EVENTSTREAMING_AUTH_TOKENS"] == "**** (2 tokens)"
+    for secret in ("hunter2", "tok-one", "tok-two"):
+        assert secret not in result.stdout
+
+
+def test_config_with_a_bad_setting_exits_with_one_line() -> None:
+    result = run(["config"], clean_env(EVENTSTREAMING_LOG_FORMAT="xml"))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "EVENTSTREAMING_LOG_FORMAT" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("dsn", "masked"),
+    [
+        ("postgresql://u:p4ss@h:5432/d", "postgresql://u:****@h:5432/d"),
+        ("postgresql://u@h/d", "postgresql://u@h/d"),
+        ("postgresql://u:p4ss@h/d?sslmode=require", "postgresql://u:****@h/d?sslmode=require"),
+        ("postgresql://h/d?user=u&password=p4ss", "postgresql://h/d?user=u&password=****"),
+        ("host=h user=u password=p4ss dbname=d", "host=h user=u password=**** dbname=d"),
+    ],
+)
+def test_database_passwords_are_masked(dsn: str, masked: str) -> None:
+    assert mask_dsn(dsn) == masked
+
+
+def test_unset_optional_settings_show_empty() -> None:
+    shown = dict(describe_settings(Settings(_env_file=None)))  # type: ignore[call-arg]
+    assert shown["EVENTSTREAMING_TLS_CERT_FILE"] == ""
+    assert shown["EVENTSTREAMING_AUTH_TOKENS"] == ""
+
+
+def test_health_fails_when_no_server_answers() -> None:
+    port = free_port()
+    result = run(["health", "--timeout", "1"], clean_env(EVENTSTREAMING_PORT=str(port)))
+    assert result.returncode == 1
+    assert f"127.0.0.1:{port}: UNREACHABLE" in result.stdout
+
+
+@pytest.fixture
+def serving_without_command() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    port = free_port()
+    process = subprocess.Popen(
+        command(),  # no command: serve
+        cwd=ROOT / "tests",
+        env=clean_env(EVENTSTREAMING_HOST="127.0.0.1", EVENTSTREAMING_PORT=str(port)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield process, port
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+
+
+def test_serve_is_the_default_command_and_health_reports_it(
+    serving_without_command: tuple[subprocess.Popen[bytes], int],
+) -> None:
+    process, port = serving_without_command
+    env = clean_env(EVENTSTREAMING_PORT=str(port))
+    deadline = time.monotonic() + 30
+    while True:
+        result = run(["health", "--timeout", "1"], env)
+        if result.returncode == 0 or time.monotonic() > deadline or process.poll() is not None:
+            break
+        time.sleep(0.2)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == f"127.0.0.1:{port}: SERVING"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+
+
+@pytest.fixture
+def empty_database() -> Iterator[str]:
+    name = _run_in_thread(create_database())
+    try:
+        yield dsn_for(name)
+    finally:
+        _run_in_thread(drop_database(name))
+
+
+def test_migrate_applies_pending_migrations_and_status_reports_them(empty_database: str) -> None:
+    env = clean_env(EVENTSTREAMING_DATABASE_URL=empty_database)
+    migrations = sorted(p.name for p in (ROOT / "migrations").glob("[0-9]*.sql"))
+    before = run(["migrate", "--status"], env)
+    assert before.returncode == 0, before.stderr
+    assert f"0 applied, {len(migrations)} pending" in before.stdout
+    applied = run(["migrate"], env)
+    assert applied.returncode == 0, applied.stderr
+    for name in migrations:
+        assert f"applied {name}" in applied.stdout
+    after = run(["migrate", "--status"], env)
+    assert f"{len(migrations)} applied, 0 pending" in after.stdout
+    again = run(["migrate"], env)
+    assert "0 migration(s) applied" in again.stdout
+
+
+def test_migrate_says_when_the_database_is_unreachable() -> None:
+    env = clean_env(EVENTSTREAMING_DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/x")
+    result = run(["migrate", "--status"], env)
+    assert result.returncode == 1
+    assert "cannot reach the database" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_readme_configuration_table_lists_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("<!-- section:operations -->")[1].split("### Configuration")[1]
+    table = section.split("\n### ")[0]
+    rows = {
+        line.split("|")[1].strip().strip("`")
+        for line in table.splitlines()
+        if line.startswith("| `EVENTSTREAMING_")
+    }
+    assert rows == {f"EVENTSTREAMING_{name.upper()}" for name in Settings.model_fields}

@@ -1,0 +1,322 @@
+"""Dockerfile and docker-compose.yml, checked without a Docker engine: the files
+are parsed and their wiring checked, and the image's entry command (ENTRYPOINT +
+CMD, its HEALTHCHECK) is run directly with the image's environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from server.settings import Settings
+from tests.support import ROOT, free_port
+
+
+def command() -> list[str]:
+    """The console script when installed next to this Python, else ``python -m server``."""
+    script = Path(sys.executable).parent / "eventstreaming"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("eventstreaming")
+    return [found] if found else [sys.executable, "-m", "server"]
+
+
+PINNED_PYTHON = re.compile(r"^python:3\.11\.\d+-slim-bookworm$")
+PINNED_POSTGRES = re.compile(r"^postgres:15\.\d+(-[a-z]+)?$")
+
+
+@dataclass
+class Stage:
+    base: str
+    name: str
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def all(self, keyword: str) -> list[str]:
+        return [args for kw, args in self.instructions if kw == keyword]
+
+    def one(self, keyword: str) -> str:
+        [args] = self.all(keyword)
+        return args
+
+
+def parse_dockerfile(text: str) -> tuple[dict[str, str], list[Stage]]:
+    """Global ARG defaults and the stages, with continuation lines joined."""
+    logical: list[str] = []
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        logical.append(pending + line)
+        pending = ""
+    arguments: dict[str, str] = {}
+    stages: list[Stage] = []
+    for line in logical:
+        keyword, _, args = line.partition(" ")
+        keyword = keyword.upper()
+        if keyword == "ARG" and not stages:
+            name, _, default = args.partition("=")
+            arguments[name.strip()] = default.strip()
+        elif keyword == "FROM":
+            words = args.split()
+            base = re.sub(r"\$\{(\w+)\}", lambda m: arguments[m.group(1)], words[0])
+            name = words[2] if len(words) > 2 and words[1].upper() == "AS" else ""
+            stages.append(Stage(base, name))
+        else:
+            stages[-1].instructions.append((keyword, args.strip()))
+    return arguments, stages
+
+
+def exec_form(args: str) -> list[str]:
+    parsed = json.loads(args)
+    assert isinstance(parsed, list), f"use the exec (JSON) form: {args}"
+    return [str(part) for part in parsed]
+
+
+def image_env(stage: Stage) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for args in stage.all("ENV"):
+        for pair in shlex.split(args):
+            key, _, value = pair.partition("=")
+            env[key] = value
+    return env
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> tuple[dict[str, str], list[Stage]]:
+    return parse_dockerfile((ROOT / "Dockerfile").read_text())
+
+
+@pytest.fixture(scope="module")
+def runtime(dockerfile: tuple[dict[str, str], list[Stage]]) -> Stage:
+    return dockerfile[1][-1]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+# -- Dockerfile -----------------------------------------------------------------------------
+def test_every_stage_uses_a_pinned_slim_python_base(
+    dockerfile: tuple[dict[str, str], list[Stage]],
+) -> None:
+    _, stages = dockerfile
+    external = [s.base for s in stages if s.base not in {t.name for t in stages}]
+    assert external
+    for base in external:
+        assert PINNED_PYTHON.match(base), base
+
+
+def test_image_is_multi_stage_and_the_runtime_gets_only_the_built_venv(
+    dockerfile: tuple[dict[str, str], list[Stage]], runtime: Stage
+) -> None:
+    _, stages = dockerfile
+    names = [s.name for s in stages]
+    assert {"builder", "smoke", "runtime"} <= set(names)
+    assert runtime.name == "runtime", "the runtime image is the last (default) stage"
+    assert runtime.all("RUN"), "creates its user"
+    for args in runtime.all("RUN"):
+        assert "pip" not in args, args
+        assert "apt-get" not in args, args
+    copies = runtime.all("COPY")
+    assert copies == ["--from=builder /opt/venv /opt/venv"]
+    builder = stages[names.index("builder")]
+    [install] = [r for r in builder.all("RUN") if "pip" in r and "install" in r]
+    assert "[dev]" not in install
+    assert " -e " not in install
+    # The build installs the package (with its migrations) from these sources only.
+    for args in builder.all("COPY"):
+        *sources, _ = args.split()
+        for source in sources:
+            assert (ROOT / source).exists(), source
+
+
+def test_runtime_runs_as_a_non_root_user(runtime: Stage) -> None:
+    user = runtime.one("USER").split(":")[0]
+    assert user not in {"root", "0"}
+    assert any(user in args or "useradd" in args for args in runtime.all("RUN"))
+
+
+def test_runtime_exposes_the_grpc_and_metrics_ports(runtime: Stage) -> None:
+    exposed = {int(port.split("/")[0]) for port in runtime.one("EXPOSE").split()}
+    env = image_env(runtime)
+    settings = Settings(
+        _env_file=None,
+        **{  # type: ignore[call-arg]
+            key.removeprefix("EVENTSTREAMING_").lower(): value
+            for key, value in env.items()
+            if key.startswith("EVENTSTREAMING_")
+        },
+    )
+    assert settings.metrics_port != 0, "metrics are on in the image"
+    assert exposed == {settings.port, settings.metrics_port}
+
+
+def test_entrypoint_is_the_cli_and_the_healthcheck_asks_the_health_service(
+    runtime: Stage,
+) -> None:
+    assert exec_form(runtime.one("ENTRYPOINT")) == ["eventstreaming"]
+    assert exec_form(runtime.one("CMD")) == ["serve"]
+    healthcheck = runtime.one("HEALTHCHECK")
+    options, _, probe = healthcheck.partition("CMD")
+    assert "--interval" in options
+    assert "--timeout" in options
+    assert exec_form(probe.strip())[:2] == ["eventstreaming", "health"]
+
+
+def test_dockerignore_keeps_local_state_out_of_the_build() -> None:
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    for entry in (".git", ".venv", ".env", "**/__pycache__", "tests"):
+        assert entry in ignored
+
+
+# -- the image's commands, run directly ---------------------------------------------------------
+@pytest.fixture
+def image_process(runtime: Stage) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, str]]]:
+    """ENTRYPOINT + CMD with the image's environment (ports moved to free ones)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTSTREAMING_")}
+    env.update({k: v for k, v in image_env(runtime).items() if k.startswith("EVENTSTREAMING_")})
+    env.update(
+        EVENTSTREAMING_HOST="127.0.0.1",
+        EVENTSTREAMING_PORT=str(free_port()),
+        EVENTSTREAMING_METRICS_PORT=str(free_port()),
+    )
+    entry = exec_form(runtime.one("ENTRYPOINT")) + exec_form(runtime.one("CMD"))
+    assert entry[0] == "eventstreaming"
+    process = subprocess.Popen(
+        [*command(), *entry[1:]],
+        cwd=ROOT / "tests",
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield process, env
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+
+
+def test_image_command_serves_and_its_healthcheck_passes(
+    runtime: Stage, image_process: tuple[subprocess.Popen[bytes], dict[str, str]]
+) -> None:
+    process, env = image_process
+    probe = exec_form(runtime.one("HEALTHCHECK").partition("CMD")[2].strip())
+    deadline = time.monotonic() + 30
+    while True:
+        result = subprocess.run(
+            [*command(), *probe[1:]],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            cwd=ROOT / "tests",
+        )
+        if result.returncode == 0 or time.monotonic() > deadline or process.poll() is not None:
+            break
+        time.sleep(0.2)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SERVING" in result.stdout
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+
+
+# -- docker-compose.yml ----------------------------------------------------------------------------
+def test_compose_runs_postgres_15_with_a_named_volume_and_a_healthcheck(
+    compose: dict[str, Any],
+) -> None:
+    postgres = compose["services"]["postgres"]
+    assert PINNED_POSTGRES.match(postgres["image"]), postgres["image"]
+    [volume] = postgres["volumes"]
+    name, _, target = volume.partition(":")
+    assert target == "/var/lib/postgresql/data"
+    assert name in compose["volumes"], "a named volume, declared at the top level"
+    test = postgres["healthcheck"]["test"]
+    assert "pg_isready" in " ".join(test)
+
+
+def _environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment", {})
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {k: str(v) for k, v in env.items()}
+
+
+def _interpolate(value: str) -> str:
+    """Compose's ${NAME:-default} with the defaults (no variables set)."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value)
+
+
+def test_compose_service_uses_postgres_once_it_is_healthy(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    service = services["eventstreaming"]
+    env = {k: _interpolate(v) for k, v in _environment(service).items()}
+    assert env["EVENTSTREAMING_STORAGE"] == "postgres"
+    fields = {f"EVENTSTREAMING_{name.upper()}" for name in Settings.model_fields}
+    assert set(env) <= fields, f"unknown settings: {set(env) - fields}"
+    settings = Settings(
+        _env_file=None,
+        **{  # type: ignore[call-arg]
+            k.removeprefix("EVENTSTREAMING_").lower(): v for k, v in env.items()
+        },
+    )
+    dsn = urlsplit(settings.database_url.get_secret_value())
+    postgres_env = {k: _interpolate(v) for k, v in _environment(services["postgres"]).items()}
+    assert dsn.hostname == "postgres"
+    assert dsn.username == postgres_env["POSTGRES_USER"]
+    assert dsn.password == postgres_env["POSTGRES_PASSWORD"]
+    assert dsn.path == f"/{postgres_env['POSTGRES_DB']}"
+    assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
+    published = {int(p.split(":")[-1]) for p in service["ports"]}
+    assert published == {settings.port, settings.metrics_port}
+    grace = float(str(service["stop_grace_period"]).removesuffix("s"))
+    assert grace > settings.shutdown_grace_seconds, "docker stop must outwait the grace period"
+    assert service["build"]["target"] == "runtime"
+
+
+def test_compose_smoke_service_runs_the_smoke_script_against_the_service(
+    compose: dict[str, Any], dockerfile: tuple[dict[str, str], list[Stage]]
+) -> None:
+    smoke = compose["services"]["smoke"]
+    assert smoke["profiles"] == ["smoke"]
+    target = smoke["build"]["target"]
+    [stage] = [s for s in dockerfile[1] if s.name == target]
+    assert exec_form(stage.one("ENTRYPOINT")) == ["/src/scripts/smoke.sh"]
+    assert any("scripts/smoke.sh" in args for args in stage.all("COPY"))
+    assert any("grpcurl" in args for args in stage.all("RUN"))
+    service_env = {
+        k: _interpolate(v) for k, v in _environment(compose["services"]["eventstreaming"]).items()
+    }
+    assert smoke["command"] == [f"eventstreaming:{service_env['EVENTSTREAMING_PORT']}"]
+    assert smoke["depends_on"]["eventstreaming"]["condition"] == "service_healthy"
+
+
+def test_readme_shows_compose_up_then_the_smoke_run() -> None:
+    readme = (ROOT / "README.md").read_text()
+    up = readme.find("docker compose up -d")
+    smoke = readme.find("docker compose run --rm smoke")
+    assert 0 <= up < smoke
