@@ -67,6 +67,12 @@ CREATE UNIQUE INDEX dead_letters_stream_event_id_idx
 -- of the first message), 1 an event id is already in the queue or its dead-letter
 -- queue (conflict_event_id; nothing written), 2 the stream is not a queue
 -- (actual_type says what it is).
+--
+-- Ids already in the queue are found by the unique index itself (ON CONFLICT DO
+-- NOTHING), so the common case costs no lookup of its own; the dead-letter queue
+-- is searched only when the stream has dead letters, one index probe per id. The
+-- cost follows the batch, never the queue, whatever plan is cached while the
+-- tables are young and their statistics say they are empty.
 CREATE FUNCTION event_streaming.enqueue_messages(
     p_stream_name     text,
     p_event_ids       uuid[],
@@ -87,7 +93,9 @@ DECLARE
     v_stream_id  bigint;
     v_type       smallint;
     v_next       bigint;
+    v_id         uuid;
     v_conflict   uuid;
+    v_inserted   uuid[];
     v_now        timestamptz;
 BEGIN
     SELECT s.stream_id, s.stream_type, s.next_offset INTO v_stream_id, v_type, v_next
@@ -106,28 +114,44 @@ BEGIN
         RETURN;
     END IF;
 
-    SELECT b.id INTO v_conflict
-      FROM unnest(p_event_ids) WITH ORDINALITY AS b(id, ord)
-     WHERE EXISTS (SELECT 1 FROM event_streaming.queue_messages m
-                    WHERE m.stream_id = v_stream_id AND m.event_id = b.id)
-        OR EXISTS (SELECT 1 FROM event_streaming.dead_letters d
-                    WHERE d.stream_id = v_stream_id AND d.event_id = b.id)
-     ORDER BY b.ord LIMIT 1;
-    IF v_conflict IS NOT NULL THEN
+    IF EXISTS (SELECT 1 FROM event_streaming.dead_letters d WHERE d.stream_id = v_stream_id) THEN
+        FOREACH v_id IN ARRAY p_event_ids LOOP
+            IF EXISTS (SELECT 1 FROM event_streaming.dead_letters d
+                        WHERE d.stream_id = v_stream_id AND d.event_id = v_id) THEN
+                RETURN QUERY SELECT 1::smallint, NULL::bigint, v_id, v_type;
+                RETURN;
+            END IF;
+        END LOOP;
+    END IF;
+
+    -- Taken after the lock: enqueue times never go backwards in queue order.
+    v_now := clock_timestamp();
+    WITH inserted AS (
+        INSERT INTO event_streaming.queue_messages (
+            stream_id, queue_offset, event_id, event_type, content_type, data_json, data_bytes,
+            metadata, correlation_id, causation_id, created_at, visible_at)
+        SELECT v_stream_id, v_next + t.ord - 1, t.id, t.event_type, t.content_type,
+               t.data_json, t.data_bytes, t.metadata, t.correlation_id, t.causation_id,
+               v_now, v_now
+          FROM unnest(p_event_ids, p_event_types, p_content_types, p_data_json, p_data_bytes,
+                      p_metadata, p_correlation_ids, p_causation_ids)
+               WITH ORDINALITY AS t(id, event_type, content_type, data_json, data_bytes,
+                                    metadata, correlation_id, causation_id, ord)
+        ON CONFLICT (stream_id, event_id) DO NOTHING
+        RETURNING event_id
+    )
+    SELECT array_agg(event_id) INTO v_inserted FROM inserted;
+    IF coalesce(cardinality(v_inserted), 0) < cardinality(p_event_ids) THEN
+        -- Some id was already queued: take back what this call wrote (nobody else
+        -- can see it yet) and name the first id that was there.
+        SELECT b.id INTO v_conflict FROM unnest(p_event_ids) WITH ORDINALITY AS b(id, ord)
+         WHERE v_inserted IS NULL OR b.id <> ALL (v_inserted) ORDER BY b.ord LIMIT 1;
+        DELETE FROM event_streaming.queue_messages m
+         WHERE m.stream_id = v_stream_id AND m.queue_offset >= v_next
+           AND m.queue_offset < v_next + cardinality(p_event_ids);
         RETURN QUERY SELECT 1::smallint, NULL::bigint, v_conflict, v_type;
         RETURN;
     END IF;
-
-    v_now := clock_timestamp();
-    INSERT INTO event_streaming.queue_messages (
-        stream_id, queue_offset, event_id, event_type, content_type, data_json, data_bytes,
-        metadata, correlation_id, causation_id, created_at, visible_at)
-    SELECT v_stream_id, v_next + t.ord - 1, t.id, t.event_type, t.content_type, t.data_json,
-           t.data_bytes, t.metadata, t.correlation_id, t.causation_id, v_now, v_now
-      FROM unnest(p_event_ids, p_event_types, p_content_types, p_data_json, p_data_bytes,
-                  p_metadata, p_correlation_ids, p_causation_ids)
-           WITH ORDINALITY AS t(id, event_type, content_type, data_json, data_bytes, metadata,
-                                correlation_id, causation_id, ord);
     UPDATE event_streaming.streams SET next_offset = v_next + cardinality(p_event_ids)
      WHERE stream_id = v_stream_id;
     RETURN QUERY SELECT 0::smallint, v_next, NULL::uuid, v_type;

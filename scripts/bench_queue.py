@@ -67,8 +67,9 @@ SELECT $1, s.first + t.ord - 1, t.id, t.event_type, 'application/json', t.data, 
        clock_timestamp(), clock_timestamp()
   FROM s, unnest($2::uuid[], $3::text[], $4::jsonb[]) WITH ORDINALITY AS t(id, event_type, data, ord)
 """
-# The picked offsets go to the UPDATE as an array, so the generic plan of the
-# prepared statement stays an index scan whatever the table's statistics say.
+# Planned like the server's dequeue (storage/postgres/queue.py): the LIMIT is a
+# subquery and the picked offsets go to the UPDATE as an array, so the plan stays an
+# ordered index scan whatever the table's statistics say (the database is new).
 RAW_DEQUEUE_SQL = """
 UPDATE event_streaming.queue_messages m
    SET visible_at = now() + make_interval(secs => $4), delivery_attempts = m.delivery_attempts + 1,
@@ -76,7 +77,7 @@ UPDATE event_streaming.queue_messages m
  WHERE m.stream_id = $1 AND m.queue_offset = ANY (ARRAY(
        SELECT queue_offset FROM event_streaming.queue_messages
         WHERE stream_id = $1 AND visible_at <= now()
-        ORDER BY queue_offset LIMIT $3
+        ORDER BY queue_offset LIMIT (SELECT $3::integer)
           FOR UPDATE SKIP LOCKED))
 RETURNING m.queue_offset, m.event_id, m.event_type, m.content_type, m.data_json, m.data_bytes,
           m.metadata, m.correlation_id, m.causation_id, m.created_at, m.visible_at,

@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import time
 import uuid
@@ -55,6 +56,33 @@ PAYLOAD = json.dumps({"order_id": 12345, "customer": "c-42", "total": 99.5}).enc
 FAN_OUT_RATE = 200
 #: How long subscribers may take, after the writer stops, to receive the rest.
 DRAIN_SECONDS = 30.0
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """CPU time (user + system) the processes have used so far; 0 where /proc is
+    not there to tell."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def server_pids() -> list[int]:
+    """The server processes this process started (Linux; empty elsewhere)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == os.getpid() and b"server" in command and b"serve" in command:
+            found.append(int(entry.name))
+    return found
 
 
 def now() -> float:
@@ -125,12 +153,14 @@ async def worker(address: str, server: str, streams: list[str]) -> None:
         print("READY", flush=True)
         line = await loop.run_in_executor(None, sys.stdin.readline)
         expected: dict[str, int] = json.loads(line)
+        cpu_started = time.process_time()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(DRAIN_SECONDS):
                 for state in states:
                     while state.received < expected[state.stream]:
                         state.progress.clear()
                         await state.progress.wait()
+        cpu_used = time.process_time() - cpu_started
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -141,6 +171,7 @@ async def worker(address: str, server: str, streams: list[str]) -> None:
                 "remote": [round(x, 6) for x in latencies["remote"]],
                 "short": sum(1 for s in states if s.received < expected[s.stream]),
                 "in_order": all(s.in_order for s in states),
+                "cpu_s": round(cpu_used, 3),
             }
         ),
         flush=True,
@@ -350,19 +381,28 @@ async def scenario(
             return await writer.closed_loop(streams, duration)
         return await writer.paced(streams, rate, duration)
 
+    pids = server_pids()
     alone = await create_streams(writer, f"{layout.label}-alone", layout.streams)
+    cpu_before = cpu_seconds(pids)
     count, elapsed = await appends(alone)
     baseline = count / elapsed
+    cpu_alone = (cpu_seconds(pids) - cpu_before) / max(count, 1) * 1000
 
     streams = await create_streams(writer, layout.label, layout.streams)
     followed = placement(streams, len(addresses), layout.subscribers_per_stream)
     async with subscribers(addresses, followed) as workers:
+        cpu_before = cpu_seconds(pids)
         count, elapsed = await appends(streams)
         found = await workers.results(expected_per_stream(streams, count))
+        cpu_followed = (cpu_seconds(pids) - cpu_before) / max(count, 1) * 1000
     local, remote, problems = summarize(found)
     p50, p99 = latency_ms(local + remote)
     remote_p50, remote_p99 = latency_ms(remote)
-    notes = f"{layout.description}; cross-server p99 {remote_p99:.1f} ms"
+    client_cpu = sum(result["cpu_s"] for result in found)
+    notes = (
+        f"{layout.description}; cross-server p99 {remote_p99:.1f} ms; server CPU per "
+        f"append {cpu_alone:.2f} ms alone, {cpu_followed:.2f} ms followed"
+    )
     return Result(
         title,
         "postgres",
@@ -377,6 +417,9 @@ async def scenario(
             "deliveries": len(local) + len(remote),
             "cross_server_p50_ms": remote_p50,
             "cross_server_p99_ms": remote_p99,
+            "server_cpu_ms_per_append": cpu_followed,
+            "server_cpu_ms_per_append_without_subscribers": cpu_alone,
+            "subscriber_clients_cpu_s": client_cpu,
             "baseline_is": "appends/s of the same run without subscribers",
         },
     ).as_dict()

@@ -10,7 +10,6 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
 from storage.records import RecordedEvent, StreamType
 
-
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 

@@ -237,22 +237,61 @@ async def test_slow_subscriber_holds_at_most_one_page_and_still_gets_everything(
     assert subscription.peak_held <= subscriptions.PAGE_SIZE
     # Flow control stopped it well short of the end: the rest stays in storage.
     assert subscription.position < total
+    # The stream's shared tail keeps only the newest events, not all 6,000.
+    tail = subscriptions.tails_of(server.store)[stream_name]
+    await wait_until(lambda: tail.end == total + 1)
+    assert tail.size <= subscriptions.TAIL_CAPACITY + subscriptions.PAGE_SIZE
+    assert tail.start > subscription.position
     try:
         got = await sub.until_events(total + 1, timeout=60)
         assert offsets(got) == list(range(total + 1))
         assert subscription.peak_held <= subscriptions.PAGE_SIZE
         assert sub.caught_up == [1]
+        # It fell behind the tail and was served from storage again.
+        assert subscription.storage_reads > 1
     finally:
         sub.cancel()
 
 
-async def test_cancelled_subscription_releases_what_it_held(stub: Stub, stream_name: str) -> None:
+async def test_subscribers_of_one_stream_share_one_read_per_write(
+    server: RunningServer, stream_name: str
+) -> None:
+    stub = server.stub
+    await append(stub, stream_name, events(2))
+    subs = [Subscriber.open(stub, stream_name) for _ in range(5)]
+    try:
+        for sub in subs:
+            await sub.until_caught_up()
+        for _ in range(10):
+            await append(stub, stream_name, events(5))
+        for sub in subs:
+            assert offsets(await sub.until_events(52)) == list(range(52))
+        tail = subscriptions.tails_of(server.store)[stream_name]
+        assert tail.followers == 5
+        # Each read storage once, for its history; the live events came from the tail.
+        assert [s.storage_reads for s in subscriptions_on(stream_name)] == [1] * 5
+    finally:
+        for sub in subs:
+            sub.cancel()
+
+
+async def test_cancelled_subscriptions_release_what_they_held(
+    server: RunningServer, stream_name: str
+) -> None:
+    stub = server.stub
     await append(stub, stream_name, events(3))
-    sub = Subscriber.open(stub, stream_name)
-    await sub.until_caught_up()
-    assert len(subscriptions_on(stream_name)) == 1
-    sub.cancel()
+    subs = [Subscriber.open(stub, stream_name) for _ in range(2)]
+    for sub in subs:
+        await sub.until_caught_up()
+    assert len(subscriptions_on(stream_name)) == 2
+    assert stream_name in subscriptions.tails_of(server.store)
+    subs[0].cancel()
+    await wait_until(lambda: len(subscriptions_on(stream_name)) == 1)
+    assert subscriptions.tails_of(server.store)[stream_name].followers == 1
+    subs[1].cancel()
     await wait_until(lambda: not subscriptions_on(stream_name))
+    # The last one stopped the stream's tail.
+    assert stream_name not in subscriptions.tails_of(server.store)
 
 
 async def test_subscription_to_an_unknown_stream_is_not_found(stub: Stub, stream_name: str) -> None:

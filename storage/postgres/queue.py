@@ -53,9 +53,14 @@ _MESSAGE_COLUMNS = ", ".join(f"m.{c.strip()}" for c in EVENT_COLUMNS.split(","))
 # have locked), move those that already had their last allowed delivery to the
 # dead-letter queue, lease the rest. When nothing was leased it also reports when
 # the earliest invisible message at the head becomes visible, so a long poll knows
-# when to look again. The stream lookups are scalar subqueries and the picked rows
-# are passed on as arrays, so that even the generic plan of the prepared statement
-# walks the primary key in queue order, stops at the LIMIT and updates by key.
+# when to look again.
+#
+# Written so that every plan the planner may pick walks the primary key in queue
+# order and stops at the LIMIT, whatever the statistics say (a young table looks
+# empty to the planner, and one huge queue among many small ones looks small): the
+# stream lookups are scalar subqueries, the LIMIT is a subquery (so the planner
+# assumes a small fraction and prefers the ordered index scan to a full scan and a
+# sort) and the picked rows go on as arrays, updated by key.
 DEQUEUE_SQL = f"""
 WITH s AS (
     SELECT stream_id, stream_type, max_delivery_attempts, default_visibility_timeout
@@ -67,7 +72,7 @@ WITH s AS (
      WHERE m.stream_id = (SELECT stream_id FROM s) AND (SELECT stream_type FROM s) = 2
        AND m.visible_at <= now()
      ORDER BY m.queue_offset
-     LIMIT $4
+     LIMIT (SELECT $4::integer)
        FOR UPDATE SKIP LOCKED
 ), moved AS (
     DELETE FROM event_streaming.queue_messages m
@@ -97,7 +102,8 @@ SELECT s.stream_type, (SELECT count(*) FROM buried) AS buried, now() AS db_now,
        CASE WHEN NOT EXISTS (SELECT 1 FROM leased) THEN (
            SELECT min(h.visible_at) FROM (
                SELECT visible_at FROM event_streaming.queue_messages
-                WHERE stream_id = s.stream_id ORDER BY queue_offset LIMIT 1000) h
+                WHERE stream_id = (SELECT stream_id FROM s)
+                ORDER BY queue_offset LIMIT (SELECT 1000)) h
             WHERE h.visible_at > now())
        END AS next_visible_at,
        l.*
