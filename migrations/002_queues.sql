@@ -64,13 +64,13 @@ CREATE UNIQUE INDEX dead_letters_stream_event_id_idx
     ON event_streaming.dead_letters (stream_id, event_id);
 
 -- Enqueue a batch in one round trip. outcome: 0 enqueued (first_offset = position
--- of the first message), 1 an event id is already in the queue or its dead-letter
--- queue (conflict_event_id; nothing written), 2 the stream is not a queue
--- (actual_type says what it is).
+-- of the first message), 1 an event id is already in the dead-letter queue
+-- (conflict_event_id; nothing written), 2 the stream is not a queue (actual_type
+-- says what it is). An id already in the queue raises unique_violation.
 --
--- Ids already in the queue are found by the unique index itself (ON CONFLICT DO
--- NOTHING), so the common case costs no lookup of its own; the dead-letter queue
--- is searched only when the stream has dead letters, one index probe per id. The
+-- Ids already in the queue are found by the unique index itself, so the common
+-- case costs no lookup of its own; the dead-letter queue is searched only when the
+-- stream has dead letters, one probe of its unique index per id. Either way the
 -- cost follows the batch, never the queue, whatever plan is cached while the
 -- tables are young and their statistics say they are empty.
 CREATE FUNCTION event_streaming.enqueue_messages(
@@ -94,8 +94,6 @@ DECLARE
     v_type       smallint;
     v_next       bigint;
     v_id         uuid;
-    v_conflict   uuid;
-    v_inserted   uuid[];
     v_now        timestamptz;
 BEGIN
     SELECT s.stream_id, s.stream_type, s.next_offset INTO v_stream_id, v_type, v_next
@@ -124,34 +122,19 @@ BEGIN
         END LOOP;
     END IF;
 
-    -- Taken after the lock: enqueue times never go backwards in queue order.
+    -- Taken after the lock: enqueue times never go backwards in queue order. An id
+    -- already in the queue fails the insert on the unique index (unique_violation
+    -- on queue_messages_stream_event_id_idx), which undoes the whole call.
     v_now := clock_timestamp();
-    WITH inserted AS (
-        INSERT INTO event_streaming.queue_messages (
-            stream_id, queue_offset, event_id, event_type, content_type, data_json, data_bytes,
-            metadata, correlation_id, causation_id, created_at, visible_at)
-        SELECT v_stream_id, v_next + t.ord - 1, t.id, t.event_type, t.content_type,
-               t.data_json, t.data_bytes, t.metadata, t.correlation_id, t.causation_id,
-               v_now, v_now
-          FROM unnest(p_event_ids, p_event_types, p_content_types, p_data_json, p_data_bytes,
-                      p_metadata, p_correlation_ids, p_causation_ids)
-               WITH ORDINALITY AS t(id, event_type, content_type, data_json, data_bytes,
-                                    metadata, correlation_id, causation_id, ord)
-        ON CONFLICT (stream_id, event_id) DO NOTHING
-        RETURNING event_id
-    )
-    SELECT array_agg(event_id) INTO v_inserted FROM inserted;
-    IF coalesce(cardinality(v_inserted), 0) < cardinality(p_event_ids) THEN
-        -- Some id was already queued: take back what this call wrote (nobody else
-        -- can see it yet) and name the first id that was there.
-        SELECT b.id INTO v_conflict FROM unnest(p_event_ids) WITH ORDINALITY AS b(id, ord)
-         WHERE v_inserted IS NULL OR b.id <> ALL (v_inserted) ORDER BY b.ord LIMIT 1;
-        DELETE FROM event_streaming.queue_messages m
-         WHERE m.stream_id = v_stream_id AND m.queue_offset >= v_next
-           AND m.queue_offset < v_next + cardinality(p_event_ids);
-        RETURN QUERY SELECT 1::smallint, NULL::bigint, v_conflict, v_type;
-        RETURN;
-    END IF;
+    INSERT INTO event_streaming.queue_messages (
+        stream_id, queue_offset, event_id, event_type, content_type, data_json, data_bytes,
+        metadata, correlation_id, causation_id, created_at, visible_at)
+    SELECT v_stream_id, v_next + t.ord - 1, t.id, t.event_type, t.content_type, t.data_json,
+           t.data_bytes, t.metadata, t.correlation_id, t.causation_id, v_now, v_now
+      FROM unnest(p_event_ids, p_event_types, p_content_types, p_data_json, p_data_bytes,
+                  p_metadata, p_correlation_ids, p_causation_ids)
+           WITH ORDINALITY AS t(id, event_type, content_type, data_json, data_bytes, metadata,
+                                correlation_id, causation_id, ord);
     UPDATE event_streaming.streams SET next_offset = v_next + cardinality(p_event_ids)
      WHERE stream_id = v_stream_id;
     RETURN QUERY SELECT 0::smallint, v_next, NULL::uuid, v_type;
@@ -273,7 +256,7 @@ BEGIN
     WITH moved AS (
         DELETE FROM event_streaming.dead_letters d
          WHERE d.stream_id = v_stream_id
-           AND (p_event_ids IS NULL OR d.event_id = ANY(p_event_ids))
+           AND (p_event_ids IS NULL OR d.event_id = ANY ((SELECT p_event_ids)::uuid[]))
         RETURNING d.*
     )
     INSERT INTO event_streaming.queue_messages (

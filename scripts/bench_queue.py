@@ -11,11 +11,13 @@ and a DELETE of the batch; its rows are decoded as the server decodes them.
 
     python scripts/bench_queue.py                    # both backends, a table
     python scripts/bench_queue.py --json             # machine-readable
-    python scripts/bench_queue.py --backend postgres --messages 50000
+    python scripts/bench_queue.py --backend postgres --messages 50000 --rounds 5
 
 Bounded: a fixed number of messages (20,000 by default, times --scale when run from
-scripts/bench.py). Not a test: it asserts nothing, but it reports a drain that
-acknowledged a different number of messages than were enqueued.
+scripts/bench.py) in a fixed number of rounds (3); each round runs the gRPC pass and
+then the raw pass, and the median round of each is reported. Not a test: it asserts
+nothing, but it reports a drain that acknowledged a different number of messages
+than were enqueued.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ BATCH = 100
 PRODUCERS = 4
 CONSUMERS = 4
 VISIBILITY_SECONDS = 30
+ROUNDS = 3
 #: A drain that has not finished by then is reported short rather than awaited.
 DRAIN_TIMEOUT_SECONDS = 300
 PAYLOAD = json.dumps({"order_id": 12345, "customer": "c-42", "total": 99.5, "items": [1, 2, 3]})
@@ -65,7 +68,8 @@ INSERT INTO event_streaming.queue_messages (stream_id, queue_offset, event_id, e
                                             visible_at)
 SELECT $1, s.first + t.ord - 1, t.id, t.event_type, 'application/json', t.data, '{}',
        clock_timestamp(), clock_timestamp()
-  FROM s, unnest($2::uuid[], $3::text[], $4::jsonb[]) WITH ORDINALITY AS t(id, event_type, data, ord)
+  FROM s, unnest($2::uuid[], $3::text[], $4::jsonb[])
+       WITH ORDINALITY AS t(id, event_type, data, ord)
 """
 # Planned like the server's dequeue (storage/postgres/queue.py): the LIMIT is a
 # subquery and the picked offsets go to the UPDATE as an array, so the plan stays an
@@ -107,9 +111,7 @@ class Run:
         )
 
 
-async def timed_workers(
-    workers: int, work: Callable[[int], Awaitable[None]]
-) -> float:
+async def timed_workers(workers: int, work: Callable[[int], Awaitable[None]]) -> float:
     started = time.perf_counter()
     await asyncio.gather(*(work(w) for w in range(workers)))
     return time.perf_counter() - started
@@ -212,7 +214,9 @@ async def raw_pass(pool: asyncpg.Pool[Any], messages: int) -> Run:
     return await run_pass(messages, enqueue_batch, dequeue_and_ack)
 
 
-def _rows(backend: str, messages: int, run: Run, base: Run | None) -> list[dict[str, Any]]:
+def _rows(
+    backend: str, messages: int, run: Run, base: Run | None, rounds: int
+) -> list[dict[str, Any]]:
     enqueue_rate, drain_rate, end_to_end = run.rates(messages)
     base_rates = base.rates(messages) if base is not None else (None, None, None)
     problem = (
@@ -220,7 +224,7 @@ def _rows(backend: str, messages: int, run: Run, base: Run | None) -> list[dict[
     )
     enq_p50, enq_p99 = latency_ms(run.enqueue_latencies)
     drain_p50, drain_p99 = latency_ms(run.drain_latencies)
-    common = f"{messages} messages"
+    common = f"{messages} messages, median of {rounds} rounds"
     return [
         Result(
             f"queue: enqueue 100-message batches, {PRODUCERS} producers",
@@ -258,27 +262,50 @@ def _rows(backend: str, messages: int, run: Run, base: Run | None) -> list[dict[
     ]
 
 
+def median_run(runs: Sequence[Run]) -> Run | None:
+    """The run whose end-to-end time is the median: one consistent set of figures."""
+    if not runs:
+        return None
+    ordered = sorted(runs, key=lambda r: r.enqueue_seconds + r.drain_seconds)
+    return ordered[len(ordered) // 2]
+
+
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The benchmark on the database ``args.dsn`` for ``args.backends``; one dict per
-    result row (the fields of benchlib.Result)."""
+    result row (the fields of benchlib.Result).
+
+    Each round runs the gRPC pass and then, on PostgreSQL, the raw pass; the rows
+    report the median round of each, so one noisy moment on a shared machine does
+    not decide the ratio."""
     messages = int(getattr(args, "messages", 0) or MESSAGES * int(getattr(args, "scale", 1)))
     messages = max(BATCH, messages - messages % BATCH)
+    rounds = max(1, int(getattr(args, "rounds", ROUNDS)))
     backends = list(getattr(args, "backends", ["memory", "postgres"]))
     rows: list[dict[str, Any]] = []
     for backend in backends:
+        grpc_runs: list[Run] = []
+        raw_runs: list[Run] = []
         dsn = args.dsn if backend == "postgres" else ""
         async with server_process(backend, dsn) as address:
-            await grpc_pass(address, 10 * BATCH)  # warm up connections and plans
-            result = await grpc_pass(address, messages)
-        base = None
-        if backend == "postgres":
-            pool = await asyncpg.create_pool(args.dsn, min_size=CONSUMERS, max_size=CONSUMERS)
+            pool = (
+                await asyncpg.create_pool(args.dsn, min_size=CONSUMERS, max_size=CONSUMERS)
+                if backend == "postgres"
+                else None
+            )
             try:
-                await raw_pass(pool, 10 * BATCH)
-                base = await raw_pass(pool, messages)
+                await grpc_pass(address, 10 * BATCH)  # warm up connections and plans
+                if pool is not None:
+                    await raw_pass(pool, 10 * BATCH)
+                for _ in range(rounds):
+                    grpc_runs.append(await grpc_pass(address, messages))
+                    if pool is not None:
+                        raw_runs.append(await raw_pass(pool, messages))
             finally:
-                await pool.close()
-        rows.extend(_rows(backend, messages, result, base))
+                if pool is not None:
+                    await pool.close()
+        result = median_run(grpc_runs)
+        assert result is not None
+        rows.extend(_rows(backend, messages, result, median_run(raw_runs), rounds))
     for row in rows:
         row.pop("ratio", None)
     return rows
@@ -292,6 +319,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backend", choices=["memory", "postgres", "both"], default="both")
     parser.add_argument(
         "--messages", type=int, default=MESSAGES, help=f"messages per pass (default {MESSAGES})"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=ROUNDS, help=f"passes per backend (default {ROUNDS})"
     )
     args = parser.parse_args(argv)
     args.backends = ["memory", "postgres"] if args.backend == "both" else [args.backend]

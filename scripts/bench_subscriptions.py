@@ -1,13 +1,14 @@
 """Benchmark: append-to-delivery latency of live subscriptions across replicas.
 
 Two PostgreSQL-backed server processes share one database. Ten subscribers (five
-on each server, in two client processes) follow one stream while a paced writer
-appends single events at 500, 1,000 and 2,000 appends/s, alternating between the
-servers. Each event carries its send time; a subscriber's latency sample is the
-time from the append being sent to the event arriving (so it includes the append
-itself). Each level also runs without subscribers, for the append rate achieved
-with and without them, and a closed-loop run measures the most appends the two
-servers take with and without subscribers.
+on each server, in two client processes) follow ten streams, one each, while a
+paced writer appends single events at 500, 1,000 and 2,000 appends/s, spread over
+the streams and, for each stream, over both servers in turn (so half the deliveries
+cross servers). Each event carries its send time; a latency sample is the time from
+the append being sent to the event arriving (so it includes the append itself).
+Each level also runs without subscribers, for the append rate achieved with and
+without them; a closed-loop run measures the most appends the two servers take with
+and without subscribers, and a fan-out run puts all ten subscribers on one stream.
 
     python scripts/bench_subscriptions.py            # a table
     python scripts/bench_subscriptions.py --json     # machine-readable

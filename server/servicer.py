@@ -10,7 +10,11 @@ from server.rpc.queue import QueueRpcs
 
 
 class EventStreamingServicer(
-    LogRpcs, QueueRpcs, ConsumerRpcs, AdminRpcs, pb_grpc.EventStreamingServicer  # type: ignore[misc]
+    LogRpcs,
+    QueueRpcs,
+    ConsumerRpcs,
+    AdminRpcs,
+    pb_grpc.EventStreamingServicer,  # type: ignore[misc]
 ):
     """Thin: validates, converts, calls storage. Errors are mapped to statuses by
     server.interceptors.ErrorMappingInterceptor."""

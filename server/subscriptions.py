@@ -243,11 +243,15 @@ class Subscription:
                 if tail.error is not None:
                     raise tail.error
                 if self.position < tail.start:
-                    # Fallen behind what the tail keeps: storage serves it again.
+                    # Behind what the tail keeps (fallen behind, or the tail began
+                    # ahead of the stream's end): storage serves it, as before CaughtUp.
+                    waiter = self.store.signals.waiter(self.stream_name)
                     result = await self._read_storage()
                     for event in self._hand_on(result.events, filtered=False):
                         yield event
                     self.position = max(self.position, result.next_offset)
+                    if result.end_of_stream and self.position < tail.start:
+                        await StreamSignals.wait(waiter, self.repoll_seconds)
                 elif self.position < tail.end:
                     piece = tail.slice_from(self.position)
                     for event in self._hand_on(piece.events, filtered=True):

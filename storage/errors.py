@@ -78,8 +78,7 @@ class MessageNotFound(StorageError):
 class MessageNotHeld(StorageError):
     def __init__(self, stream_name: str, event_id: UUID, consumer_id: str) -> None:
         super().__init__(
-            f"stream '{stream_name}': message {event_id} is not held by consumer "
-            f"'{consumer_id}'"
+            f"stream '{stream_name}': message {event_id} is not held by consumer '{consumer_id}'"
         )
         self.stream_name = stream_name
         self.event_id = event_id

@@ -238,7 +238,8 @@ async def test_batch_is_atomic_when_one_event_is_invalid(stub: Stub, stream_name
 
 
 @pytest.mark.parametrize(
-    "payload", [b"{not json", b"", b"NaN", b'{"a": Infinity}', b'"\\u0000"', b"\xff\xfe"]
+    "payload",
+    [b"{not json", b"", b"NaN", b'{"a": Infinity}', b'"\\u0000"', b'{"k": "\\ud800"}', b"\xff\xfe"],
 )
 async def test_non_json_payload_is_rejected(stub: Stub, stream_name: str, payload: bytes) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:

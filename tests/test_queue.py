@@ -91,15 +91,35 @@ async def test_enqueue_of_an_id_already_in_the_queue_is_already_exists(
     (existing,) = await enqueue(stub, stream_name)
     error = await rpc_error(
         stub.Enqueue(
-            pb.EnqueueRequest(
-                stream_name=stream_name, events=[event(), event(event_id=existing)]
-            )
+            pb.EnqueueRequest(stream_name=stream_name, events=[event(), event(event_id=existing)])
         )
     )
     assert error.code() == grpc.StatusCode.ALREADY_EXISTS
     assert existing in (error.details() or "")
     # Atomic: nothing of the refused batch went in.
     assert (await metadata(stub, stream_name)).length == 1
+
+
+async def test_enqueue_of_an_id_in_the_dead_letter_queue_is_already_exists(
+    stub: Stub, stream_name: str
+) -> None:
+    await configure_queue(stub, stream_name, max_attempts=1)
+    (existing,) = await enqueue(stub, stream_name)
+    await dequeue(stub, stream_name, "a")
+    await nack(stub, stream_name, "a", existing, reason="bad")
+    error = await rpc_error(
+        stub.Enqueue(pb.EnqueueRequest(stream_name=stream_name, events=[event(event_id=existing)]))
+    )
+    assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert existing in (error.details() or "")
+    # Once acknowledged (gone for good), the id may be enqueued again.
+    (other,) = await enqueue(stub, stream_name)
+    await dequeue(stub, stream_name, "a")
+    await ack(stub, stream_name, "a", [other])
+    again = await stub.Enqueue(
+        pb.EnqueueRequest(stream_name=stream_name, events=[event(event_id=other)])
+    )
+    assert list(again.event_ids) == [other]
 
 
 async def test_max_messages_zero_means_one_and_large_values_are_capped(
@@ -318,9 +338,7 @@ async def test_a_lease_expiring_on_the_last_attempt_dead_letters_the_message(
     assert (letter.delivery_attempts, letter.reason) == (2, "visibility timeout expired")
 
 
-async def test_dead_letters_are_listed_oldest_first_in_pages(
-    stub: Stub, stream_name: str
-) -> None:
+async def test_dead_letters_are_listed_oldest_first_in_pages(stub: Stub, stream_name: str) -> None:
     await configure_queue(stub, stream_name, max_attempts=1)
     ids = await enqueue(stub, stream_name, 5)
     for message in await dequeue(stub, stream_name, "a"):
@@ -486,8 +504,12 @@ INVALID_REQUESTS: list[tuple[str, tuple[str, Any]]] = [
     ("events", ("Enqueue", pb.EnqueueRequest(stream_name="q"))),
     (
         "events[0].data",
-        ("Enqueue", pb.EnqueueRequest(stream_name="q", events=[pb.EventData(
-            event_type="T", data=b"{not json")])),
+        (
+            "Enqueue",
+            pb.EnqueueRequest(
+                stream_name="q", events=[pb.EventData(event_type="T", data=b"{not json")]
+            ),
+        ),
     ),
     (
         "events[0].event_type",
@@ -514,32 +536,49 @@ INVALID_REQUESTS: list[tuple[str, tuple[str, Any]]] = [
     ("consumer_id", ("Nack", pb.NackRequest(stream_name="q", event_id=_ID))),
     (
         "delay",
-        ("Nack", pb.NackRequest(stream_name="q", consumer_id="a", event_id=_ID,
-                                delay=seconds(-1))),
+        ("Nack", pb.NackRequest(stream_name="q", consumer_id="a", event_id=_ID, delay=seconds(-1))),
     ),
     (
         "delay",
-        ("Nack", pb.NackRequest(stream_name="q", consumer_id="a", event_id=_ID,
-                                delay=seconds(13 * 3600))),
+        (
+            "Nack",
+            pb.NackRequest(
+                stream_name="q", consumer_id="a", event_id=_ID, delay=seconds(13 * 3600)
+            ),
+        ),
     ),
     (
         "reason",
-        ("Nack", pb.NackRequest(stream_name="q", consumer_id="a", event_id=_ID,
-                                reason="r" * 1001)),
+        ("Nack", pb.NackRequest(stream_name="q", consumer_id="a", event_id=_ID, reason="r" * 1001)),
     ),
     (
         "visibility_timeout",
-        ("ExtendVisibility", pb.ExtendVisibilityRequest(stream_name="q", consumer_id="a",
-                                                        event_id=_ID)),
+        (
+            "ExtendVisibility",
+            pb.ExtendVisibilityRequest(stream_name="q", consumer_id="a", event_id=_ID),
+        ),
     ),
     (
         "visibility_timeout",
-        ("ExtendVisibility", pb.ExtendVisibilityRequest(
-            stream_name="q", consumer_id="a", event_id=_ID,
-            visibility_timeout=seconds(12 * 3600 + 1))),
+        (
+            "ExtendVisibility",
+            pb.ExtendVisibilityRequest(
+                stream_name="q",
+                consumer_id="a",
+                event_id=_ID,
+                visibility_timeout=seconds(12 * 3600 + 1),
+            ),
+        ),
     ),
-    ("event_id", ("ExtendVisibility", pb.ExtendVisibilityRequest(
-        stream_name="q", consumer_id="a", visibility_timeout=seconds(5)))),
+    (
+        "event_id",
+        (
+            "ExtendVisibility",
+            pb.ExtendVisibilityRequest(
+                stream_name="q", consumer_id="a", visibility_timeout=seconds(5)
+            ),
+        ),
+    ),
     ("max_count", ("ListDeadLetters", pb.ListDeadLettersRequest(stream_name="q", max_count=-1))),
     ("stream_name", ("ListDeadLetters", pb.ListDeadLettersRequest())),
     (
@@ -548,8 +587,10 @@ INVALID_REQUESTS: list[tuple[str, tuple[str, Any]]] = [
     ),
     (
         "event_ids",
-        ("RedriveDeadLetters", pb.RedriveDeadLettersRequest(stream_name="q",
-                                                            event_ids=[_ID] * 1001)),
+        (
+            "RedriveDeadLetters",
+            pb.RedriveDeadLettersRequest(stream_name="q", event_ids=[_ID] * 1001),
+        ),
     ),
 ]
 

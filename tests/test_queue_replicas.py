@@ -36,10 +36,7 @@ async def two_servers(
 ) -> AsyncIterator[list[ServerProcess]]:
     # pg_server has migrated the database, so the children start quickly.
     servers = await asyncio.gather(
-        *(
-            ServerProcess.start(_env(pg_dsn), tmp_path / f"server-{i}.log")
-            for i in range(SERVERS)
-        )
+        *(ServerProcess.start(_env(pg_dsn), tmp_path / f"server-{i}.log") for i in range(SERVERS))
     )
     try:
         yield list(servers)
@@ -71,9 +68,7 @@ async def test_two_servers_with_eight_consumers_each_deliver_every_message_exact
     async def consume(stub: Stub, consumer: str) -> None:
         while sum(acknowledged.values()) < MESSAGES:
             # A lease far longer than the run: any second delivery is a bug.
-            batch = await dequeue(
-                stub, name, consumer, max_messages=25, visibility=120, wait=1
-            )
+            batch = await dequeue(stub, name, consumer, max_messages=25, visibility=120, wait=1)
             for event_id in ids_of(batch):
                 if event_id in held:
                     held_twice.append(event_id)

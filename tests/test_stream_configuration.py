@@ -20,9 +20,7 @@ async def configure(stub: Stub, name: str, **fields: Any) -> pb.StreamConfigurat
 
 
 async def stored(stub: Stub, name: str) -> pb.StreamConfiguration:
-    reply = await stub.GetStreamConfiguration(
-        pb.GetStreamConfigurationRequest(stream_name=name)
-    )
+    reply = await stub.GetStreamConfiguration(pb.GetStreamConfigurationRequest(stream_name=name))
     return reply.configuration
 
 
@@ -90,13 +88,12 @@ async def test_dequeue_without_a_visibility_timeout_uses_the_stream_default(
     )
     (only,) = await enqueue(stub, stream_name)
     (message,) = await dequeue(stub, stream_name, "a", visibility=None)
+    assert message.event.event_id == only
     lease = epoch(message.visible_until) - epoch(message.event.timestamp)
     assert 590 < lease < 700
 
 
-async def test_changing_the_type_of_a_typed_stream_is_refused(
-    stub: Stub, stream_name: str
-) -> None:
+async def test_changing_the_type_of_a_typed_stream_is_refused(stub: Stub, stream_name: str) -> None:
     await stub.AppendToStream(pb.AppendToStreamRequest(stream_name=stream_name, events=events(1)))
     error = await configure_error(stub, stream_name, stream_type=pb.STREAM_TYPE_EPHEMERAL)
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -108,9 +105,7 @@ async def test_changing_the_type_of_a_typed_stream_is_refused(
     assert same.stream_type == pb.STREAM_TYPE_PERSISTENT
 
 
-async def test_a_stream_configured_as_a_queue_refuses_appends(
-    stub: Stub, stream_name: str
-) -> None:
+async def test_a_stream_configured_as_a_queue_refuses_appends(stub: Stub, stream_name: str) -> None:
     await configure(stub, stream_name, stream_type=pb.STREAM_TYPE_EPHEMERAL)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.AppendToStream(
@@ -120,9 +115,7 @@ async def test_a_stream_configured_as_a_queue_refuses_appends(
     assert "ephemeral" in (caught.value.details() or "")
 
 
-async def test_a_stream_configured_as_a_log_refuses_enqueues(
-    stub: Stub, stream_name: str
-) -> None:
+async def test_a_stream_configured_as_a_log_refuses_enqueues(stub: Stub, stream_name: str) -> None:
     await configure(stub, stream_name, stream_type=pb.STREAM_TYPE_PERSISTENT)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await enqueue(stub, stream_name)

@@ -275,6 +275,29 @@ async def test_subscribers_of_one_stream_share_one_read_per_write(
             sub.cancel()
 
 
+async def test_subscribers_behind_a_tail_that_began_ahead_get_every_event(
+    server: RunningServer, stream_name: str
+) -> None:
+    stub = server.stub
+    await append(stub, stream_name, events(10))
+    # The first live subscriber starts the stream's tail at offset 100, beyond the end.
+    ahead = Subscriber.open(stub, stream_name, from_offset=100)
+    behind = Subscriber.open(stub, stream_name, from_offset=0)
+    try:
+        assert await ahead.until_caught_up() == []
+        assert offsets(await behind.until_caught_up()) == list(range(10))
+        for _ in range(10):
+            await append(stub, stream_name, events(10))
+        assert offsets(await behind.until_events(110)) == list(range(110))
+        assert offsets(await ahead.until_events(10)) == list(range(100, 110))
+        # It waited for writes rather than reading storage in a loop.
+        reads = {s.position: s.storage_reads for s in subscriptions_on(stream_name)}
+        assert max(reads.values()) < 40
+    finally:
+        ahead.cancel()
+        behind.cancel()
+
+
 async def test_cancelled_subscriptions_release_what_they_held(
     server: RunningServer, stream_name: str
 ) -> None:

@@ -47,7 +47,9 @@ class ConsumerRpcs(RpcBase):
                     caught_up=pb.CaughtUp(next_offset=item.next_offset)
                 )
             else:
-                yield pb.SubscribeToStreamResponse(event=convert.event(item))
+                response = pb.SubscribeToStreamResponse()
+                convert.fill_event(response.event, item)
+                yield response
 
     async def _start_offset(self, name: str, request: pb.SubscribeToStreamRequest) -> int:
         start = request.WhichOneof("start")

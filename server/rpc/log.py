@@ -50,11 +50,11 @@ class LogRpcs(RpcBase):
         from_offset = validation.offset(request.from_offset, "from_offset")
         max_count = validation.page_size(request.max_count, "max_count")
         result = await self.store.read_stream(name, from_offset, max_count, read_filter(request))
-        return pb.ReadStreamResponse(
-            events=[convert.event(e) for e in result.events],
-            next_offset=result.next_offset,
-            end_of_stream=result.end_of_stream,
+        response = pb.ReadStreamResponse(
+            next_offset=result.next_offset, end_of_stream=result.end_of_stream
         )
+        convert.add_events(response.events, result.events)
+        return response
 
     async def GetStreamLength(
         self, request: pb.GetStreamLengthRequest, context: Context

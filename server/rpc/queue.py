@@ -3,7 +3,8 @@ RedriveDeadLetters) and stream configuration (ConfigureStream, GetStreamConfigur
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 from google.protobuf.duration_pb2 import Duration
@@ -29,6 +30,7 @@ MAX_REDRIVE_IDS = 1000
 MAX_REASON_LENGTH = 1000
 MAX_DELIVERY_ATTEMPTS = 1000
 MAX_RETENTION_AGE = timedelta(days=36500)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _consumer_id(value: str) -> str:
@@ -48,7 +50,7 @@ def _visibility_timeout(value: Duration, field: str) -> timedelta:
 def _wait_time(request: pb.DequeueRequest) -> timedelta:
     if not request.HasField("wait_time"):
         return timedelta(0)
-    # Longer waits are not an error: they are cut to the cap, as SQS and pgmq do.
+    # Longer waits are not an error: the contract cuts them to the cap.
     wait = validation.duration(request.wait_time, "wait_time", maximum=timedelta.max)
     return min(wait, MAX_WAIT_TIME)
 
@@ -69,12 +71,15 @@ def _reason(value: str) -> str:
     return value
 
 
-def _queue_message(message: QueueMessage) -> pb.QueueMessage:
-    return pb.QueueMessage(
-        event=convert.event(message.event),
-        delivery_attempt=message.delivery_attempt,
-        visible_until=convert.timestamp(message.visible_until),
-    )
+def _add_queue_messages(response: pb.DequeueResponse, messages: Sequence[QueueMessage]) -> None:
+    """Fill the response in place (no message is built and then copied)."""
+    add = response.messages.add
+    for message in messages:
+        item = add(delivery_attempt=message.delivery_attempt)
+        convert.fill_event(item.event, message.event)
+        since = message.visible_until - _EPOCH
+        item.visible_until.seconds = since.days * 86_400 + since.seconds
+        item.visible_until.nanos = since.microseconds * 1000
 
 
 def _dead_letter(letter: DeadLetter) -> pb.DeadLetter:
@@ -171,7 +176,9 @@ class QueueRpcs(RpcBase):
         max_messages = _max_messages(request.max_messages)
         wait = _wait_time(request)
         messages = await self.store.dequeue(name, consumer, visibility, max_messages, wait)
-        return pb.DequeueResponse(messages=[_queue_message(m) for m in messages])
+        response = pb.DequeueResponse()
+        _add_queue_messages(response, messages)
+        return response
 
     async def Acknowledge(
         self, request: pb.AcknowledgeRequest, context: Context

@@ -33,9 +33,7 @@ RETURNING {_CONFIG_COLUMNS}
 
 CURRENT_TYPE_SQL = "SELECT stream_type FROM event_streaming.streams WHERE stream_name = $1"
 
-CONFIGURATION_SQL = (
-    f"SELECT {_CONFIG_COLUMNS} FROM event_streaming.streams WHERE stream_name = $1"
-)
+CONFIGURATION_SQL = f"SELECT {_CONFIG_COLUMNS} FROM event_streaming.streams WHERE stream_name = $1"
 
 
 def _configuration(row: Any) -> StreamConfiguration:

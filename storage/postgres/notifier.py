@@ -158,7 +158,10 @@ class PostgresNotifier:
         """Send coalesced notifications until the connection is lost."""
         while not conn.is_closed():
             try:
-                await asyncio.wait_for(self._wake.wait(), self._ping_interval)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow
+                # a cancel that arrives as the event is set, and close() would hang.
+                async with asyncio.timeout(self._ping_interval):
+                    await self._wake.wait()
             except TimeoutError:
                 # An idle connection can die silently; a ping finds out.
                 await conn.execute(PING_SQL)

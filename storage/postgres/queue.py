@@ -16,6 +16,8 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+import asyncpg
+
 from storage.errors import (
     DuplicateMessage,
     InvalidPageToken,
@@ -46,6 +48,18 @@ from storage.signals import StreamSignals
 REPOLL_SECONDS = 0.5
 
 ENQUEUE_SQL = "SELECT * FROM event_streaming.enqueue_messages($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+#: The unique index an enqueue of an id already in the queue runs into.
+QUEUED_ID_CONSTRAINT = "queue_messages_stream_event_id_idx"
+#: Which id of a refused batch is in the queue (the rare path, after the refusal).
+QUEUED_ID_SQL = """
+SELECT b.id
+  FROM unnest($2::uuid[]) WITH ORDINALITY AS b(id, ord)
+ WHERE EXISTS (SELECT 1 FROM event_streaming.queue_messages m
+                WHERE m.stream_id = (SELECT stream_id FROM event_streaming.streams
+                                      WHERE stream_name = $1)
+                  AND m.event_id = b.id)
+ ORDER BY b.ord LIMIT 1
+"""
 
 _MESSAGE_COLUMNS = ", ".join(f"m.{c.strip()}" for c in EVENT_COLUMNS.split(","))
 
@@ -55,12 +69,13 @@ _MESSAGE_COLUMNS = ", ".join(f"m.{c.strip()}" for c in EVENT_COLUMNS.split(","))
 # the earliest invisible message at the head becomes visible, so a long poll knows
 # when to look again.
 #
-# Written so that every plan the planner may pick walks the primary key in queue
-# order and stops at the LIMIT, whatever the statistics say (a young table looks
-# empty to the planner, and one huge queue among many small ones looks small): the
-# stream lookups are scalar subqueries, the LIMIT is a subquery (so the planner
-# assumes a small fraction and prefers the ordered index scan to a full scan and a
-# sort) and the picked rows go on as arrays, updated by key.
+# Written so that the planner walks the primary key in queue order and stops at
+# the LIMIT even when its statistics are wrong (a young table looks empty, and one
+# huge queue among many small ones looks small), rather than reading the whole
+# queue and sorting it: the stream lookups are scalar subqueries, the LIMIT is a
+# subquery (so the planner assumes it takes a small fraction of the rows and
+# prefers the ordered index scan), and the picked rows go on as arrays, updated by
+# key.
 DEQUEUE_SQL = f"""
 WITH s AS (
     SELECT stream_id, stream_type, max_delivery_attempts, default_visibility_timeout
@@ -113,21 +128,28 @@ SELECT s.stream_type, (SELECT count(*) FROM buried) AS buried, now() AS db_now,
 
 # The holder check is in the DELETE itself: when another consumer's dequeue has
 # re-leased the row meanwhile, the DELETE re-reads it, sees the new consumer_id
-# and leaves it alone.
+# and leaves it alone. The ids are passed through a subquery so that the planner
+# cannot see how many there are and always looks them up in the (stream_id,
+# event_id) index, rather than reading the whole queue when its statistics are
+# young and say the queue is small.
 ACKNOWLEDGE_SQL = """
 WITH s AS (
     SELECT stream_id, stream_type FROM event_streaming.streams WHERE stream_name = $1
 ), acked AS (
     DELETE FROM event_streaming.queue_messages m
      WHERE m.stream_id = (SELECT stream_id FROM s) AND (SELECT stream_type FROM s) = 2
-       AND m.event_id = ANY($3::uuid[]) AND m.consumer_id = $2
+       AND m.event_id = ANY ((SELECT $3::uuid[])::uuid[]) AND m.consumer_id = $2
     RETURNING m.event_id
 )
-SELECT (SELECT stream_type FROM s) AS stream_type,
-       ARRAY(SELECT event_id FROM acked) AS acknowledged,
-       ARRAY(SELECT m.event_id FROM event_streaming.queue_messages m
-              WHERE m.stream_id = (SELECT stream_id FROM s)
-                AND m.event_id = ANY($3::uuid[])) AS present
+SELECT (SELECT stream_type FROM s) AS stream_type, a.acknowledged,
+       -- Which of the others are still there (NOT_HELD rather than NOT_FOUND);
+       -- not even looked up when every id was acknowledged.
+       CASE WHEN cardinality(a.acknowledged) < cardinality($3::uuid[]) THEN
+           ARRAY(SELECT m.event_id FROM event_streaming.queue_messages m
+                  WHERE m.stream_id = (SELECT stream_id FROM s)
+                    AND m.event_id = ANY ((SELECT $3::uuid[])::uuid[]))
+       END AS present
+  FROM (SELECT ARRAY(SELECT event_id FROM acked) AS acknowledged) a
 """
 
 NACK_SQL = "SELECT * FROM event_streaming.nack_message($1, $2, $3, $4, $5)"
@@ -220,15 +242,28 @@ def _seconds_until(later: datetime | None, now: datetime) -> float | None:
 class PostgresQueue(PostgresBase):
     @translates_errors
     async def enqueue(self, stream_name: str, events: Sequence[NewEvent]) -> Sequence[UUID]:
-        row = await self.pool.fetchrow(ENQUEUE_SQL, stream_name, *event_arrays(events))
-        assert row is not None
-        outcome = row["outcome"]
-        if outcome == _ENQUEUE_WRONG_TYPE:
-            _check_type(stream_name, row["actual_type"])
-        if outcome == _DUPLICATE:
-            raise DuplicateMessage(stream_name, row["conflict_event_id"])
-        self._announce(stream_name)
-        return [e.event_id for e in events]
+        arrays = event_arrays(events)
+        for _ in range(3):
+            try:
+                row = await self.pool.fetchrow(ENQUEUE_SQL, stream_name, *arrays)
+            except asyncpg.UniqueViolationError as exc:
+                if exc.constraint_name != QUEUED_ID_CONSTRAINT:
+                    raise
+                # Nothing was written. Name the id; if it has been acknowledged
+                # since, the batch may well go in now.
+                queued = await self.pool.fetchval(QUEUED_ID_SQL, stream_name, arrays[0])
+                if queued is not None:
+                    raise DuplicateMessage(stream_name, queued) from None
+                continue
+            assert row is not None
+            outcome = row["outcome"]
+            if outcome == _ENQUEUE_WRONG_TYPE:
+                _check_type(stream_name, row["actual_type"])
+            if outcome == _DUPLICATE:
+                raise DuplicateMessage(stream_name, row["conflict_event_id"])
+            self._announce(stream_name)
+            return [e.event_id for e in events]
+        raise DuplicateMessage(stream_name, events[0].event_id)
 
     @translates_errors
     async def dequeue(
@@ -281,7 +316,7 @@ class PostgresQueue(PostgresBase):
         assert row is not None
         _check_type(stream_name, row["stream_type"])
         acknowledged = set(row["acknowledged"])
-        present = set(row["present"])
+        present = set(row["present"] or ())
         done: list[UUID] = []
         failed: list[AckFailure] = []
         for event_id in dict.fromkeys(event_ids):
