@@ -17,3 +17,14 @@ async def test_store_closes_promptly_right_after_a_write(pg_dsn: str) -> None:
         await store.start()
         await store.append_to_stream(unique_name(), [NewEvent(uuid.uuid4(), "T", b"{}")])
         await asyncio.wait_for(store.close(), timeout=10)
+
+
+async def test_session_settings_hold_on_every_pooled_connection(pg_dsn: str) -> None:
+    store = PostgresEventStore(pg_dsn, pool_min_size=1, pool_max_size=2)
+    await store.start()
+    try:
+        for _ in range(5):  # reused connections, after the pool's reset on release
+            assert await store.pool.fetchval("SHOW jit") == "off"
+            assert await store.pool.fetchval("SHOW timezone") == "UTC"
+    finally:
+        await store.close()

@@ -9,7 +9,7 @@ from datetime import datetime
 import asyncpg
 
 from storage.errors import StreamNotFound
-from storage.postgres.base import Connection, PostgresBase
+from storage.postgres.base import Connection, PostgresBase, session_advisory_lock
 from storage.postgres.errors import translates_errors
 from storage.records import RetentionReport, StreamPage, StreamSummary, StreamType
 from storage.stream_pages import decode_page_token, encode_page_token
@@ -34,8 +34,6 @@ DELETE_STREAM_SQL = "DELETE FROM event_streaming.streams WHERE stream_name = $1 
 
 #: Key of the advisory lock held by the replica enforcing retention ("evsretn").
 RETENTION_LOCK_KEY = 0x65767372_65746E00
-TRY_LOCK_SQL = "SELECT pg_try_advisory_lock($1)"
-UNLOCK_SQL = "SELECT pg_advisory_unlock($1)"
 
 RETENTION_STREAMS_SQL = """
 SELECT stream_id, stream_name, next_offset, retention_max_age, retention_max_count
@@ -106,18 +104,18 @@ class PostgresAdmin(PostgresBase):
 
     @translates_errors
     async def enforce_retention(self, now: datetime | None = None) -> RetentionReport:
-        async with self.pool.acquire() as conn:
-            if not await conn.fetchval(TRY_LOCK_SQL, RETENTION_LOCK_KEY):
+        async with (
+            self.pool.acquire() as conn,
+            session_advisory_lock(conn, RETENTION_LOCK_KEY, wait=False) as taken,
+        ):
+            if not taken:
                 log.info("retention skipped: another replica is enforcing it")
                 return RetentionReport(streams_examined=0, events_deleted=0)
-            try:
-                streams = await conn.fetch(RETENTION_STREAMS_SQL)
-                deleted = 0
-                for stream in streams:
-                    deleted += await self._expire(conn, stream, now)
-                return RetentionReport(streams_examined=len(streams), events_deleted=deleted)
-            finally:
-                await conn.execute(UNLOCK_SQL, RETENTION_LOCK_KEY)
+            streams = await conn.fetch(RETENTION_STREAMS_SQL)
+            deleted = 0
+            for stream in streams:
+                deleted += await self._expire(conn, stream, now)
+            return RetentionReport(streams_examined=len(streams), events_deleted=deleted)
 
     async def _expire(self, conn: Connection, stream: asyncpg.Record, now: datetime | None) -> int:
         """Delete one stream's expired prefix in batches; returns how many went."""

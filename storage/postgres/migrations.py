@@ -19,7 +19,7 @@ from importlib import resources
 import asyncpg
 
 from storage.errors import MigrationError
-from storage.postgres.base import Connection
+from storage.postgres.base import Connection, session_advisory_lock
 from storage.postgres.errors import translates_errors
 
 log = logging.getLogger(__name__)
@@ -125,8 +125,7 @@ def _check_checksums(migrations: list[Migration], applied: dict[int, AppliedMigr
 async def apply_migrations(conn: Connection) -> list[Migration]:
     """Apply every pending migration; returns those applied (empty when up to date)."""
     migrations = load_migrations()
-    await conn.execute("SELECT pg_advisory_lock($1)", ADVISORY_LOCK_KEY)
-    try:
+    async with session_advisory_lock(conn, ADVISORY_LOCK_KEY, wait=True):
         await conn.execute(BOOTSTRAP_SQL)
         applied = await _applied(conn)
         _check_checksums(migrations, applied)
@@ -156,8 +155,6 @@ async def apply_migrations(conn: Connection) -> list[Migration]:
         if not ran:
             log.info("database schema is up to date", extra={"migrations": len(migrations)})
         return ran
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", ADVISORY_LOCK_KEY)
 
 
 @translates_errors
