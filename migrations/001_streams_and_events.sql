@@ -2,7 +2,10 @@
 --
 -- Offsets are assigned under the stream row's lock, taken by append_events() and
 -- held until commit, so offsets are gapless and commit in offset order even with
--- many writers on many server processes.
+-- many writers on many server processes. The lock is FOR NO KEY UPDATE: writers
+-- exclude each other, but the FOR KEY SHARE that foreign-key checks of other
+-- tables take on the stream row (consumer offsets, dead letters) never waits for
+-- it, so those writes neither queue behind appends nor deadlock with them.
 
 CREATE SCHEMA IF NOT EXISTS event_streaming;
 
@@ -81,12 +84,12 @@ DECLARE
     v_now        timestamptz;
 BEGIN
     SELECT s.stream_id, s.stream_type, s.next_offset INTO v_stream_id, v_type, v_next
-      FROM event_streaming.streams s WHERE s.stream_name = p_stream_name FOR UPDATE;
+      FROM event_streaming.streams s WHERE s.stream_name = p_stream_name FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         INSERT INTO event_streaming.streams (stream_name, stream_type)
         VALUES (p_stream_name, 1) ON CONFLICT (stream_name) DO NOTHING;
         SELECT s.stream_id, s.stream_type, s.next_offset INTO v_stream_id, v_type, v_next
-          FROM event_streaming.streams s WHERE s.stream_name = p_stream_name FOR UPDATE;
+          FROM event_streaming.streams s WHERE s.stream_name = p_stream_name FOR NO KEY UPDATE;
     END IF;
     IF v_type IS NULL THEN
         UPDATE event_streaming.streams SET stream_type = 1 WHERE stream_id = v_stream_id;

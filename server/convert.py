@@ -26,10 +26,6 @@ def optional_timestamp(value: datetime | None) -> Timestamp | None:
     return None if value is None else timestamp(value)
 
 
-def from_timestamp(value: Timestamp) -> datetime:
-    return value.ToDatetime(tzinfo=UTC)
-
-
 def duration(value: timedelta) -> Duration:
     result = Duration()
     result.FromTimedelta(value)

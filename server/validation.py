@@ -6,16 +6,19 @@ import json
 import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from storage.records import JSON_CONTENT_TYPE, NewEvent
 
 STREAM_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
 MAX_NAME_LENGTH = 200
 MAX_PAGE = 1000
+#: The largest google.protobuf.Duration (10,000 years).
+MAX_DURATION_SECONDS = 315_576_000_000
 DEFAULT_PAGE = 100
 
 
@@ -85,12 +88,28 @@ def duration(
         raise InvalidArgument(field, "must not be negative")
     if value.nanos >= 1_000_000_000:
         raise InvalidArgument(field, "nanos must be below 1,000,000,000")
+    if value.seconds > MAX_DURATION_SECONDS:
+        raise InvalidArgument(
+            field, f"seconds {value.seconds} is beyond the range of google.protobuf.Duration"
+        )
     result = timedelta(seconds=value.seconds, microseconds=value.nanos // 1000)
     if not allow_zero and result <= timedelta(0):
         raise InvalidArgument(field, "must be more than 0")
     if result > maximum:
         raise InvalidArgument(field, f"is {result}; at most {maximum} allowed")
     return result
+
+
+def timestamp(value: Timestamp, field: str) -> datetime:
+    """A google.protobuf.Timestamp within its valid range (years 1-9999)."""
+    if not 0 <= value.nanos < 1_000_000_000:
+        raise InvalidArgument(field, "nanos must be in 0..999,999,999")
+    try:
+        return value.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(
+            field, f"seconds {value.seconds} is outside years 1-9999 (Timestamp's range)"
+        ) from None
 
 
 def _reject_constant(name: str) -> Any:

@@ -352,3 +352,38 @@ async def test_names_with_every_allowed_character_work(stub: Stub) -> None:
     name = f"Az09._:-{uuid.uuid4().hex}"
     reply = await append(stub, name, events(1))
     assert reply.first_offset == 0
+
+
+async def test_log_rpcs_on_a_queue_are_failed_precondition(stub: Stub, stream_name: str) -> None:
+    await stub.Enqueue(pb.EnqueueRequest(stream_name=stream_name, events=events(1)))
+    calls = [
+        stub.AppendToStream(pb.AppendToStreamRequest(stream_name=stream_name, events=events(1))),
+        stub.ReadStream(pb.ReadStreamRequest(stream_name=stream_name)),
+        stub.GetStreamLength(pb.GetStreamLengthRequest(stream_name=stream_name)),
+    ]
+    for call in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "ephemeral" in (caught.value.details() or "")
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        {"seconds": 10**13},
+        {"seconds": -(10**12)},
+        {"seconds": 0, "nanos": -5},
+    ],
+)
+async def test_out_of_range_from_timestamp_is_invalid_argument(
+    stub: Stub, stream_name: str, stamp: dict[str, int]
+) -> None:
+    await append(stub, stream_name, events(1))
+    request = pb.ReadStreamRequest(stream_name=stream_name)
+    request.from_timestamp.seconds = stamp["seconds"]
+    request.from_timestamp.nanos = stamp.get("nanos", 0)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.ReadStream(request)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (caught.value.details() or "").startswith("from_timestamp")

@@ -15,7 +15,7 @@ def read_filter(request: pb.ReadStreamRequest | pb.SubscribeToStreamRequest) -> 
             raise validation.InvalidArgument(f"event_types[{i}]", "must not be empty")
     return ReadFilter(
         from_timestamp=(
-            convert.from_timestamp(request.from_timestamp)
+            validation.timestamp(request.from_timestamp, "from_timestamp")
             if request.HasField("from_timestamp")
             else None
         ),

@@ -97,7 +97,7 @@ class MemoryLog(MemoryBase):
         return ReadResult(tuple(found), next_offset, next_offset >= stream.next_offset)
 
     async def get_stream_length(self, stream_name: str) -> int:
-        return self._find(stream_name).next_offset
+        return self._find(stream_name, StreamType.PERSISTENT).next_offset
 
     def _log_metadata(self, stream: MemoryStream) -> StreamMetadata:
         oldest = stream.events[0] if stream.events else None

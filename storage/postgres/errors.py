@@ -24,6 +24,9 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.InterfaceError,
+    # Transient conflicts: the same call succeeds when retried.
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
 )
 
 DRIVER_ERRORS: tuple[type[BaseException], ...] = (asyncpg.PostgresError, *UNAVAILABLE_ERRORS)
@@ -33,7 +36,9 @@ TRANSLATED_MARK = "__translates_storage_errors__"
 
 def to_storage_error(exc: BaseException) -> StorageError:
     if isinstance(exc, UNAVAILABLE_ERRORS):
-        return StorageUnavailable(f"database unavailable: {type(exc).__name__}")
+        return StorageUnavailable(
+            f"database unavailable or in conflict ({type(exc).__name__}); retry the call"
+        )
     return StorageError(f"database error: {type(exc).__name__}")
 
 

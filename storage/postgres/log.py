@@ -44,7 +44,7 @@ READ_FILTERED_SQL = _READ_SELECT.format(
     "AND ($5::text[] IS NULL OR ev.event_type = ANY($5))"
 )
 
-LENGTH_SQL = "SELECT next_offset FROM event_streaming.streams WHERE stream_name = $1"
+LENGTH_SQL = "SELECT stream_type, next_offset FROM event_streaming.streams WHERE stream_name = $1"
 
 METADATA_SQL = """
 SELECT s.stream_name, s.stream_type, s.next_offset, s.created_at,
@@ -127,9 +127,11 @@ class PostgresLog(PostgresBase):
 
     @translates_errors
     async def get_stream_length(self, stream_name: str) -> int:
-        length: int | None = await self.pool.fetchval(LENGTH_SQL, stream_name)
-        if length is None:
+        row = await self.pool.fetchrow(LENGTH_SQL, stream_name)
+        if row is None:
             raise StreamNotFound(stream_name)
+        _check_type(stream_name, row["stream_type"], StreamType.PERSISTENT)
+        length: int = row["next_offset"]
         return length
 
     def _log_metadata(self, row: Any) -> StreamMetadata:

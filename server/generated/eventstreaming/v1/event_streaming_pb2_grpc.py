@@ -147,7 +147,8 @@ class EventStreamingServicer:
 
     def ReadStream(self, request, context):
         """Reads events in ascending offset order, starting at the first retained
-        offset >= from_offset. Errors: NOT_FOUND for a stream never written.
+        offset >= from_offset. Errors: NOT_FOUND for a stream never written;
+        FAILED_PRECONDITION on an ephemeral stream.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -155,7 +156,8 @@ class EventStreamingServicer:
 
     def GetStreamLength(self, request, context):
         """Returns the number of events ever appended (last offset + 1).
-        Errors: NOT_FOUND.
+        Errors: NOT_FOUND; FAILED_PRECONDITION on an ephemeral stream (its
+        GetStreamMetadata has the queue's counts).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
