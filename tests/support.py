@@ -272,3 +272,20 @@ class TcpProxy:
                 self._writers.discard(dst)
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+async def read_all(
+    stub: pb_grpc.EventStreamingStub, name: str, *, from_offset: int = 0, **options: Any
+) -> list[pb.Event]:
+    """Every event from ``from_offset`` to the end, paging with next_offset."""
+    found: list[pb.Event] = []
+    for _ in range(100_000):
+        reply = await stub.ReadStream(
+            pb.ReadStreamRequest(stream_name=name, from_offset=from_offset, **options)
+        )
+        found.extend(reply.events)
+        assert reply.next_offset >= from_offset, "next_offset went backwards"
+        from_offset = reply.next_offset
+        if reply.end_of_stream:
+            return found
+    raise AssertionError("paging did not reach the end")

@@ -11,7 +11,7 @@ import grpc
 
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
 from server.generated.eventstreaming.v1 import event_streaming_pb2_grpc as pb_grpc
-from tests.support import ServerProcess, event, unique_name
+from tests.support import ServerProcess, event, read_all, unique_name
 
 PROCESSES = 3
 WRITERS_PER_PROCESS = 10
@@ -50,17 +50,7 @@ async def test_writers_on_three_processes_get_gapless_contiguous_offsets(
                 for w in range(WRITERS_PER_PROCESS)
             )
         )
-        stub = pb_grpc.EventStreamingStub(channels[0])
-        stored: list[pb.Event] = []
-        offset = 0
-        while True:
-            page = await stub.ReadStream(
-                pb.ReadStreamRequest(stream_name=name, from_offset=offset, max_count=1000)
-            )
-            stored.extend(page.events)
-            offset = page.next_offset
-            if page.end_of_stream:
-                break
+        stored = await read_all(pb_grpc.EventStreamingStub(channels[0]), name, max_count=1000)
     finally:
         for channel in channels:
             await channel.close()

@@ -11,7 +11,7 @@ import grpc
 
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
 from server.generated.eventstreaming.v1 import event_streaming_pb2_grpc as pb_grpc
-from tests.support import ServerProcess, event, events, unique_name, wait_until
+from tests.support import ServerProcess, event, events, read_all, unique_name, wait_until
 
 
 def pg_env(dsn: str) -> dict[str, str]:
@@ -20,17 +20,7 @@ def pg_env(dsn: str) -> dict[str, str]:
 
 async def read_everything(address: str, name: str) -> list[pb.Event]:
     async with grpc.aio.insecure_channel(address) as channel:
-        stub = pb_grpc.EventStreamingStub(channel)
-        found: list[pb.Event] = []
-        offset = 0
-        while True:
-            page = await stub.ReadStream(
-                pb.ReadStreamRequest(stream_name=name, from_offset=offset, max_count=1000)
-            )
-            found.extend(page.events)
-            offset = page.next_offset
-            if page.end_of_stream:
-                return found
+        return await read_all(pb_grpc.EventStreamingStub(channel), name, max_count=1000)
 
 
 async def test_events_survive_a_server_restart(pg_dsn: str, tmp_path: Path) -> None:

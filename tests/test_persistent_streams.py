@@ -10,7 +10,7 @@ import pytest
 
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
 from server.generated.eventstreaming.v1 import event_streaming_pb2_grpc as pb_grpc
-from tests.support import error_info, event, events
+from tests.support import error_info, event, events, read_all
 
 Stub = pb_grpc.EventStreamingStub
 
@@ -19,18 +19,6 @@ async def append(
     stub: Stub, name: str, batch: list[pb.EventData], **kw: int
 ) -> pb.AppendToStreamResponse:
     return await stub.AppendToStream(pb.AppendToStreamRequest(stream_name=name, events=batch, **kw))
-
-
-async def read_all(stub: Stub, name: str, from_offset: int = 0, page: int = 0) -> list[pb.Event]:
-    found: list[pb.Event] = []
-    while True:
-        reply = await stub.ReadStream(
-            pb.ReadStreamRequest(stream_name=name, from_offset=from_offset, max_count=page)
-        )
-        found.extend(reply.events)
-        from_offset = reply.next_offset
-        if reply.end_of_stream:
-            return found
 
 
 async def test_append_single_event_gets_offset_zero(stub: Stub, stream_name: str) -> None:
@@ -82,7 +70,7 @@ async def test_read_from_any_offset_with_paging(stub: Stub, stream_name: str) ->
     assert [e.offset for e in page.events] == list(range(7, 17))
     assert page.next_offset == 17
     assert not page.end_of_stream
-    rest = await read_all(stub, stream_name, from_offset=page.next_offset, page=10)
+    rest = await read_all(stub, stream_name, from_offset=page.next_offset, max_count=10)
     assert [e.offset for e in rest] == list(range(17, 25))
     assert [json.loads(e.data)["n"] for e in rest] == list(range(17, 25))
 

@@ -10,7 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
 from server.generated.eventstreaming.v1 import event_streaming_pb2_grpc as pb_grpc
-from tests.support import error_info, event, events
+from tests.support import error_info, event, events, read_all
 
 Stub = pb_grpc.EventStreamingStub
 
@@ -21,19 +21,6 @@ async def append(stub: Stub, name: str, batch: list[pb.EventData]) -> None:
 
 async def read(stub: Stub, name: str, **options: object) -> pb.ReadStreamResponse:
     return await stub.ReadStream(pb.ReadStreamRequest(stream_name=name, **options))
-
-
-async def read_all(stub: Stub, name: str, **options: object) -> list[pb.Event]:
-    found: list[pb.Event] = []
-    from_offset = 0
-    for _ in range(1000):
-        reply = await read(stub, name, from_offset=from_offset, **options)
-        found.extend(reply.events)
-        assert reply.next_offset >= from_offset
-        from_offset = reply.next_offset
-        if reply.end_of_stream:
-            return found
-    raise AssertionError("paging did not reach the end")
 
 
 def shifted(stamp: Timestamp, delta: timedelta) -> Timestamp:
