@@ -73,6 +73,20 @@ CREATE UNIQUE INDEX dead_letters_stream_event_id_idx
 -- stream has dead letters, one probe of its unique index per id. Either way the
 -- cost follows the batch, never the queue, whatever plan is cached while the
 -- tables are young and their statistics say they are empty.
+--
+-- The dead-letter queue is searched after the insert, not before: calls that
+-- dead-letter a message (dequeue, nack, extend, the sweep) do not take the stream
+-- row's lock, so one may be moving an id of the batch from the queue to the
+-- dead-letter queue meanwhile. The insert of that id waits for it (the unique index
+-- holds the row it is deleting), and the search, a statement with a fresh snapshot,
+-- then sees its dead letter: the batch is taken out again and refused, rather than
+-- the id being left both in the queue and in its dead-letter queue.
+--
+-- The stream row is locked FOR NO KEY UPDATE (we never change its key): FOR UPDATE
+-- would also conflict with the FOR KEY SHARE lock that the foreign-key check of
+-- every queue_messages or dead_letters insert takes on it, and a call holding the
+-- stream row that waits for a message row held by a dequeue that is dead-lettering
+-- it would deadlock with that dequeue's check.
 CREATE FUNCTION event_streaming.enqueue_messages(
     p_stream_name     text,
     p_event_ids       uuid[],
@@ -97,12 +111,12 @@ DECLARE
     v_now        timestamptz;
 BEGIN
     SELECT s.stream_id, s.stream_type, s.next_offset INTO v_stream_id, v_type, v_next
-      FROM event_streaming.streams s WHERE s.stream_name = p_stream_name FOR UPDATE;
+      FROM event_streaming.streams s WHERE s.stream_name = p_stream_name FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         INSERT INTO event_streaming.streams (stream_name, stream_type)
         VALUES (p_stream_name, 2) ON CONFLICT (stream_name) DO NOTHING;
         SELECT s.stream_id, s.stream_type, s.next_offset INTO v_stream_id, v_type, v_next
-          FROM event_streaming.streams s WHERE s.stream_name = p_stream_name FOR UPDATE;
+          FROM event_streaming.streams s WHERE s.stream_name = p_stream_name FOR NO KEY UPDATE;
     END IF;
     IF v_type IS NULL THEN
         UPDATE event_streaming.streams SET stream_type = 2 WHERE stream_id = v_stream_id;
@@ -110,16 +124,6 @@ BEGIN
     ELSIF v_type <> 2 THEN
         RETURN QUERY SELECT 2::smallint, NULL::bigint, NULL::uuid, v_type;
         RETURN;
-    END IF;
-
-    IF EXISTS (SELECT 1 FROM event_streaming.dead_letters d WHERE d.stream_id = v_stream_id) THEN
-        FOREACH v_id IN ARRAY p_event_ids LOOP
-            IF EXISTS (SELECT 1 FROM event_streaming.dead_letters d
-                        WHERE d.stream_id = v_stream_id AND d.event_id = v_id) THEN
-                RETURN QUERY SELECT 1::smallint, NULL::bigint, v_id, v_type;
-                RETURN;
-            END IF;
-        END LOOP;
     END IF;
 
     -- Taken after the lock: enqueue times never go backwards in queue order. An id
@@ -135,6 +139,22 @@ BEGIN
                   p_metadata, p_correlation_ids, p_causation_ids)
            WITH ORDINALITY AS t(id, event_type, content_type, data_json, data_bytes, metadata,
                                 correlation_id, causation_id, ord);
+
+    IF EXISTS (SELECT 1 FROM event_streaming.dead_letters d WHERE d.stream_id = v_stream_id) THEN
+        FOREACH v_id IN ARRAY p_event_ids LOOP
+            IF EXISTS (SELECT 1 FROM event_streaming.dead_letters d
+                        WHERE d.stream_id = v_stream_id AND d.event_id = v_id) THEN
+                -- Nothing of the batch stays: its rows are ours alone (not yet
+                -- committed) and next_offset has not moved.
+                DELETE FROM event_streaming.queue_messages m
+                 WHERE m.stream_id = v_stream_id AND m.queue_offset >= v_next
+                   AND m.queue_offset < v_next + cardinality(p_event_ids);
+                RETURN QUERY SELECT 1::smallint, NULL::bigint, v_id, v_type;
+                RETURN;
+            END IF;
+        END LOOP;
+    END IF;
+
     UPDATE event_streaming.streams SET next_offset = v_next + cardinality(p_event_ids)
      WHERE stream_id = v_stream_id;
     RETURN QUERY SELECT 0::smallint, v_next, NULL::uuid, v_type;
@@ -165,9 +185,32 @@ RETURNS bigint LANGUAGE sql AS $$
     SELECT count(*) FROM buried
 $$;
 
+-- Move one message to the dead-letter queue, with the reason given.
+CREATE FUNCTION event_streaming.bury_message(p_stream_id bigint, p_offset bigint, p_reason text)
+RETURNS void LANGUAGE sql AS $$
+    WITH moved AS (
+        DELETE FROM event_streaming.queue_messages m
+         WHERE m.stream_id = p_stream_id AND m.queue_offset = p_offset
+        RETURNING m.*
+    )
+    INSERT INTO event_streaming.dead_letters (
+        stream_id, queue_offset, event_id, event_type, content_type, data_json, data_bytes,
+        metadata, correlation_id, causation_id, created_at, delivery_attempts, reason,
+        dead_lettered_at)
+    SELECT stream_id, queue_offset, event_id, event_type, content_type, data_json,
+           data_bytes, metadata, correlation_id, causation_id, created_at,
+           delivery_attempts, p_reason, now()
+      FROM moved
+$$;
+
 -- Give a held message back. outcome: 0 visible again after p_delay, 1 moved to the
 -- dead-letter queue (it had had its max_delivery_attempts), 2 no such message,
 -- 3 not held by p_consumer_id, 4 the stream is not a queue (actual_type).
+--
+-- A message whose last allowed lease has run out is a dead letter already (Dequeue
+-- never hands it out again, GetStreamMetadata counts it as one), whoever asks:
+-- it goes to the dead-letter queue as its lease expiry left it, with the reason
+-- 'visibility timeout expired', and the answer is 2. Extend does the same.
 CREATE FUNCTION event_streaming.nack_message(
     p_stream_name  text,
     p_consumer_id  text,
@@ -182,6 +225,7 @@ DECLARE
     v_offset     bigint;
     v_consumer   text;
     v_attempts   integer;
+    v_expired    boolean;
 BEGIN
     SELECT s.stream_id, s.stream_type, s.max_delivery_attempts INTO v_stream_id, v_type, v_max
       FROM event_streaming.streams s WHERE s.stream_name = p_stream_name;
@@ -193,10 +237,16 @@ BEGIN
         RETURN QUERY SELECT 4::smallint, v_type;
         RETURN;
     END IF;
-    SELECT m.queue_offset, m.consumer_id, m.delivery_attempts INTO v_offset, v_consumer, v_attempts
+    SELECT m.queue_offset, m.consumer_id, m.delivery_attempts, m.visible_at <= now()
+      INTO v_offset, v_consumer, v_attempts, v_expired
       FROM event_streaming.queue_messages m
      WHERE m.stream_id = v_stream_id AND m.event_id = p_event_id FOR UPDATE;
     IF NOT FOUND THEN
+        RETURN QUERY SELECT 2::smallint, v_type;
+        RETURN;
+    END IF;
+    IF v_attempts >= v_max AND v_expired THEN
+        PERFORM event_streaming.bury_message(v_stream_id, v_offset, 'visibility timeout expired');
         RETURN QUERY SELECT 2::smallint, v_type;
         RETURN;
     END IF;
@@ -205,19 +255,7 @@ BEGIN
         RETURN;
     END IF;
     IF v_attempts >= v_max THEN
-        WITH moved AS (
-            DELETE FROM event_streaming.queue_messages m
-             WHERE m.stream_id = v_stream_id AND m.queue_offset = v_offset
-            RETURNING m.*
-        )
-        INSERT INTO event_streaming.dead_letters (
-            stream_id, queue_offset, event_id, event_type, content_type, data_json, data_bytes,
-            metadata, correlation_id, causation_id, created_at, delivery_attempts, reason,
-            dead_lettered_at)
-        SELECT stream_id, queue_offset, event_id, event_type, content_type, data_json,
-               data_bytes, metadata, correlation_id, causation_id, created_at,
-               delivery_attempts, p_reason, now()
-          FROM moved;
+        PERFORM event_streaming.bury_message(v_stream_id, v_offset, p_reason);
         RETURN QUERY SELECT 1::smallint, v_type;
         RETURN;
     END IF;
@@ -228,10 +266,70 @@ BEGIN
 END
 $$;
 
+-- Extend a held message's lease to now() + p_timeout. outcome: 0 extended
+-- (visible_until), 2 no such message (or its last allowed lease has run out: then
+-- it is dead-lettered, as in nack_message), 3 not held by p_consumer_id, 4 the
+-- stream is not a queue (actual_type).
+CREATE FUNCTION event_streaming.extend_visibility(
+    p_stream_name  text,
+    p_consumer_id  text,
+    p_event_id     uuid,
+    p_timeout      interval
+) RETURNS TABLE (outcome smallint, visible_until timestamptz, actual_type smallint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_stream_id  bigint;
+    v_type       smallint;
+    v_max        integer;
+    v_offset     bigint;
+    v_consumer   text;
+    v_attempts   integer;
+    v_expired    boolean;
+    v_until      timestamptz;
+BEGIN
+    SELECT s.stream_id, s.stream_type, s.max_delivery_attempts INTO v_stream_id, v_type, v_max
+      FROM event_streaming.streams s WHERE s.stream_name = p_stream_name;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT 2::smallint, NULL::timestamptz, NULL::smallint;
+        RETURN;
+    END IF;
+    IF v_type IS DISTINCT FROM 2 AND v_type IS NOT NULL THEN
+        RETURN QUERY SELECT 4::smallint, NULL::timestamptz, v_type;
+        RETURN;
+    END IF;
+    SELECT m.queue_offset, m.consumer_id, m.delivery_attempts, m.visible_at <= now()
+      INTO v_offset, v_consumer, v_attempts, v_expired
+      FROM event_streaming.queue_messages m
+     WHERE m.stream_id = v_stream_id AND m.event_id = p_event_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT 2::smallint, NULL::timestamptz, v_type;
+        RETURN;
+    END IF;
+    IF v_attempts >= v_max AND v_expired THEN
+        PERFORM event_streaming.bury_message(v_stream_id, v_offset, 'visibility timeout expired');
+        RETURN QUERY SELECT 2::smallint, NULL::timestamptz, v_type;
+        RETURN;
+    END IF;
+    IF v_consumer IS DISTINCT FROM p_consumer_id THEN
+        RETURN QUERY SELECT 3::smallint, NULL::timestamptz, v_type;
+        RETURN;
+    END IF;
+    UPDATE event_streaming.queue_messages SET visible_at = now() + p_timeout
+     WHERE stream_id = v_stream_id AND queue_offset = v_offset
+    RETURNING visible_at INTO v_until;
+    RETURN QUERY SELECT 0::smallint, v_until, v_type;
+END
+$$;
+
 -- Put dead letters (p_event_ids, or all when NULL) back at the end of the queue
 -- with their attempts reset, oldest dead letter first. Expired messages that
 -- reached their last attempt are dead-lettered first, so "all" includes them.
 -- Returns the count moved, or -1 with actual_type when the stream is not a queue.
+-- A dead letter whose id is in the queue again (which enqueue_messages prevents,
+-- but a database written by an earlier build may hold) stays where it is and is
+-- not counted, rather than failing the whole call on the unique index; it can be
+-- redriven once that message is gone. Under the stream row's lock nothing else
+-- puts messages in the queue, so the check holds until the insert.
 CREATE FUNCTION event_streaming.redrive_dead_letters(p_stream_name text, p_event_ids uuid[])
 RETURNS TABLE (redriven bigint, actual_type smallint) LANGUAGE plpgsql AS $$
 DECLARE
@@ -243,7 +341,7 @@ DECLARE
 BEGIN
     SELECT s.stream_id, s.stream_type, s.max_delivery_attempts, s.next_offset
       INTO v_stream_id, v_type, v_max, v_next
-      FROM event_streaming.streams s WHERE s.stream_name = p_stream_name FOR UPDATE;
+      FROM event_streaming.streams s WHERE s.stream_name = p_stream_name FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RETURN QUERY SELECT 0::bigint, NULL::smallint;
         RETURN;
@@ -257,6 +355,8 @@ BEGIN
         DELETE FROM event_streaming.dead_letters d
          WHERE d.stream_id = v_stream_id
            AND (p_event_ids IS NULL OR d.event_id = ANY ((SELECT p_event_ids)::uuid[]))
+           AND NOT EXISTS (SELECT 1 FROM event_streaming.queue_messages m
+                            WHERE m.stream_id = d.stream_id AND m.event_id = d.event_id)
         RETURNING d.*
     )
     INSERT INTO event_streaming.queue_messages (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 from google.protobuf.duration_pb2 import Duration
@@ -9,7 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
 from server.generated.eventstreaming.v1 import event_streaming_pb2_grpc as pb_grpc
-from tests.support import events
+from tests.support import event, events, wait_until
 
 Stub = pb_grpc.EventStreamingStub
 
@@ -92,3 +93,36 @@ async def dead_letters(stub: Stub, name: str, max_count: int = 0) -> list[pb.Dea
 
 async def metadata(stub: Stub, name: str) -> pb.GetStreamMetadataResponse:
     return await stub.GetStreamMetadata(pb.GetStreamMetadataRequest(stream_name=name))
+
+
+async def enqueue_ids(stub: Stub, name: str, ids: list[str]) -> list[str]:
+    """Enqueue one event per given id (an id may come back after an ack or a redrive)."""
+    reply = await stub.Enqueue(
+        pb.EnqueueRequest(stream_name=name, events=[event(event_id=i) for i in ids])
+    )
+    return list(reply.event_ids)
+
+
+async def extend(
+    stub: Stub, name: str, consumer: str, event_id: str, visibility: float
+) -> pb.ExtendVisibilityResponse:
+    return await stub.ExtendVisibility(
+        pb.ExtendVisibilityRequest(
+            stream_name=name,
+            consumer_id=consumer,
+            event_id=event_id,
+            visibility_timeout=seconds(visibility),
+        )
+    )
+
+
+async def redrive(stub: Stub, name: str, ids: list[str] | None = None) -> int:
+    reply = await stub.RedriveDeadLetters(
+        pb.RedriveDeadLettersRequest(stream_name=name, event_ids=ids or [])
+    )
+    return reply.redriven_count
+
+
+async def lease_ended(message: pb.QueueMessage, margin: float = 0.1) -> None:
+    """Wait until the message's lease has run out (by ``margin`` seconds)."""
+    await wait_until(lambda: time.time() - margin > epoch(message.visible_until))

@@ -19,10 +19,14 @@ from tests.queue_support import (
     dead_letters,
     dequeue,
     enqueue,
+    enqueue_ids,
     epoch,
+    extend,
     ids_of,
+    lease_ended,
     metadata,
     nack,
+    redrive,
     seconds,
 )
 from tests.support import error_info, event, events, wait_until
@@ -268,6 +272,36 @@ async def test_nack_and_extend_need_the_holder(stub: Stub, stream_name: str) -> 
     assert (await metadata(stub, stream_name)).in_flight_count == 1
 
 
+async def test_an_old_lease_does_not_free_the_same_id_enqueued_again_after_its_ack(
+    stub: Stub, stream_name: str
+) -> None:
+    given = str(uuid.uuid4())
+    await enqueue_ids(stub, stream_name, [given])
+    (first,) = await dequeue(stub, stream_name, "a", visibility=0.2)
+    assert list((await ack(stub, stream_name, "a", [given])).acknowledged) == [given]
+    await enqueue_ids(stub, stream_name, [given])
+    (second,) = await dequeue(stub, stream_name, "b", visibility=30)
+    assert (second.event.event_id, second.delivery_attempt) == (given, 1)
+    # The acknowledged incarnation's lease runs out; b still holds the new one.
+    await lease_ended(first)
+    assert await dequeue(stub, stream_name, "c") == []
+    assert (await metadata(stub, stream_name)).in_flight_count == 1
+    assert list((await ack(stub, stream_name, "b", [given])).acknowledged) == [given]
+
+
+async def test_an_old_lease_does_not_free_a_redriven_message(stub: Stub, stream_name: str) -> None:
+    await configure_queue(stub, stream_name, max_attempts=1)
+    (only,) = await enqueue(stub, stream_name)
+    (first,) = await dequeue(stub, stream_name, "a", visibility=0.2)
+    await nack(stub, stream_name, "a", only, reason="bad")
+    assert await redrive(stub, stream_name) == 1
+    (second,) = await dequeue(stub, stream_name, "b", visibility=30)
+    assert (second.event.event_id, second.delivery_attempt) == (only, 1)
+    await lease_ended(first)
+    assert await dequeue(stub, stream_name, "c") == []
+    assert (await metadata(stub, stream_name)).in_flight_count == 1
+
+
 # -- nack --------------------------------------------------------------------------
 
 
@@ -336,6 +370,55 @@ async def test_a_lease_expiring_on_the_last_attempt_dead_letters_the_message(
     (letter,) = await dead_letters(stub, stream_name)
     assert letter.event.event_id == first_id
     assert (letter.delivery_attempts, letter.reason) == (2, "visibility timeout expired")
+
+
+async def _final_lease_ran_out(stub: Stub, name: str) -> str:
+    """A message whose only allowed delivery (to "a") has run out: a dead letter."""
+    await configure_queue(stub, name, max_attempts=1)
+    (only,) = await enqueue(stub, name)
+    (message,) = await dequeue(stub, name, "a", visibility=0.2)
+    await lease_ended(message)
+    return only
+
+
+async def _assert_dead_lettered_on_expiry(stub: Stub, name: str, event_id: str) -> None:
+    meta = await metadata(stub, name)
+    assert (meta.pending_count, meta.in_flight_count, meta.dead_letter_count) == (0, 0, 1)
+    (letter,) = await dead_letters(stub, name)
+    assert letter.event.event_id == event_id
+    assert (letter.delivery_attempts, letter.reason) == (1, "visibility timeout expired")
+    assert await dequeue(stub, name, "b") == []
+
+
+async def test_extend_after_the_final_lease_ran_out_is_not_found(
+    stub: Stub, stream_name: str
+) -> None:
+    only = await _final_lease_ran_out(stub, stream_name)
+    error = await rpc_error(extend(stub, stream_name, "a", only, 30))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    await _assert_dead_lettered_on_expiry(stub, stream_name, only)
+
+
+async def test_nack_after_the_final_lease_ran_out_is_not_found_and_keeps_the_expiry_reason(
+    stub: Stub, stream_name: str
+) -> None:
+    only = await _final_lease_ran_out(stub, stream_name)
+    error = await rpc_error(nack(stub, stream_name, "a", only, reason="boom"))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    await _assert_dead_lettered_on_expiry(stub, stream_name, only)
+    # Not held by anyone else either: the same answer for another consumer.
+    error = await rpc_error(nack(stub, stream_name, "b", only))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_late_ack_of_the_final_delivery_succeeds_when_nobody_else_took_it(
+    stub: Stub, stream_name: str
+) -> None:
+    only = await _final_lease_ran_out(stub, stream_name)
+    assert list((await ack(stub, stream_name, "a", [only])).acknowledged) == [only]
+    meta = await metadata(stub, stream_name)
+    assert (meta.pending_count, meta.in_flight_count, meta.dead_letter_count) == (0, 0, 0)
+    assert await dead_letters(stub, stream_name) == []
 
 
 async def test_dead_letters_are_listed_oldest_first_in_pages(stub: Stub, stream_name: str) -> None:

@@ -1,21 +1,39 @@
-"""PostgreSQL only: queues shared by several server processes, and a server killed
-while its consumers hold messages."""
+"""PostgreSQL only: queues shared by several server processes, a server killed
+while its consumers hold messages, and queue calls racing each other in the database."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+import asyncpg
 import grpc
+import pytest
 import pytest_asyncio
 
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
 from tests.conftest import RunningServer
-from tests.queue_support import Stub, ack, dequeue, epoch, ids_of, metadata
-from tests.support import ServerProcess, events, stub_for, unique_name
+from tests.queue_support import (
+    Stub,
+    ack,
+    configure_queue,
+    dead_letters,
+    dequeue,
+    enqueue,
+    enqueue_ids,
+    epoch,
+    ids_of,
+    lease_ended,
+    metadata,
+    nack,
+    redrive,
+)
+from tests.support import ServerProcess, events, stub_for, unique_name, wait_until
 
 MESSAGES = 5000
 SERVERS = 2
@@ -145,3 +163,152 @@ async def test_messages_held_through_a_killed_server_are_delivered_again_after_t
             assert message.delivery_attempt == 1
     meta = await metadata(survivor, name)
     assert (meta.pending_count, meta.in_flight_count, meta.dead_letter_count) == (0, 0, 0)
+
+
+# -- races between queue calls, set up with row locks held from a second session --
+
+WAITING_SQL = """
+SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                WHERE datname = current_database() AND pid <> pg_backend_pid()
+                  AND wait_event_type = 'Lock' AND strpos(query, $1) > 0)
+"""
+#: Text of the statement each call runs (migrations/002_queues.sql, storage/postgres/queue.py).
+DEQUEUE_TEXT = "FOR UPDATE SKIP LOCKED"
+ENQUEUE_TEXT = "event_streaming.enqueue_messages("
+REDRIVE_TEXT = "event_streaming.redrive_dead_letters("
+
+
+@pytest_asyncio.fixture
+async def sessions(pg_dsn: str) -> AsyncIterator[tuple[asyncpg.Connection, asyncpg.Connection]]:
+    """A session that holds locks and one that watches who waits for them."""
+    locker = await asyncpg.connect(pg_dsn)
+    watcher = await asyncpg.connect(pg_dsn)
+    try:
+        yield locker, watcher
+    finally:
+        await locker.close()
+        await watcher.close()
+
+
+@asynccontextmanager
+async def rolled_back(session: asyncpg.Connection) -> AsyncIterator[None]:
+    """A transaction of the session that is rolled back at the end, releasing its locks."""
+    transaction = session.transaction()
+    await transaction.start()
+    try:
+        yield
+    finally:
+        await transaction.rollback()
+
+
+async def _waiting(watcher: asyncpg.Connection, statement_text: str) -> bool:
+    """Whether a session running that statement waits for a lock."""
+    return bool(await watcher.fetchval(WAITING_SQL, statement_text))
+
+
+async def _expired_final_leases(stub: Stub, name: str, count: int) -> list[str]:
+    """Messages whose only allowed delivery has run out (dead letters still in the queue)."""
+    await configure_queue(stub, name, max_attempts=1)
+    ids = await enqueue(stub, name, count)
+    held = await dequeue(stub, name, "a", visibility=0.2)
+    assert ids_of(held) == ids
+    for message in held:
+        await lease_ended(message)
+    return ids
+
+
+#: A dead letter with the id of a message in the queue, written as is.
+DEAD_LETTER_COPY_SQL = """
+INSERT INTO event_streaming.dead_letters (
+    stream_id, queue_offset, event_id, event_type, content_type, data_json, data_bytes,
+    created_at, delivery_attempts, reason, dead_lettered_at)
+SELECT stream_id, queue_offset, event_id, event_type, content_type, data_json, data_bytes,
+       created_at, 1, 'copied', now()
+  FROM event_streaming.queue_messages WHERE event_id = $1
+"""
+
+
+async def _hold_dead_letter_slot(locker: asyncpg.Connection, event_id: str) -> None:
+    """In the locker's open transaction, take the message's place in the dead-letter
+    queue (its unique index entry) without locking the stream row: a call that
+    dead-letters the message waits for the locker right after deleting it from the
+    queue. Foreign keys are not checked for this session (their check would lock
+    the stream row, which is what the calls under test must contend for)."""
+    await locker.execute("SET LOCAL session_replication_role = replica")
+    await locker.execute(DEAD_LETTER_COPY_SQL, uuid.UUID(event_id))
+
+
+async def test_a_redrive_and_a_dequeue_that_dead_letters_do_not_deadlock(
+    pg_server: RunningServer, sessions: tuple[asyncpg.Connection, asyncpg.Connection]
+) -> None:
+    stub = pg_server.stub
+    locker, watcher = sessions
+    name = unique_name("redrive-race")
+    (only,) = await _expired_final_leases(stub, name, 1)
+    async with rolled_back(locker):
+        await _hold_dead_letter_slot(locker, only)
+        # The dequeue deletes the message from the queue and waits for the locker
+        # before writing its dead letter (and checking that letter's foreign key).
+        dequeuing = asyncio.create_task(dequeue(stub, name, "b"))
+        await wait_until(lambda: _waiting(watcher, DEQUEUE_TEXT))
+        # The redrive locks the stream row, then waits for the dequeue while sweeping
+        # expired messages into the dead-letter queue.
+        redriving = asyncio.create_task(redrive(stub, name))
+        await wait_until(lambda: _waiting(watcher, REDRIVE_TEXT))
+    # Released: the dequeue's foreign-key check must not wait for the redrive's lock
+    # on the stream row (with FOR UPDATE it did, while the redrive waited for it).
+    assert await asyncio.wait_for(dequeuing, 30) == []
+    assert await asyncio.wait_for(redriving, 30) == 1
+    (back,) = await dequeue(stub, name, "c")
+    assert (back.event.event_id, back.delivery_attempt) == (only, 1)
+
+
+async def test_an_id_dead_lettered_while_enqueued_again_is_refused_not_kept_twice(
+    pg_server: RunningServer, sessions: tuple[asyncpg.Connection, asyncpg.Connection]
+) -> None:
+    stub = pg_server.stub
+    locker, watcher = sessions
+    name = unique_name("enqueue-race")
+    (only,) = await _expired_final_leases(stub, name, 1)
+    async with rolled_back(locker):
+        await _hold_dead_letter_slot(locker, only)
+        dequeuing = asyncio.create_task(dequeue(stub, name, "b"))
+        await wait_until(lambda: _waiting(watcher, DEQUEUE_TEXT))
+        # The enqueue finds no dead letter with the id yet; its insert waits for the
+        # dequeue that is deleting the message with that id from the queue.
+        enqueuing = asyncio.create_task(enqueue_ids(stub, name, [only]))
+        await wait_until(lambda: _waiting(watcher, ENQUEUE_TEXT))
+    assert await asyncio.wait_for(dequeuing, 30) == []
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await asyncio.wait_for(enqueuing, 30)
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    meta = await metadata(stub, name)
+    assert (meta.pending_count, meta.in_flight_count, meta.dead_letter_count) == (0, 0, 1)
+    (letter,) = await dead_letters(stub, name)
+    assert (letter.event.event_id, letter.reason) == (only, "visibility timeout expired")
+    assert await redrive(stub, name) == 1
+    (back,) = await dequeue(stub, name, "c")
+    assert (back.event.event_id, back.delivery_attempt) == (only, 1)
+
+
+async def test_redrive_leaves_a_dead_letter_whose_id_is_in_the_queue_again(
+    pg_server: RunningServer, pg_dsn: str
+) -> None:
+    stub = pg_server.stub
+    name = unique_name("redrive-twice")
+    await configure_queue(stub, name, max_attempts=1)
+    (dead,) = await enqueue(stub, name)
+    await dequeue(stub, name, "a")
+    await nack(stub, name, "a", dead, reason="bad")
+    (queued,) = await enqueue(stub, name)
+    # A state older versions could reach: the same id pending and dead-lettered.
+    session = await asyncpg.connect(pg_dsn)
+    try:
+        await session.execute(DEAD_LETTER_COPY_SQL, uuid.UUID(queued))
+    finally:
+        await session.close()
+    assert await redrive(stub, name, [queued]) == 0
+    assert await redrive(stub, name) == 1
+    assert [d.event.event_id for d in await dead_letters(stub, name)] == [queued]
+    back = await dequeue(stub, name, "b")
+    assert ids_of(back) == [queued, dead]

@@ -61,8 +61,10 @@ def _token_position(token: str) -> int:
 
 
 def _schedule(queue: QueueState, entry: QueueEntry, now: datetime) -> None:
-    """File the entry's current state in the heap it belongs to."""
-    entry.version += 1
+    """File the entry's current state in the heap it belongs to, under a version
+    no item in either heap has had before."""
+    queue.next_version += 1
+    entry.version = queue.next_version
     item_id = entry.event.event_id
     if entry.visible_at <= now:
         heapq.heappush(queue.ready, (entry.event.offset, entry.version, item_id))
@@ -203,6 +205,11 @@ class MemoryQueue(MemoryBase):
     async def acknowledge(
         self, stream_name: str, consumer_id: str, event_ids: Sequence[UUID]
     ) -> AckResult:
+        """Delete held messages. A late ack succeeds while nobody else has dequeued
+        the message since (the contract), even when the lease that ran out was its
+        last allowed delivery and the message already counts as dead-lettered: the
+        consumer did finish with it, and it never left the queue. Once a listing,
+        redrive or dequeue has moved it to the dead-letter queue it is not found."""
         stream = self._queue_or_none(stream_name)
         messages = stream.queue.messages if stream is not None else {}
         done: list[UUID] = []
@@ -219,10 +226,21 @@ class MemoryQueue(MemoryBase):
         return AckResult(tuple(done), tuple(failed))
 
     def _held(self, stream_name: str, consumer_id: str, event_id: UUID) -> MemoryStream:
+        """The stream of a message this consumer holds, for Nack and ExtendVisibility.
+
+        A message whose last allowed lease has run out is a dead letter already
+        (Dequeue never hands it out again, GetStreamMetadata counts it as one), so
+        it goes to the dead-letter queue as its expiry left it and is not found,
+        whoever asks. (Acknowledge is different: see there.)"""
         stream = self._queue_or_none(stream_name)
         if stream is None or event_id not in stream.queue.messages:
             raise MessageNotFound(stream_name, event_id)
-        if stream.queue.messages[event_id].consumer_id != consumer_id:
+        entry = stream.queue.messages[event_id]
+        now = utc_now()
+        if _exhausted(entry, stream.configuration.max_delivery_attempts, now):
+            _bury(stream.queue, entry, EXPIRED_REASON, now)
+            raise MessageNotFound(stream_name, event_id)
+        if entry.consumer_id != consumer_id:
             raise MessageNotHeld(stream_name, event_id, consumer_id)
         return stream
 

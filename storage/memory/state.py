@@ -15,8 +15,9 @@ def utc_now() -> datetime:
 
 @dataclass
 class QueueEntry:
-    """A message in a queue and its lease. ``version`` goes up on every change, so
-    heap items that describe an earlier state are recognised and dropped."""
+    """A message in a queue and its lease. ``version`` is renewed on every change
+    (from QueueState.next_version), so heap items that describe an earlier state,
+    of this entry or of an earlier one with the same id, are recognised and dropped."""
 
     event: RecordedEvent
     visible_at: datetime
@@ -30,7 +31,10 @@ class QueueEntry:
 class QueueState:
     """A queue without timers: ``ready`` is a heap of visible messages by position,
     ``waiting`` a heap of leased or delayed ones by the time they become visible.
-    Both are lazily cleaned: an item counts only while its entry has its version."""
+    Both are lazily cleaned: an item counts only while its entry has its version.
+    Versions come from one counter for the whole queue, never from the entry: a
+    message acknowledged (or dead-lettered) and enqueued (or redriven) again is a
+    new entry, and items left over from the old one must not match it."""
 
     messages: dict[UUID, QueueEntry] = field(default_factory=dict)
     #: (queue position, version, event id)
@@ -40,6 +44,8 @@ class QueueState:
     #: In the order they were dead-lettered, with that order's sequence number.
     dead_letters: dict[UUID, tuple[int, DeadLetter]] = field(default_factory=dict)
     next_dead_letter: int = 1
+    #: The last version handed out to an entry.
+    next_version: int = 0
 
 
 @dataclass

@@ -128,10 +128,18 @@ SELECT s.stream_type, (SELECT count(*) FROM buried) AS buried, now() AS db_now,
 
 # The holder check is in the DELETE itself: when another consumer's dequeue has
 # re-leased the row meanwhile, the DELETE re-reads it, sees the new consumer_id
-# and leaves it alone. The ids are passed through a subquery so that the planner
-# cannot see how many there are and always looks them up in the (stream_id,
-# event_id) index, rather than reading the whole queue when its statistics are
-# young and say the queue is small.
+# and leaves it alone. An ack after the lease ran out succeeds while nobody else
+# has dequeued the message since (the contract), even when that lease was its last
+# allowed delivery and the message already counts as dead-lettered: the consumer
+# did finish with it, and it never left the queue. (Nack and ExtendVisibility of
+# such a message find it dead instead: it would go back to the queue or take the
+# nack's reason.) Once a listing, redrive or dequeue has moved it to the
+# dead-letter queue, the ack finds nothing.
+#
+# The ids are passed through a subquery so that the planner cannot see how many
+# there are and always looks them up in the (stream_id, event_id) index, rather
+# than reading the whole queue when its statistics are young and say the queue is
+# small.
 ACKNOWLEDGE_SQL = """
 WITH s AS (
     SELECT stream_id, stream_type FROM event_streaming.streams WHERE stream_name = $1
@@ -153,22 +161,11 @@ SELECT (SELECT stream_type FROM s) AS stream_type, a.acknowledged,
 """
 
 NACK_SQL = "SELECT * FROM event_streaming.nack_message($1, $2, $3, $4, $5)"
-_RELEASED, _DEAD_LETTERED, _NACK_NOT_FOUND, _NACK_NOT_HELD, _NACK_WRONG_TYPE = range(5)
+#: Outcomes of nack_message and extend_visibility (which answers 0 when extended).
+_RELEASED, _DEAD_LETTERED, _NOT_FOUND, _NOT_HELD, _WRONG_TYPE = range(5)
 
-EXTEND_SQL = """
-WITH s AS (
-    SELECT stream_id, stream_type FROM event_streaming.streams WHERE stream_name = $1
-), extended AS (
-    UPDATE event_streaming.queue_messages m SET visible_at = now() + $4::interval
-     WHERE m.stream_id = (SELECT stream_id FROM s) AND (SELECT stream_type FROM s) = 2
-       AND m.event_id = $3 AND m.consumer_id = $2
-    RETURNING m.visible_at
-)
-SELECT (SELECT stream_type FROM s) AS stream_type,
-       (SELECT visible_at FROM extended) AS visible_until,
-       EXISTS (SELECT 1 FROM event_streaming.queue_messages m
-                WHERE m.stream_id = (SELECT stream_id FROM s) AND m.event_id = $3) AS present
-"""
+EXTEND_SQL = "SELECT * FROM event_streaming.extend_visibility($1, $2, $3, $4)"
+_EXTENDED = _RELEASED
 
 STREAM_SQL = """
 SELECT stream_id, stream_type, max_delivery_attempts
@@ -342,11 +339,11 @@ class PostgresQueue(PostgresBase):
         )
         assert row is not None
         outcome = row["outcome"]
-        if outcome == _NACK_WRONG_TYPE:
+        if outcome == _WRONG_TYPE:
             _check_type(stream_name, row["actual_type"])
-        if outcome == _NACK_NOT_FOUND:
+        if outcome == _NOT_FOUND:
             raise MessageNotFound(stream_name, event_id)
-        if outcome == _NACK_NOT_HELD:
+        if outcome == _NOT_HELD:
             raise MessageNotHeld(stream_name, event_id, consumer_id)
         if outcome == _RELEASED:
             self._announce(stream_name)
@@ -363,13 +360,15 @@ class PostgresQueue(PostgresBase):
             EXTEND_SQL, stream_name, consumer_id, event_id, visibility_timeout
         )
         assert row is not None
-        _check_type(stream_name, row["stream_type"])
-        visible_until: datetime | None = row["visible_until"]
-        if visible_until is not None:
-            return visible_until
-        if row["present"]:
+        outcome = row["outcome"]
+        if outcome == _WRONG_TYPE:
+            _check_type(stream_name, row["actual_type"])
+        if outcome == _NOT_HELD:
             raise MessageNotHeld(stream_name, event_id, consumer_id)
-        raise MessageNotFound(stream_name, event_id)
+        if outcome != _EXTENDED:
+            raise MessageNotFound(stream_name, event_id)
+        visible_until: datetime = row["visible_until"]
+        return visible_until
 
     @translates_errors
     async def list_dead_letters(
