@@ -40,6 +40,21 @@ class NewEvent:
     def is_json(self) -> bool:
         return self.content_type == JSON_CONTENT_TYPE
 
+    def recorded(self, stream_name: str, offset: int, timestamp: datetime) -> RecordedEvent:
+        """This event as stored at ``offset`` of ``stream_name``."""
+        return RecordedEvent(
+            stream_name=stream_name,
+            offset=offset,
+            event_id=self.event_id,
+            event_type=self.event_type,
+            data=self.data,
+            content_type=self.content_type,
+            metadata=dict(self.metadata),
+            correlation_id=self.correlation_id,
+            causation_id=self.causation_id,
+            timestamp=timestamp,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class RecordedEvent:

@@ -57,20 +57,7 @@ class MemoryLog(MemoryBase):
         now = utc_now()
         first = stream.next_offset
         for i, new in enumerate(events):
-            stream.events.append(
-                RecordedEvent(
-                    stream_name=stream_name,
-                    offset=first + i,
-                    event_id=new.event_id,
-                    event_type=new.event_type,
-                    data=new.data,
-                    content_type=new.content_type,
-                    metadata=dict(new.metadata),
-                    correlation_id=new.correlation_id,
-                    causation_id=new.causation_id,
-                    timestamp=now,
-                )
-            )
+            stream.events.append(new.recorded(stream_name, first + i, now))
             stream.offsets_by_id[new.event_id] = first + i
         stream.next_offset = first + len(events)
         self.signals.notify(stream_name)

@@ -12,6 +12,7 @@ import base64
 import binascii
 import heapq
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from uuid import UUID
 
@@ -32,7 +33,6 @@ from storage.records import (
     DeadLetterPage,
     NewEvent,
     QueueMessage,
-    RecordedEvent,
     StreamMetadata,
     StreamType,
 )
@@ -108,19 +108,7 @@ class MemoryQueue(MemoryBase):
         now = utc_now()
         for new in events:
             entry = QueueEntry(
-                event=RecordedEvent(
-                    stream_name=stream_name,
-                    offset=stream.next_offset,
-                    event_id=new.event_id,
-                    event_type=new.event_type,
-                    data=new.data,
-                    content_type=new.content_type,
-                    metadata=dict(new.metadata),
-                    correlation_id=new.correlation_id,
-                    causation_id=new.causation_id,
-                    timestamp=now,
-                ),
-                visible_at=now,
+                event=new.recorded(stream_name, stream.next_offset, now), visible_at=now
             )
             stream.next_offset += 1
             queue.messages[new.event_id] = entry
@@ -311,21 +299,8 @@ class MemoryQueue(MemoryBase):
         for letter in chosen:
             del queue.dead_letters[letter.event.event_id]
             event = letter.event
-            entry = QueueEntry(
-                event=RecordedEvent(
-                    stream_name=event.stream_name,
-                    offset=stream.next_offset,
-                    event_id=event.event_id,
-                    event_type=event.event_type,
-                    data=event.data,
-                    content_type=event.content_type,
-                    metadata=event.metadata,
-                    correlation_id=event.correlation_id,
-                    causation_id=event.causation_id,
-                    timestamp=event.timestamp,
-                ),
-                visible_at=now,
-            )
+            # Back at the end of the queue: a new position, the original timestamp.
+            entry = QueueEntry(event=replace(event, offset=stream.next_offset), visible_at=now)
             stream.next_offset += 1
             queue.messages[event.event_id] = entry
             _schedule(queue, entry, now)
