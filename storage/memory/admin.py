@@ -7,8 +7,8 @@ from datetime import datetime
 
 from storage.memory.base import MemoryBase
 from storage.memory.state import MemoryStream, utc_now
+from storage.page_tokens import STREAMS, decode_page_token, encode_page_token
 from storage.records import RetentionReport, StreamPage, StreamSummary, StreamType
-from storage.stream_pages import decode_page_token, encode_page_token
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def _expired_prefix(stream: MemoryStream, now: datetime) -> int:
 
 class MemoryAdmin(MemoryBase):
     async def list_streams(self, prefix: str, page_size: int, page_token: str) -> StreamPage:
-        after = decode_page_token(page_token)
+        after = decode_page_token(STREAMS, page_token)
         names = sorted(
             name
             for name in self._streams
@@ -47,7 +47,7 @@ class MemoryAdmin(MemoryBase):
             )
             for name in page
         )
-        token = encode_page_token(page[-1]) if len(names) > page_size else ""
+        token = encode_page_token(STREAMS, page[-1]) if len(names) > page_size else ""
         return StreamPage(summaries, token)
 
     async def delete_stream(self, stream_name: str) -> None:

@@ -8,8 +8,6 @@ runs without awaiting between reading and writing state, so it is atomic.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import heapq
 from collections.abc import Sequence
 from dataclasses import replace
@@ -18,13 +16,13 @@ from uuid import UUID
 
 from storage.errors import (
     DuplicateMessage,
-    InvalidPageToken,
     MessageNotFound,
     MessageNotHeld,
     StreamNotFound,
 )
 from storage.memory.base import MemoryBase
 from storage.memory.state import MemoryStream, QueueEntry, QueueState, utc_now
+from storage.page_tokens import DEAD_LETTERS, decode_position_token, encode_position_token
 from storage.records import (
     AckFailure,
     AckFailureReason,
@@ -40,24 +38,6 @@ from storage.signals import StreamSignals
 
 EXPIRED_REASON = "visibility timeout expired"
 NACKED_REASON = "nacked"
-_TOKEN_PREFIX = "dlq:"
-
-
-def _page_token(position: int) -> str:
-    return base64.urlsafe_b64encode(f"{_TOKEN_PREFIX}{position}".encode()).decode()
-
-
-def _token_position(token: str) -> int:
-    """The dead-letter sequence number a page token continues after (0: the start)."""
-    if not token:
-        return 0
-    try:
-        text = base64.urlsafe_b64decode(token.encode("ascii")).decode("ascii")
-    except (ValueError, binascii.Error, UnicodeError):
-        raise InvalidPageToken(token) from None
-    if not text.startswith(_TOKEN_PREFIX) or not text[len(_TOKEN_PREFIX) :].isdigit():
-        raise InvalidPageToken(token)
-    return int(text[len(_TOKEN_PREFIX) :])
 
 
 def _schedule(queue: QueueState, entry: QueueEntry, now: datetime) -> None:
@@ -268,7 +248,7 @@ class MemoryQueue(MemoryBase):
     async def list_dead_letters(
         self, stream_name: str, max_count: int, page_token: str
     ) -> DeadLetterPage:
-        after = _token_position(page_token)
+        after = decode_position_token(DEAD_LETTERS, page_token)
         stream = self._queue_or_none(stream_name)
         if stream is None:
             return DeadLetterPage((), "")
@@ -280,7 +260,7 @@ class MemoryQueue(MemoryBase):
         ]
         more = len(page) > max_count
         page = page[:max_count]
-        token = _page_token(page[-1][0]) if more else ""
+        token = encode_position_token(DEAD_LETTERS, page[-1][0]) if more else ""
         return DeadLetterPage(tuple(letter for _, letter in page), token)
 
     async def redrive_dead_letters(self, stream_name: str, event_ids: Sequence[UUID]) -> int:

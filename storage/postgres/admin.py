@@ -9,10 +9,10 @@ from datetime import datetime
 import asyncpg
 
 from storage.errors import StreamNotFound
+from storage.page_tokens import STREAMS, decode_page_token, encode_page_token
 from storage.postgres.base import Connection, PostgresBase, session_advisory_lock
 from storage.postgres.errors import translates_errors
 from storage.records import RetentionReport, StreamPage, StreamSummary, StreamType
-from storage.stream_pages import decode_page_token, encode_page_token
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def _deleted_count(status: str) -> int:
 class PostgresAdmin(PostgresBase):
     @translates_errors
     async def list_streams(self, prefix: str, page_size: int, page_token: str) -> StreamPage:
-        after = decode_page_token(page_token)
+        after = decode_page_token(STREAMS, page_token)
         rows = await self.pool.fetch(LIST_STREAMS_SQL, prefix, after, page_size + 1)
         page = rows[:page_size]
         summaries = tuple(
@@ -89,7 +89,7 @@ class PostgresAdmin(PostgresBase):
             )
             for r in page
         )
-        token = encode_page_token(page[-1]["stream_name"]) if len(rows) > page_size else ""
+        token = encode_page_token(STREAMS, page[-1]["stream_name"]) if len(rows) > page_size else ""
         return StreamPage(summaries, token)
 
     @translates_errors

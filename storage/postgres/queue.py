@@ -9,8 +9,6 @@ statement or one function call.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,11 +18,11 @@ import asyncpg
 
 from storage.errors import (
     DuplicateMessage,
-    InvalidPageToken,
     MessageNotFound,
     MessageNotHeld,
     WrongStreamType,
 )
+from storage.page_tokens import DEAD_LETTERS, decode_position_token, encode_position_token
 from storage.postgres.base import PostgresBase
 from storage.postgres.errors import translates_errors
 from storage.postgres.rows import EVENT_COLUMNS, event_arrays, event_from_row
@@ -207,29 +205,11 @@ SELECT q.*, (SELECT count(*) FROM event_streaming.dead_letters d
 """
 
 _ENQUEUED, _DUPLICATE, _ENQUEUE_WRONG_TYPE = range(3)
-_TOKEN_PREFIX = "dlq:"
 
 
 def _check_type(stream_name: str, actual: int | None) -> None:
     if actual is not None and actual != StreamType.EPHEMERAL:
         raise WrongStreamType(stream_name, StreamType(actual), StreamType.EPHEMERAL)
-
-
-def _page_token(position: int) -> str:
-    return base64.urlsafe_b64encode(f"{_TOKEN_PREFIX}{position}".encode()).decode()
-
-
-def _token_position(token: str) -> int:
-    """The dead-letter id a page token continues after (0 for the first page)."""
-    if not token:
-        return 0
-    try:
-        text = base64.urlsafe_b64decode(token.encode("ascii")).decode("ascii")
-    except (ValueError, binascii.Error, UnicodeError):
-        raise InvalidPageToken(token) from None
-    if not text.startswith(_TOKEN_PREFIX) or not text[len(_TOKEN_PREFIX) :].isdigit():
-        raise InvalidPageToken(token)
-    return int(text[len(_TOKEN_PREFIX) :])
 
 
 def _seconds_until(later: datetime | None, now: datetime) -> float | None:
@@ -374,7 +354,7 @@ class PostgresQueue(PostgresBase):
     async def list_dead_letters(
         self, stream_name: str, max_count: int, page_token: str
     ) -> DeadLetterPage:
-        after = _token_position(page_token)
+        after = decode_position_token(DEAD_LETTERS, page_token)
         async with self.pool.acquire() as conn, conn.transaction():
             stream = await conn.fetchrow(STREAM_SQL, stream_name)
             if stream is None:
@@ -399,7 +379,7 @@ class PostgresQueue(PostgresBase):
             )
             for r in rows
         )
-        token = _page_token(rows[-1]["dead_letter_id"]) if more else ""
+        token = encode_position_token(DEAD_LETTERS, rows[-1]["dead_letter_id"]) if more else ""
         return DeadLetterPage(letters, token)
 
     @translates_errors
