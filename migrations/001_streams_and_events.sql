@@ -49,6 +49,33 @@ CREATE INDEX events_correlation_idx ON event_streaming.events (correlation_id)
 CREATE INDEX events_stream_time_idx ON event_streaming.events (stream_id, created_at);
 CREATE INDEX events_data_json_idx ON event_streaming.events USING gin (data_json jsonb_path_ops);
 
+-- Which of a batch's ids a stream already holds: matches (how many), exact (all
+-- of them, in order, at consecutive offsets: an earlier append of the same batch),
+-- first_offset (that append's first offset) and conflict_event_id (the first id of
+-- the batch found). Only called when an append found a conflict, so it is planned
+-- afresh each time (EXECUTE): with the actual stream the planner uses the unique
+-- index rather than a generic plan cached while the table was young.
+CREATE FUNCTION event_streaming.repeated_batch(
+    p_stream_id           bigint,
+    p_event_ids           uuid[],
+    OUT matches           integer,
+    OUT exact             boolean,
+    OUT first_offset      bigint,
+    OUT conflict_event_id uuid
+) LANGUAGE plpgsql AS $$
+DECLARE
+    v_max_base bigint;
+BEGIN
+    EXECUTE 'SELECT count(*)::integer, min(e.stream_offset - (b.ord - 1)),
+                    max(e.stream_offset - (b.ord - 1)), (array_agg(b.id ORDER BY b.ord))[1]
+               FROM unnest($2) WITH ORDINALITY AS b(id, ord)
+               JOIN event_streaming.events e ON e.stream_id = $1 AND e.event_id = b.id'
+       INTO matches, first_offset, v_max_base, conflict_event_id
+      USING p_stream_id, p_event_ids;
+    exact := matches = cardinality(p_event_ids) AND first_offset = v_max_base;
+END
+$$;
+
 -- Append a batch in one round trip. outcome: 0 appended, 1 exact repeat of an
 -- earlier batch (nothing written, original offsets returned), 2 expected offset
 -- mismatch (last_offset = the actual last offset), 3 partial repeat
@@ -77,10 +104,8 @@ DECLARE
     v_type       smallint;
     v_next       bigint;
     v_count      integer := cardinality(p_event_ids);
-    v_matches    integer;
-    v_min_base   bigint;
-    v_max_base   bigint;
-    v_conflict   uuid;
+    v_inserted   integer;
+    v_repeat     record;
     v_now        timestamptz;
 BEGIN
     SELECT s.stream_id, s.stream_type, s.next_offset INTO v_stream_id, v_type, v_next
@@ -99,37 +124,56 @@ BEGIN
         RETURN;
     END IF;
 
-    -- An exact repeat has every id, each at (base + its position) for one base.
-    SELECT count(*), min(e.stream_offset - (b.ord - 1)), max(e.stream_offset - (b.ord - 1)),
-           (array_agg(b.id ORDER BY b.ord))[1]
-      INTO v_matches, v_min_base, v_max_base, v_conflict
-      FROM unnest(p_event_ids) WITH ORDINALITY AS b(id, ord)
-      JOIN event_streaming.events e ON e.stream_id = v_stream_id AND e.event_id = b.id;
-    IF v_matches > 0 THEN
-        IF v_matches = v_count AND v_min_base = v_max_base THEN
-            RETURN QUERY SELECT 1::smallint, v_min_base, v_min_base + v_count - 1, NULL::uuid, v_type;
+    IF p_expected IS NOT NULL AND p_expected <> v_next - 1 THEN
+        -- A retry of a batch that went in still succeeds, whatever came after it.
+        SELECT * INTO v_repeat FROM event_streaming.repeated_batch(v_stream_id, p_event_ids);
+        IF v_repeat.exact THEN
+            RETURN QUERY SELECT 1::smallint, v_repeat.first_offset,
+                                v_repeat.first_offset + v_count - 1, NULL::uuid, v_type;
+        ELSIF v_repeat.matches > 0 THEN
+            RETURN QUERY SELECT 3::smallint, NULL::bigint, NULL::bigint,
+                                v_repeat.conflict_event_id, v_type;
         ELSE
-            RETURN QUERY SELECT 3::smallint, NULL::bigint, NULL::bigint, v_conflict, v_type;
+            RETURN QUERY SELECT 2::smallint, NULL::bigint, v_next - 1, NULL::uuid, v_type;
         END IF;
         RETURN;
     END IF;
 
-    IF p_expected IS NOT NULL AND p_expected <> v_next - 1 THEN
-        RETURN QUERY SELECT 2::smallint, NULL::bigint, v_next - 1, NULL::uuid, v_type;
-        RETURN;
-    END IF;
-
+    -- Ids already in the stream are found by the unique index itself (ON CONFLICT),
+    -- so the common case costs no lookup: a lookup planned while the table was
+    -- young could pick any index starting with stream_id and scan the whole stream.
     -- Taken after the lock: timestamps never go backwards in offset order.
     v_now := clock_timestamp();
-    INSERT INTO event_streaming.events (
-        stream_id, stream_offset, event_id, event_type, content_type, data_json, data_bytes,
-        metadata, correlation_id, causation_id, created_at)
-    SELECT v_stream_id, v_next + t.ord - 1, t.id, t.event_type, t.content_type, t.data_json,
-           t.data_bytes, t.metadata, t.correlation_id, t.causation_id, v_now
-      FROM unnest(p_event_ids, p_event_types, p_content_types, p_data_json, p_data_bytes,
-                  p_metadata, p_correlation_ids, p_causation_ids)
-           WITH ORDINALITY AS t(id, event_type, content_type, data_json, data_bytes, metadata,
-                                correlation_id, causation_id, ord);
+    WITH inserted AS (
+        INSERT INTO event_streaming.events (
+            stream_id, stream_offset, event_id, event_type, content_type, data_json, data_bytes,
+            metadata, correlation_id, causation_id, created_at)
+        SELECT v_stream_id, v_next + t.ord - 1, t.id, t.event_type, t.content_type, t.data_json,
+               t.data_bytes, t.metadata, t.correlation_id, t.causation_id, v_now
+          FROM unnest(p_event_ids, p_event_types, p_content_types, p_data_json, p_data_bytes,
+                      p_metadata, p_correlation_ids, p_causation_ids)
+               WITH ORDINALITY AS t(id, event_type, content_type, data_json, data_bytes,
+                                    metadata, correlation_id, causation_id, ord)
+        ON CONFLICT (stream_id, event_id) DO NOTHING
+        RETURNING 1
+    )
+    SELECT count(*) INTO v_inserted FROM inserted;
+    IF v_inserted < v_count THEN
+        -- Some id was already there: take back what this call wrote (nobody else
+        -- can see it yet, and the stream row's lock keeps other appends out), then
+        -- tell an exact repeat from a partial one.
+        DELETE FROM event_streaming.events
+         WHERE stream_id = v_stream_id AND stream_offset >= v_next;
+        SELECT * INTO v_repeat FROM event_streaming.repeated_batch(v_stream_id, p_event_ids);
+        IF v_repeat.exact THEN
+            RETURN QUERY SELECT 1::smallint, v_repeat.first_offset,
+                                v_repeat.first_offset + v_count - 1, NULL::uuid, v_type;
+        ELSE
+            RETURN QUERY SELECT 3::smallint, NULL::bigint, NULL::bigint,
+                                v_repeat.conflict_event_id, v_type;
+        END IF;
+        RETURN;
+    END IF;
     UPDATE event_streaming.streams SET next_offset = v_next + v_count WHERE stream_id = v_stream_id;
     RETURN QUERY SELECT 0::smallint, v_next, v_next + v_count - 1, NULL::uuid, v_type;
 END
