@@ -49,6 +49,34 @@ CREATE INDEX events_correlation_idx ON event_streaming.events (correlation_id)
 CREATE INDEX events_stream_time_idx ON event_streaming.events (stream_id, created_at);
 CREATE INDEX events_data_json_idx ON event_streaming.events USING gin (data_json jsonb_path_ops);
 
+-- The row of a stream that is about to be written, locked until commit: created
+-- (of type p_type) when missing, given p_type when it has no type yet. Returns the
+-- stream's actual type, which the caller compares with the one it needs. The lock
+-- is FOR NO KEY UPDATE (see the top of this file).
+CREATE FUNCTION event_streaming.lock_stream(
+    p_stream_name    text,
+    p_type           smallint,
+    OUT stream_id    bigint,
+    OUT stream_type  smallint,
+    OUT next_offset  bigint
+) LANGUAGE plpgsql AS $$
+BEGIN
+    SELECT s.stream_id, s.stream_type, s.next_offset INTO stream_id, stream_type, next_offset
+      FROM event_streaming.streams s WHERE s.stream_name = p_stream_name FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        INSERT INTO event_streaming.streams AS s (stream_name, stream_type)
+        VALUES (p_stream_name, p_type) ON CONFLICT (stream_name) DO NOTHING;
+        SELECT s.stream_id, s.stream_type, s.next_offset INTO stream_id, stream_type, next_offset
+          FROM event_streaming.streams s WHERE s.stream_name = p_stream_name FOR NO KEY UPDATE;
+    END IF;
+    IF stream_type IS NULL THEN
+        UPDATE event_streaming.streams s SET stream_type = p_type
+         WHERE s.stream_id = lock_stream.stream_id;
+        stream_type := p_type;
+    END IF;
+END
+$$;
+
 -- Which of a batch's ids a stream already holds: matches (how many), exact (all
 -- of them, in order, at consecutive offsets: an earlier append of the same batch),
 -- first_offset (that append's first offset) and conflict_event_id (the first id of
@@ -108,18 +136,9 @@ DECLARE
     v_repeat     record;
     v_now        timestamptz;
 BEGIN
-    SELECT s.stream_id, s.stream_type, s.next_offset INTO v_stream_id, v_type, v_next
-      FROM event_streaming.streams s WHERE s.stream_name = p_stream_name FOR NO KEY UPDATE;
-    IF NOT FOUND THEN
-        INSERT INTO event_streaming.streams (stream_name, stream_type)
-        VALUES (p_stream_name, 1) ON CONFLICT (stream_name) DO NOTHING;
-        SELECT s.stream_id, s.stream_type, s.next_offset INTO v_stream_id, v_type, v_next
-          FROM event_streaming.streams s WHERE s.stream_name = p_stream_name FOR NO KEY UPDATE;
-    END IF;
-    IF v_type IS NULL THEN
-        UPDATE event_streaming.streams SET stream_type = 1 WHERE stream_id = v_stream_id;
-        v_type := 1;
-    ELSIF v_type <> 1 THEN
+    SELECT l.stream_id, l.stream_type, l.next_offset INTO v_stream_id, v_type, v_next
+      FROM event_streaming.lock_stream(p_stream_name, 1::smallint) l;
+    IF v_type <> 1 THEN
         RETURN QUERY SELECT 4::smallint, NULL::bigint, NULL::bigint, NULL::uuid, v_type;
         RETURN;
     END IF;

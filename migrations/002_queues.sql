@@ -110,18 +110,9 @@ DECLARE
     v_id         uuid;
     v_now        timestamptz;
 BEGIN
-    SELECT s.stream_id, s.stream_type, s.next_offset INTO v_stream_id, v_type, v_next
-      FROM event_streaming.streams s WHERE s.stream_name = p_stream_name FOR NO KEY UPDATE;
-    IF NOT FOUND THEN
-        INSERT INTO event_streaming.streams (stream_name, stream_type)
-        VALUES (p_stream_name, 2) ON CONFLICT (stream_name) DO NOTHING;
-        SELECT s.stream_id, s.stream_type, s.next_offset INTO v_stream_id, v_type, v_next
-          FROM event_streaming.streams s WHERE s.stream_name = p_stream_name FOR NO KEY UPDATE;
-    END IF;
-    IF v_type IS NULL THEN
-        UPDATE event_streaming.streams SET stream_type = 2 WHERE stream_id = v_stream_id;
-        v_type := 2;
-    ELSIF v_type <> 2 THEN
+    SELECT l.stream_id, l.stream_type, l.next_offset INTO v_stream_id, v_type, v_next
+      FROM event_streaming.lock_stream(p_stream_name, 2::smallint) l;
+    IF v_type <> 2 THEN
         RETURN QUERY SELECT 2::smallint, NULL::bigint, NULL::uuid, v_type;
         RETURN;
     END IF;
