@@ -9,6 +9,12 @@ write that lands between the look and the wait is never missed.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
 
 
 class StreamSignals:
@@ -48,3 +54,45 @@ class StreamSignals:
         except TimeoutError:
             return False
         return True
+
+
+@dataclass(frozen=True, slots=True)
+class Look(Generic[T]):
+    """What one look at a stream found, for :func:`wait_for_items`."""
+
+    found: Sequence[T] = ()
+    #: Seconds until something may become visible with no write (a lease or a
+    #: delay running out); None when nothing is due.
+    next_visible: float | None = None
+    #: Look again at once: the look made progress but found nothing yet.
+    again: bool = False
+
+
+async def wait_for_items(
+    signals: StreamSignals,
+    stream_name: str,
+    wait_time: timedelta,
+    look: Callable[[], Awaitable[Look[T]]],
+    *,
+    repoll: float | None = None,
+) -> Sequence[T]:
+    """Long polling: ``look()`` until it finds something or ``wait_time`` is up,
+    sleeping between looks until a write to the stream, the next item due, or
+    ``repoll`` seconds (for writes no signal reports), whichever comes first."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_time.total_seconds()
+    while True:
+        # Taken before the look, so a write committed after it wakes us.
+        waiter = signals.waiter(stream_name)
+        result = await look()
+        if result.found:
+            return result.found
+        if result.again:
+            continue
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return ()
+        timeout = remaining if repoll is None else min(remaining, repoll)
+        if result.next_visible is not None:
+            timeout = min(timeout, result.next_visible)
+        await StreamSignals.wait(waiter, timeout)

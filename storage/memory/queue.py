@@ -7,7 +7,6 @@ runs without awaiting between reading and writing state, so it is atomic.
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 from collections.abc import Sequence
 from dataclasses import replace
@@ -34,7 +33,7 @@ from storage.records import (
     StreamMetadata,
     StreamType,
 )
-from storage.signals import StreamSignals
+from storage.signals import Look, wait_for_items
 
 EXPIRED_REASON = "visibility timeout expired"
 NACKED_REASON = "nacked"
@@ -139,29 +138,19 @@ class MemoryQueue(MemoryBase):
         max_messages: int,
         wait_time: timedelta = timedelta(0),
     ) -> Sequence[QueueMessage]:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_time.total_seconds()
-        while True:
-            waiter = self.signals.waiter(stream_name)
-            next_visible: float | None = None
+        async def look() -> Look[QueueMessage]:
             try:
                 stream = self._find(stream_name, StreamType.EPHEMERAL)
             except StreamNotFound:
-                pass  # an enqueue may create it while we wait
-            else:
-                leased = self._lease(stream, consumer_id, visibility_timeout, max_messages)
-                if leased:
-                    return leased
-                if stream.queue.waiting:
-                    # Possibly stale (acked since); then we just look once more.
-                    next_visible = max(
-                        0.0, (stream.queue.waiting[0][0] - utc_now()).total_seconds()
-                    )
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return []
-            timeout = remaining if next_visible is None else min(remaining, next_visible)
-            await StreamSignals.wait(waiter, timeout)
+                return Look()  # an enqueue may create it while we wait
+            leased = self._lease(stream, consumer_id, visibility_timeout, max_messages)
+            if leased or not stream.queue.waiting:
+                return Look(leased)
+            # Possibly stale (acked since); then we just look once more.
+            due = (stream.queue.waiting[0][0] - utc_now()).total_seconds()
+            return Look(next_visible=max(0.0, due))
+
+        return await wait_for_items(self.signals, stream_name, wait_time, look)
 
     def _queue_or_none(self, stream_name: str) -> MemoryStream | None:
         """The queue, None when the stream does not exist; WrongStreamType for a log."""

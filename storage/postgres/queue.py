@@ -8,7 +8,6 @@ statement or one function call.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -37,7 +36,7 @@ from storage.records import (
     StreamMetadata,
     StreamType,
 )
-from storage.signals import StreamSignals
+from storage.signals import Look, wait_for_items
 
 #: How often a waiting Dequeue looks again without a wake-up, so that messages
 #: enqueued through other server processes are found (cross-process notifications
@@ -251,39 +250,34 @@ class PostgresQueue(PostgresBase):
         max_messages: int,
         wait_time: timedelta = timedelta(0),
     ) -> Sequence[QueueMessage]:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_time.total_seconds()
-        while True:
-            # Taken before the look, so an enqueue committed after it wakes us.
-            waiter = self.signals.waiter(stream_name)
+        async def look() -> Look[QueueMessage]:
             rows = await self.pool.fetch(
                 DEQUEUE_SQL, stream_name, consumer_id, visibility_timeout, max_messages
             )
-            next_visible: float | None = None
-            if rows:
-                first = rows[0]
-                _check_type(stream_name, first["stream_type"])
-                messages = [
-                    QueueMessage(
-                        event=event_from_row(stream_name, r["queue_offset"], r),
-                        delivery_attempt=r["delivery_attempts"],
-                        visible_until=r["visible_at"],
-                    )
-                    for r in rows
-                    if r["queue_offset"] is not None
-                ]
-                if messages:
-                    return messages
-                if first["buried"]:
-                    continue  # the head held only dead letters; look behind them
-                next_visible = _seconds_until(first["next_visible_at"], first["db_now"])
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return []
-            timeout = min(remaining, REPOLL_SECONDS)
-            if next_visible is not None:
-                timeout = min(timeout, next_visible)
-            await StreamSignals.wait(waiter, timeout)
+            if not rows:
+                return Look()
+            first = rows[0]
+            _check_type(stream_name, first["stream_type"])
+            messages = [
+                QueueMessage(
+                    event=event_from_row(stream_name, r["queue_offset"], r),
+                    delivery_attempt=r["delivery_attempts"],
+                    visible_until=r["visible_at"],
+                )
+                for r in rows
+                if r["queue_offset"] is not None
+            ]
+            return Look(
+                messages,
+                next_visible=_seconds_until(first["next_visible_at"], first["db_now"]),
+                # The head held only dead letters, now buried: look behind them.
+                again=bool(first["buried"]),
+            )
+
+        # Other replicas' enqueues arrive by NOTIFY; the re-poll covers a lost one.
+        return await wait_for_items(
+            self.signals, stream_name, wait_time, look, repoll=REPOLL_SECONDS
+        )
 
     @translates_errors
     async def acknowledge(
