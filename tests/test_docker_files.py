@@ -164,7 +164,7 @@ def test_runtime_exposes_the_grpc_and_metrics_ports(runtime: Stage) -> None:
     env = image_env(runtime)
     settings = Settings(
         _env_file=None,
-        **{  # type: ignore[call-arg]
+        **{  # type: ignore[call-arg, arg-type]
             key.removeprefix("EVENTSTREAMING_").lower(): value
             for key, value in env.items()
             if key.startswith("EVENTSTREAMING_")
@@ -280,7 +280,7 @@ def test_compose_service_uses_postgres_once_it_is_healthy(compose: dict[str, Any
     assert set(env) <= fields, f"unknown settings: {set(env) - fields}"
     settings = Settings(
         _env_file=None,
-        **{  # type: ignore[call-arg]
+        **{  # type: ignore[call-arg, arg-type]
             k.removeprefix("EVENTSTREAMING_").lower(): v for k, v in env.items()
         },
     )
