@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # EventStreaming image: `docker build -t eventstreaming .`
-#   builder  installs the package and its runtime dependencies into /opt/venv
+#   builder  installs the runtime dependencies from requirements.lock (pinned, with
+#            hashes), then the package itself, into /opt/venv
 #   smoke    builder + grpcurl + scripts/smoke.sh (docker compose --profile smoke)
 #   runtime  (the default, last stage) the venv only, run as a non-root user
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
@@ -13,11 +14,21 @@ WORKDIR /src
 # The venv gets no pip or setuptools of its own: the base image's pip installs
 # into it, so only the service and its runtime dependencies end up inside.
 RUN python -m venv --without-pip /opt/venv
+# The dependencies get a layer of their own, built from the lock alone: a change to
+# the code or the README does not reinstall them (scripts/lock_requirements.sh
+# regenerates the lock).
+COPY requirements.lock ./
+RUN python -m pip --python /opt/venv/bin/python install --no-compile \
+       --require-hashes --no-deps -r requirements.lock \
+    && /opt/venv/bin/python -m compileall -q /opt/venv/lib
 COPY pyproject.toml README.md ./
 COPY migrations ./migrations
 COPY storage ./storage
 COPY server ./server
-RUN python -m pip --python /opt/venv/bin/python install --no-compile . \
+# The package alone (its dependencies are all in the lock); pip check fails the
+# build if the lock no longer satisfies pyproject.toml.
+RUN python -m pip --python /opt/venv/bin/python install --no-compile --no-deps . \
+    && python -m pip --python /opt/venv/bin/python check \
     && /opt/venv/bin/python -m compileall -q /opt/venv/lib
 
 FROM builder AS smoke
