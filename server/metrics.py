@@ -240,23 +240,11 @@ class Metrics:
         self._labelled = set(values)
 
     def _sample_pool(self, store: EventStore) -> None:
-        pool = _pool_of(store)
-        if pool is None:
+        usage = store.pool_usage()
+        if usage is None:
             return
-        size = pool.get_size()
-        self.db_pool_size.set(size)
-        self.db_pool_in_use.set(size - pool.get_idle_size())
-
-
-def _pool_of(store: EventStore) -> Any:
-    from storage.postgres.base import PostgresBase
-
-    if not isinstance(store, PostgresBase):
-        return None
-    try:
-        return store.pool
-    except StorageError:
-        return None
+        self.db_pool_size.set(usage.size)
+        self.db_pool_in_use.set(usage.in_use)
 
 
 class MetricsService:

@@ -54,6 +54,8 @@ def _error_info(exc: Exception) -> dict[str, str]:
         }
     if isinstance(exc, InvalidArgument):
         return {"field": exc.field}
+    if isinstance(exc, errors.InvalidPageToken):
+        return {"field": "page_token"}
     if isinstance(exc, errors.OffsetOutOfRange):
         return {"offset": str(exc.offset), "newest_offset": str(exc.newest)}
     stream_name = getattr(exc, "stream_name", None)

@@ -17,13 +17,24 @@ class StreamNotFound(StorageError):
         self.stream_name = stream_name
 
 
+class StreamDeletedDuringCall(StreamNotFound):
+    """The stream was deleted while the call was writing to it: the write is undone,
+    as if the delete had come first."""
+
+    def __init__(self) -> None:
+        StorageError.__init__(
+            self, "the stream was deleted while this call ran; nothing was written"
+        )
+        self.stream_name = ""
+
+
 class WrongStreamType(StorageError):
     """A log operation on a queue, or a queue operation on a log."""
 
     def __init__(self, stream_name: str, actual: StreamType, wanted: StreamType) -> None:
         super().__init__(
             f"stream '{stream_name}' is {actual.label}; this operation needs "
-            f"a {wanted.label} stream"
+            f"{wanted.with_article} stream"
         )
         self.stream_name = stream_name
         self.actual = actual
@@ -46,9 +57,10 @@ class WrongExpectedOffset(StorageError):
 class DuplicateEvent(StorageError):
     """A batch partly repeats event ids already in the stream."""
 
-    def __init__(self, stream_name: str, event_id: UUID) -> None:
+    def __init__(self, stream_name: str, event_id: UUID, message: str | None = None) -> None:
         super().__init__(
-            f"stream '{stream_name}': event_id {event_id} is already in the stream "
+            message
+            or f"stream '{stream_name}': event_id {event_id} is already in the stream "
             "and the batch is not an exact repeat of an earlier append"
         )
         self.stream_name = stream_name
@@ -59,13 +71,12 @@ class DuplicateMessage(DuplicateEvent):
     """An enqueued id is already in the queue (pending, in flight or dead-lettered)."""
 
     def __init__(self, stream_name: str, event_id: UUID) -> None:
-        StorageError.__init__(
-            self,
+        super().__init__(
+            stream_name,
+            event_id,
             f"queue '{stream_name}': a message with event_id {event_id} is already in the "
             "queue or its dead-letter queue; nothing of the batch was enqueued",
         )
-        self.stream_name = stream_name
-        self.event_id = event_id
 
 
 class MessageNotFound(StorageError):
@@ -119,9 +130,14 @@ class StreamTypeChange(StorageError):
 
 
 class InvalidPageToken(StorageError):
-    def __init__(self, token: str) -> None:
-        super().__init__(f"page_token '{token}' is not a token this service issued")
-        self.token = token
+    """A page token that this service did not issue (tokens are opaque: the message
+    never echoes one back, however long)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "page_token: is not a token this service issued; pass back next_page_token "
+            "exactly as received, or an empty token for the first page"
+        )
 
 
 class StorageUnavailable(StorageError):

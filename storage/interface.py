@@ -18,6 +18,7 @@ from storage.records import (
     AppendResult,
     DeadLetterPage,
     NewEvent,
+    PoolUsage,
     QueueMessage,
     ReadFilter,
     ReadResult,
@@ -37,12 +38,21 @@ class EventStore(abc.ABC):
     #: shared database, when another replica reports one).
     signals: StreamSignals
 
+    #: The byte budget of the events of one response (reads, dequeues, dead-letter
+    #: pages): a page stops early once its events' payloads add up to this, always
+    #: holding at least one event (storage.rules.within_budget).
+    page_bytes: int
+
     # -- lifecycle ---------------------------------------------------------------
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Connect and get ready; called once before the first operation."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release every resource; called once at shutdown."""
+
+    def pool_usage(self) -> PoolUsage | None:
+        """Connections of the backend's pool, open and in use; None without a pool."""
+        return None
 
     # -- persistent streams ------------------------------------------------------
     @abc.abstractmethod

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from uuid import UUID
 
+#: A stream name: 1-200 characters of A-Z a-z 0-9 . _ : -, starting with a letter or
+#: a digit (so no name can start with "$", which is kept for names of the service's own).
+STREAM_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}", re.ASCII)
 JSON_CONTENT_TYPE = "application/json"
 DEFAULT_MAX_DELIVERY_ATTEMPTS = 5
 DEFAULT_VISIBILITY_TIMEOUT = timedelta(seconds=30)
@@ -23,6 +27,19 @@ class StreamType(enum.IntEnum):
     def label(self) -> str:
         return self.name.lower()
 
+    @property
+    def with_article(self) -> str:
+        """The label with its indefinite article: "a persistent", "an ephemeral"."""
+        return f"{'an' if self.label[0] in 'aeiou' else 'a'} {self.label}"
+
+
+def payload_size(data: bytes, metadata: Mapping[str, str]) -> int:
+    """The bytes of an event that page budgets count: its data and its metadata."""
+    size = len(data)
+    for key, value in metadata.items():
+        size += len(key) + len(value)
+    return size
+
 
 @dataclass(frozen=True, slots=True)
 class NewEvent:
@@ -37,8 +54,10 @@ class NewEvent:
     causation_id: str = ""
 
     @property
-    def is_json(self) -> bool:
-        return self.content_type == JSON_CONTENT_TYPE
+    def size(self) -> int:
+        """Bytes it adds to a response: the payload and the metadata (what page
+        budgets count; ids, names and timestamps are small and bounded)."""
+        return payload_size(self.data, self.metadata)
 
     def recorded(self, stream_name: str, offset: int, timestamp: datetime) -> RecordedEvent:
         """This event as stored at ``offset`` of ``stream_name``."""
@@ -70,6 +89,11 @@ class RecordedEvent:
     correlation_id: str
     causation_id: str
     timestamp: datetime
+
+    @property
+    def size(self) -> int:
+        """Bytes it adds to a response (see :func:`payload_size`)."""
+        return payload_size(self.data, self.metadata)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,3 +213,11 @@ class RetentionReport:
 
     streams_examined: int
     events_deleted: int
+
+
+@dataclass(frozen=True, slots=True)
+class PoolUsage:
+    """Connections of a backend's pool: open, and how many of them are lent out."""
+
+    size: int
+    in_use: int

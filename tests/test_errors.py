@@ -3,7 +3,6 @@ and driver errors never escape the PostgreSQL backend."""
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,25 +14,8 @@ import pytest_asyncio
 from server.app import EventStreamingServer
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
 from server.generated.eventstreaming.v1 import event_streaming_pb2_grpc as pb_grpc
-from storage.postgres import PostgresEventStore
-from storage.postgres.errors import TRANSLATED_MARK
 from tests.conftest import RunningServer, server_settings
 from tests.support import ServerProcess, TcpProxy, events, wait_serving, wait_until
-
-
-def test_every_public_postgres_method_translates_driver_errors() -> None:
-    public = [
-        name
-        for name, member in inspect.getmembers(PostgresEventStore, inspect.iscoroutinefunction)
-        if not name.startswith("_") and name != "close"
-    ]
-    assert "append_to_stream" in public
-    unwrapped = [
-        name
-        for name in public
-        if not getattr(getattr(PostgresEventStore, name), TRANSLATED_MARK, False)
-    ]
-    assert not unwrapped, f"methods without @translates_errors: {unwrapped}"
 
 
 async def test_unexpected_error_is_internal_without_details(

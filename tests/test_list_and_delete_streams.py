@@ -105,10 +105,8 @@ async def test_list_streams_names_the_invalid_field(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.ListStreams(pb.ListStreamsRequest(**request_fields))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    if field != "page_token":
-        assert error_info(caught.value)["field"] == field
-    else:
-        assert "not-a-token" in (caught.value.details() or "")
+    assert error_info(caught.value)["field"] == field
+    assert (caught.value.details() or "").startswith(f"{field}: ")
 
 
 async def expect_not_found(call: object) -> None:

@@ -181,4 +181,4 @@ async def test_subscriptions_end_with_unavailable_and_the_pool_closes(pg_dsn: st
                 await app.stop(grace=0)
     assert isinstance(app.store, PostgresEventStore)
     with pytest.raises(StorageUnavailable):
-        _ = app.store.pool
+        _ = app.store.db

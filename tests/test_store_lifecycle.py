@@ -24,7 +24,7 @@ async def test_session_settings_hold_on_every_pooled_connection(pg_dsn: str) -> 
     await store.start()
     try:
         for _ in range(5):  # reused connections, after the pool's reset on release
-            assert await store.pool.fetchval("SHOW jit") == "off"
-            assert await store.pool.fetchval("SHOW timezone") == "UTC"
+            assert await store.db.fetchval("SHOW jit") == "off"
+            assert await store.db.fetchval("SHOW timezone") == "UTC"
     finally:
         await store.close()

@@ -9,6 +9,7 @@ from storage.memory.base import MemoryBase
 from storage.memory.state import MemoryStream, utc_now
 from storage.page_tokens import STREAMS, decode_page_token, encode_page_token
 from storage.records import RetentionReport, StreamPage, StreamSummary, StreamType
+from storage.rules import first_page
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class MemoryAdmin(MemoryBase):
             for name in self._streams
             if name.startswith(prefix) and (after is None or name > after)
         )
-        page = names[:page_size]
+        page, more = first_page(names, page_size)
         summaries = tuple(
             StreamSummary(
                 stream_name=name,
@@ -47,7 +48,7 @@ class MemoryAdmin(MemoryBase):
             )
             for name in page
         )
-        token = encode_page_token(STREAMS, page[-1]) if len(names) > page_size else ""
+        token = encode_page_token(STREAMS, page[-1]) if more else ""
         return StreamPage(summaries, token)
 
     async def delete_stream(self, stream_name: str) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from storage.errors import StreamNotFound, WrongStreamType
+from storage.errors import StreamNotFound
 from storage.memory.state import MemoryStream, utc_now
 from storage.records import StreamConfiguration, StreamType
+from storage.rules import DEFAULT_PAGE_BYTES, check_stream_type
 from storage.signals import StreamSignals
 
 
@@ -12,30 +13,44 @@ class MemoryBase:
     """Holds every stream. asyncio runs one task at a time, so a method that does
     not await between reading and writing state is atomic without locks."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, page_bytes: int = DEFAULT_PAGE_BYTES) -> None:
         self._streams: dict[str, MemoryStream] = {}
         self.signals = StreamSignals()
+        self.page_bytes = page_bytes
 
     def _find(self, stream_name: str, wanted: StreamType | None = None) -> MemoryStream:
         stream = self._streams.get(stream_name)
         if stream is None:
             raise StreamNotFound(stream_name)
-        if wanted is not None and stream.stream_type not in (None, wanted):
-            raise WrongStreamType(stream_name, stream.stream_type, wanted)
+        if wanted is not None:
+            check_stream_type(stream_name, stream.stream_type, wanted)
         return stream
 
-    def _find_or_create(self, stream_name: str, wanted: StreamType) -> MemoryStream:
+    def _writable(self, stream_name: str, wanted: StreamType) -> MemoryStream | None:
+        """The stream a write of type ``wanted`` goes to; None when it is still to be
+        made. Raises WrongStreamType. Nothing is made or typed here: a write does
+        that with :meth:`_written` once it knows it succeeds."""
         stream = self._streams.get(stream_name)
+        if stream is not None:
+            check_stream_type(stream_name, stream.stream_type, wanted)
+        return stream
+
+    def _written(
+        self, stream_name: str, stream: MemoryStream | None, wanted: StreamType
+    ) -> MemoryStream:
+        """The stream a successful write of type ``wanted`` goes to, made (or typed)
+        now."""
         if stream is None:
-            stream = MemoryStream(
-                name=stream_name,
-                stream_type=wanted,
-                created_at=utc_now(),
-                configuration=StreamConfiguration(stream_type=wanted),
-            )
-            self._streams[stream_name] = stream
-        elif stream.stream_type is None:
-            stream.stream_type = wanted
-        elif stream.stream_type != wanted:
-            raise WrongStreamType(stream_name, stream.stream_type, wanted)
+            stream = self._new_stream(stream_name, StreamConfiguration(stream_type=wanted))
+        stream.stream_type = wanted
+        return stream
+
+    def _new_stream(self, stream_name: str, configuration: StreamConfiguration) -> MemoryStream:
+        stream = MemoryStream(
+            name=stream_name,
+            stream_type=configuration.stream_type,
+            created_at=utc_now(),
+            configuration=configuration,
+        )
+        self._streams[stream_name] = stream
         return stream

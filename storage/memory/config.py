@@ -6,7 +6,6 @@ from dataclasses import replace
 
 from storage.errors import StreamTypeChange
 from storage.memory.base import MemoryBase
-from storage.memory.state import MemoryStream, utc_now
 from storage.records import StreamConfiguration
 
 
@@ -17,13 +16,7 @@ class MemoryConfig(MemoryBase):
         wanted = configuration.stream_type
         stream = self._streams.get(stream_name)
         if stream is None:
-            stream = MemoryStream(
-                name=stream_name,
-                stream_type=wanted,
-                created_at=utc_now(),
-                configuration=configuration,
-            )
-            self._streams[stream_name] = stream
+            stream = self._new_stream(stream_name, configuration)
         elif wanted is not None and stream.stream_type not in (None, wanted):
             assert stream.stream_type is not None
             raise StreamTypeChange(stream_name, stream.stream_type, wanted)

@@ -19,11 +19,13 @@ from storage.records import (
 )
 
 
-def _repeated_batch(stream: MemoryStream, events: Sequence[NewEvent]) -> AppendResult | None:
+def _repeated_batch(stream: MemoryStream | None, events: Sequence[NewEvent]) -> AppendResult | None:
     """The original offsets when ``events`` repeats an earlier append exactly.
 
     Raises DuplicateEvent when the batch only partly repeats ids in the stream.
     """
+    if stream is None:
+        return None
     offsets = [stream.offsets_by_id.get(e.event_id) for e in events]
     known = [o for o in offsets if o is not None]
     if not known:
@@ -47,13 +49,14 @@ class MemoryLog(MemoryBase):
         events: Sequence[NewEvent],
         expected_last_offset: int | None = None,
     ) -> AppendResult:
-        stream = self._find_or_create(stream_name, StreamType.PERSISTENT)
-        repeat = _repeated_batch(stream, events)
+        found = self._writable(stream_name, StreamType.PERSISTENT)
+        repeat = _repeated_batch(found, events)
         if repeat is not None:
             return repeat
-        actual_last = stream.next_offset - 1
+        actual_last = -1 if found is None else found.next_offset - 1
         if expected_last_offset is not None and expected_last_offset != actual_last:
             raise WrongExpectedOffset(stream_name, expected_last_offset, actual_last)
+        stream = self._written(stream_name, found, StreamType.PERSISTENT)
         now = utc_now()
         first = stream.next_offset
         for i, new in enumerate(events):
@@ -75,12 +78,17 @@ class MemoryLog(MemoryBase):
         index = start - stream.first_retained_offset
         found: list[RecordedEvent] = []
         next_offset = start
+        size = 0
         for event in stream.events[index:]:
-            next_offset = event.offset + 1
             if read_filter.matches(event):
+                size += event.size
+                if found and size > self.page_bytes:
+                    # Cut at the byte budget: the next page starts at this event.
+                    return ReadResult(tuple(found), event.offset, False)
                 found.append(event)
-                if len(found) == max_count:
-                    break
+            next_offset = event.offset + 1
+            if len(found) == max_count:
+                break
         return ReadResult(tuple(found), next_offset, next_offset >= stream.next_offset)
 
     async def get_stream_length(self, stream_name: str) -> int:

@@ -23,8 +23,6 @@ from storage.memory.base import MemoryBase
 from storage.memory.state import MemoryStream, QueueEntry, QueueState, utc_now
 from storage.page_tokens import DEAD_LETTERS, decode_position_token, encode_position_token
 from storage.records import (
-    AckFailure,
-    AckFailureReason,
     AckResult,
     DeadLetter,
     DeadLetterPage,
@@ -33,10 +31,14 @@ from storage.records import (
     StreamMetadata,
     StreamType,
 )
+from storage.rules import (
+    EXPIRED_REASON,
+    classify_acks,
+    first_page,
+    nack_reason,
+    within_budget,
+)
 from storage.signals import Look, wait_for_items
-
-EXPIRED_REASON = "visibility timeout expired"
-NACKED_REASON = "nacked"
 
 
 def _schedule(queue: QueueState, entry: QueueEntry, now: datetime) -> None:
@@ -79,11 +81,13 @@ def _bury_expired(stream: MemoryStream, now: datetime) -> None:
 
 class MemoryQueue(MemoryBase):
     async def enqueue(self, stream_name: str, events: Sequence[NewEvent]) -> Sequence[UUID]:
-        stream = self._find_or_create(stream_name, StreamType.EPHEMERAL)
+        found = self._writable(stream_name, StreamType.EPHEMERAL)
+        if found is not None:
+            for new in events:
+                if new.event_id in found.queue.messages or new.event_id in found.queue.dead_letters:
+                    raise DuplicateMessage(stream_name, new.event_id)
+        stream = self._written(stream_name, found, StreamType.EPHEMERAL)
         queue = stream.queue
-        for new in events:
-            if new.event_id in queue.messages or new.event_id in queue.dead_letters:
-                raise DuplicateMessage(stream_name, new.event_id)
         now = utc_now()
         for new in events:
             entry = QueueEntry(
@@ -115,14 +119,21 @@ class MemoryQueue(MemoryBase):
             if entry is not None and entry.version == version:
                 heapq.heappush(queue.ready, (offset, version, event_id))
         leased: list[QueueMessage] = []
+        size = 0
         while queue.ready and len(leased) < max_messages:
-            _, version, event_id = heapq.heappop(queue.ready)
+            _, version, event_id = queue.ready[0]
             entry = queue.messages.get(event_id)
             if entry is None or entry.version != version:
+                heapq.heappop(queue.ready)
                 continue
             if entry.delivery_attempts >= config.max_delivery_attempts:
+                heapq.heappop(queue.ready)
                 _bury(queue, entry, EXPIRED_REASON, now)
                 continue
+            size += entry.event.size
+            if leased and size > self.page_bytes:
+                break  # the byte budget: it stays at the head for the next dequeue
+            heapq.heappop(queue.ready)
             entry.delivery_attempts += 1
             entry.consumer_id = consumer_id
             entry.visible_at = visible_until
@@ -169,18 +180,14 @@ class MemoryQueue(MemoryBase):
         redrive or dequeue has moved it to the dead-letter queue it is not found."""
         stream = self._queue_or_none(stream_name)
         messages = stream.queue.messages if stream is not None else {}
-        done: list[UUID] = []
-        failed: list[AckFailure] = []
-        for event_id in dict.fromkeys(event_ids):
-            entry = messages.get(event_id)
-            if entry is None:
-                failed.append(AckFailure(event_id, AckFailureReason.NOT_FOUND))
-            elif entry.consumer_id != consumer_id:
-                failed.append(AckFailure(event_id, AckFailureReason.NOT_HELD))
-            else:
-                del messages[event_id]
-                done.append(event_id)
-        return AckResult(tuple(done), tuple(failed))
+        done = [
+            event_id
+            for event_id in dict.fromkeys(event_ids)
+            if event_id in messages and messages[event_id].consumer_id == consumer_id
+        ]
+        for event_id in done:
+            del messages[event_id]
+        return classify_acks(event_ids, done, messages.keys())
 
     def _held(self, stream_name: str, consumer_id: str, event_id: UUID) -> MemoryStream:
         """The stream of a message this consumer holds, for Nack and ExtendVisibility.
@@ -213,7 +220,7 @@ class MemoryQueue(MemoryBase):
         entry = stream.queue.messages[event_id]
         now = utc_now()
         if entry.delivery_attempts >= stream.configuration.max_delivery_attempts:
-            _bury(stream.queue, entry, reason or NACKED_REASON, now)
+            _bury(stream.queue, entry, nack_reason(reason), now)
             return
         entry.consumer_id = None
         entry.visible_at = now + delay
@@ -242,15 +249,16 @@ class MemoryQueue(MemoryBase):
         if stream is None:
             return DeadLetterPage((), "")
         _bury_expired(stream, utc_now())
-        page = [
+        following = [
             (position, letter)
             for position, letter in stream.queue.dead_letters.values()
             if position > after
         ]
-        more = len(page) > max_count
-        page = page[:max_count]
-        token = encode_position_token(DEAD_LETTERS, page[-1][0]) if more else ""
-        return DeadLetterPage(tuple(letter for _, letter in page), token)
+        page, more = first_page(following, max_count)
+        fitting = within_budget(page, lambda item: item[1].event.size, self.page_bytes)
+        more = more or len(fitting) < len(page)
+        token = encode_position_token(DEAD_LETTERS, fitting[-1][0]) if more else ""
+        return DeadLetterPage(tuple(letter for _, letter in fitting), token)
 
     async def redrive_dead_letters(self, stream_name: str, event_ids: Sequence[UUID]) -> int:
         stream = self._queue_or_none(stream_name)

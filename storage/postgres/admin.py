@@ -10,9 +10,10 @@ import asyncpg
 
 from storage.errors import StreamNotFound
 from storage.page_tokens import STREAMS, decode_page_token, encode_page_token
-from storage.postgres.base import Connection, PostgresBase, session_advisory_lock
-from storage.postgres.errors import translates_errors
+from storage.postgres.base import PostgresBase, session_advisory_lock
+from storage.postgres.database import Session
 from storage.records import RetentionReport, StreamPage, StreamSummary, StreamType
+from storage.rules import first_page
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +77,10 @@ def _deleted_count(status: str) -> int:
 
 
 class PostgresAdmin(PostgresBase):
-    @translates_errors
     async def list_streams(self, prefix: str, page_size: int, page_token: str) -> StreamPage:
         after = decode_page_token(STREAMS, page_token)
-        rows = await self.pool.fetch(LIST_STREAMS_SQL, prefix, after, page_size + 1)
-        page = rows[:page_size]
+        rows = await self.db.fetch(LIST_STREAMS_SQL, prefix, after, page_size + 1)
+        page, more = first_page(rows, page_size)
         summaries = tuple(
             StreamSummary(
                 stream_name=r["stream_name"],
@@ -89,12 +89,11 @@ class PostgresAdmin(PostgresBase):
             )
             for r in page
         )
-        token = encode_page_token(STREAMS, page[-1]["stream_name"]) if len(rows) > page_size else ""
+        token = encode_page_token(STREAMS, page[-1]["stream_name"]) if more else ""
         return StreamPage(summaries, token)
 
-    @translates_errors
     async def delete_stream(self, stream_name: str) -> None:
-        stream_id = await self.pool.fetchval(DELETE_STREAM_SQL, stream_name)
+        stream_id = await self.db.fetchval(DELETE_STREAM_SQL, stream_name)
         if stream_id is None:
             raise StreamNotFound(stream_name)
         # Subscribers and long polls on it, here and on other replicas, wake up and
@@ -102,10 +101,9 @@ class PostgresAdmin(PostgresBase):
         self._announce(stream_name)
         log.info("deleted stream %s", stream_name, extra={"stream_name": stream_name})
 
-    @translates_errors
     async def enforce_retention(self, now: datetime | None = None) -> RetentionReport:
         async with (
-            self.pool.acquire() as conn,
+            self.db.session() as conn,
             session_advisory_lock(conn, RETENTION_LOCK_KEY, wait=False) as taken,
         ):
             if not taken:
@@ -117,7 +115,7 @@ class PostgresAdmin(PostgresBase):
                 deleted += await self._expire(conn, stream, now)
             return RetentionReport(streams_examined=len(streams), events_deleted=deleted)
 
-    async def _expire(self, conn: Connection, stream: asyncpg.Record, now: datetime | None) -> int:
+    async def _expire(self, conn: Session, stream: asyncpg.Record, now: datetime | None) -> int:
         """Delete one stream's expired prefix in batches; returns how many went."""
         row = await conn.fetchrow(
             RETENTION_CUTOFF_SQL,

@@ -5,21 +5,20 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, TypeAlias
+from typing import Any, Protocol
 
 import asyncpg
 
 from storage.errors import StorageUnavailable
+from storage.postgres.database import Database
 from storage.postgres.notifier import PostgresNotifier
+from storage.records import PoolUsage
+from storage.rules import DEFAULT_PAGE_BYTES
 from storage.signals import StreamSignals
 
 log = logging.getLogger(__name__)
 
 SCHEMA = "event_streaming"
-
-#: A connection of our own or one borrowed from the pool.
-Connection: TypeAlias = "asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]"
-
 
 #: Session settings sent when each connection starts, so they are the session's
 #: defaults (a RESET ALL keeps them). UTC: now() and interval arithmetic never
@@ -29,38 +28,49 @@ Connection: TypeAlias = "asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionPr
 SESSION_SETTINGS = {"timezone": "UTC", "jit": "off"}
 
 
-async def _keep_session(conn: Connection) -> None:
+async def _keep_session(conn: asyncpg.Connection[Any]) -> None:
     """Pool reset on release. asyncpg always rolls back an abandoned transaction
     first; beyond that nothing needs undoing, since no statement of this service
     leaves a SET, LISTEN, cursor or advisory lock behind. (The default reset sends
     four statements on every release: a round trip per call on every hot path.)"""
 
 
+class LockHolder(Protocol):
+    """A connection of ours (a :class:`Session`, or asyncpg's own connection)."""
+
+    async def execute(self, sql: str, *args: Any) -> str: ...
+    async def fetchval(self, sql: str, *args: Any) -> Any: ...
+    def terminate(self) -> None: ...
+
+
 @contextlib.asynccontextmanager
-async def session_advisory_lock(conn: Connection, key: int, *, wait: bool) -> AsyncIterator[bool]:
-    """Hold a session-level advisory lock on ``conn`` for the block; yields whether
-    it was taken (always True with ``wait``). Should the unlock itself fail, the
-    connection is terminated rather than returned to the pool still holding the
-    lock (the pool's reset does not release advisory locks)."""
+async def session_advisory_lock(
+    session: LockHolder, key: int, *, wait: bool
+) -> AsyncIterator[bool]:
+    """Hold a session-level advisory lock on ``session`` for the block; yields
+    whether it was taken (always True with ``wait``). Should the unlock itself
+    fail, the connection is terminated rather than returned to the pool still
+    holding the lock (the pool's reset does not release advisory locks)."""
     if wait:
-        await conn.execute("SELECT pg_advisory_lock($1)", key)
+        await session.execute("SELECT pg_advisory_lock($1)", key)
         taken = True
     else:
-        taken = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", key))
+        taken = bool(await session.fetchval("SELECT pg_try_advisory_lock($1)", key))
     try:
         yield taken
     finally:
         if taken:
             try:
-                await conn.execute("SELECT pg_advisory_unlock($1)", key)
+                await session.execute("SELECT pg_advisory_unlock($1)", key)
             except BaseException:
-                conn.terminate()
+                session.terminate()
                 raise
 
 
 class PostgresBase:
-    """Owns the asyncpg pool. Capability mixins reach the database through
-    :attr:`pool` and report committed writes through :meth:`_announce`."""
+    """Owns the database. Capability mixins reach it through :attr:`db` (which
+    raises only storage errors) and report committed writes through
+    :meth:`_announce`."""
 
     def __init__(
         self,
@@ -69,24 +79,30 @@ class PostgresBase:
         pool_min_size: int = 2,
         pool_max_size: int = 10,
         command_timeout: float = 30.0,
+        page_bytes: int = DEFAULT_PAGE_BYTES,
     ) -> None:
         self._dsn = dsn
         self._pool_min_size = pool_min_size
         self._pool_max_size = pool_max_size
         self._command_timeout = command_timeout
-        self._pool: asyncpg.Pool[Any] | None = None
+        #: The byte budget of one response's events (storage.rules.within_budget).
+        self.page_bytes = page_bytes
+        self._db: Database | None = None
         self.signals = StreamSignals()
         #: Tells the other replicas of committed writes (set while started).
         self._notifier: PostgresNotifier | None = None
 
     @property
-    def pool(self) -> asyncpg.Pool[Any]:
-        if self._pool is None:
+    def db(self) -> Database:
+        if self._db is None:
             raise StorageUnavailable("the PostgreSQL store is not started")
-        return self._pool
+        return self._db
+
+    def pool_usage(self) -> PoolUsage | None:
+        return None if self._db is None else self._db.usage()
 
     async def _open_pool(self) -> None:
-        self._pool = await asyncpg.create_pool(
+        pool = await asyncpg.create_pool(
             self._dsn,
             min_size=self._pool_min_size,
             max_size=self._pool_max_size,
@@ -94,11 +110,12 @@ class PostgresBase:
             server_settings=SESSION_SETTINGS,
             reset=_keep_session,
         )
+        self._db = Database(pool)
 
     async def _close_pool(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
+        db, self._db = self._db, None
+        if db is not None:
+            await db.close()
 
     def _announce(self, stream_name: str) -> None:
         """Report a committed write to ``stream_name``: wakes local waiters at once,

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from storage.errors import StreamNotFound, StreamTypeChange
+from storage.errors import StorageUnavailable, StreamNotFound, StreamTypeChange
 from storage.postgres.base import PostgresBase
-from storage.postgres.errors import translates_errors
 from storage.records import StreamConfiguration, StreamType
 
 _CONFIG_COLUMNS = (
@@ -16,22 +15,30 @@ _CONFIG_COLUMNS = (
 
 # Creates the stream or replaces its settings in one statement. A NULL type keeps
 # the stored one; the WHERE refuses to change a type already decided, in which
-# case nothing is returned and the caller reports the conflict.
+# case the stored row comes back with "stored" false (locked by the ON CONFLICT,
+# so it is the row that refused). No row at all: the row was deleted, or made,
+# by another call between this statement's snapshot and its insert; try again.
 CONFIGURE_SQL = f"""
-INSERT INTO event_streaming.streams AS s (stream_name, {_CONFIG_COLUMNS})
-VALUES ($1, $2, $3, $4, $5, $6)
-ON CONFLICT (stream_name) DO UPDATE
-   SET stream_type = COALESCE(EXCLUDED.stream_type, s.stream_type),
-       retention_max_age = EXCLUDED.retention_max_age,
-       retention_max_count = EXCLUDED.retention_max_count,
-       max_delivery_attempts = EXCLUDED.max_delivery_attempts,
-       default_visibility_timeout = EXCLUDED.default_visibility_timeout
- WHERE EXCLUDED.stream_type IS NULL OR s.stream_type IS NULL
-    OR s.stream_type = EXCLUDED.stream_type
-RETURNING {_CONFIG_COLUMNS}
+WITH upsert AS (
+    INSERT INTO event_streaming.streams AS s (stream_name, {_CONFIG_COLUMNS})
+    VALUES ($1, $2, $3, $4, $5, $6)
+    ON CONFLICT (stream_name) DO UPDATE
+       SET stream_type = COALESCE(EXCLUDED.stream_type, s.stream_type),
+           retention_max_age = EXCLUDED.retention_max_age,
+           retention_max_count = EXCLUDED.retention_max_count,
+           max_delivery_attempts = EXCLUDED.max_delivery_attempts,
+           default_visibility_timeout = EXCLUDED.default_visibility_timeout
+     WHERE EXCLUDED.stream_type IS NULL OR s.stream_type IS NULL
+        OR s.stream_type = EXCLUDED.stream_type
+    RETURNING {_CONFIG_COLUMNS}
+)
+SELECT true AS stored, {_CONFIG_COLUMNS} FROM upsert
+UNION ALL
+SELECT false, {_CONFIG_COLUMNS} FROM event_streaming.streams
+ WHERE stream_name = $1 AND NOT EXISTS (SELECT 1 FROM upsert)
 """
-
-CURRENT_TYPE_SQL = "SELECT stream_type FROM event_streaming.streams WHERE stream_name = $1"
+#: Attempts before a configure that keeps racing other calls gives up (retryable).
+_CONFIGURE_ATTEMPTS = 5
 
 CONFIGURATION_SQL = f"SELECT {_CONFIG_COLUMNS} FROM event_streaming.streams WHERE stream_name = $1"
 
@@ -48,30 +55,32 @@ def _configuration(row: Any) -> StreamConfiguration:
 
 
 class PostgresConfig(PostgresBase):
-    @translates_errors
     async def configure_stream(
         self, stream_name: str, configuration: StreamConfiguration
     ) -> StreamConfiguration:
         wanted = configuration.stream_type
-        row = await self.pool.fetchrow(
-            CONFIGURE_SQL,
-            stream_name,
-            None if wanted is None else int(wanted),
-            configuration.retention_max_age,
-            configuration.retention_max_count,
-            configuration.max_delivery_attempts,
-            configuration.default_visibility_timeout,
+        for _ in range(_CONFIGURE_ATTEMPTS):
+            row = await self.db.fetchrow(
+                CONFIGURE_SQL,
+                stream_name,
+                None if wanted is None else int(wanted),
+                configuration.retention_max_age,
+                configuration.retention_max_count,
+                configuration.max_delivery_attempts,
+                configuration.default_visibility_timeout,
+            )
+            if row is None:
+                continue
+            if not row["stored"]:
+                assert wanted is not None
+                raise StreamTypeChange(stream_name, StreamType(row["stream_type"]), wanted)
+            return _configuration(row)
+        raise StorageUnavailable(
+            f"stream '{stream_name}' kept changing under ConfigureStream; retry the call"
         )
-        if row is None:
-            actual = await self.pool.fetchval(CURRENT_TYPE_SQL, stream_name)
-            assert actual is not None
-            assert wanted is not None
-            raise StreamTypeChange(stream_name, StreamType(actual), wanted)
-        return _configuration(row)
 
-    @translates_errors
     async def get_stream_configuration(self, stream_name: str) -> StreamConfiguration:
-        row = await self.pool.fetchrow(CONFIGURATION_SQL, stream_name)
+        row = await self.db.fetchrow(CONFIGURATION_SQL, stream_name)
         if row is None:
             raise StreamNotFound(stream_name)
         return _configuration(row)

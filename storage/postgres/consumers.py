@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncpg
-
-from storage.errors import ConsumerOffsetNotFound, OffsetOutOfRange, StreamNotFound, WrongStreamType
+from storage.errors import ConsumerOffsetNotFound, OffsetOutOfRange, StreamNotFound
 from storage.postgres.base import PostgresBase
-from storage.postgres.errors import translates_errors
 from storage.records import StreamType
+from storage.rules import check_stream_type
 
 # One statement: the upsert happens only when the stream is a log and the offset
 # exists; the outer SELECT reports the stream's type and length either way.
@@ -34,31 +32,22 @@ SELECT s.stream_type, c.committed_offset
 """
 
 
-def _check_log(stream_name: str, stream_type: int | None) -> None:
-    if stream_type is not None and stream_type != StreamType.PERSISTENT:
-        raise WrongStreamType(stream_name, StreamType(stream_type), StreamType.PERSISTENT)
-
-
 class PostgresConsumers(PostgresBase):
-    @translates_errors
     async def commit_offset(self, stream_name: str, consumer_group: str, offset: int) -> None:
-        try:
-            row = await self.pool.fetchrow(COMMIT_OFFSET_SQL, stream_name, consumer_group, offset)
-        except asyncpg.ForeignKeyViolationError:
-            # The stream was deleted between the lookup and the upsert.
-            raise StreamNotFound(stream_name) from None
+        # A DeleteStream committing between the lookup and the upsert fails the
+        # upsert's foreign key: StreamDeletedDuringCall, a StreamNotFound.
+        row = await self.db.fetchrow(COMMIT_OFFSET_SQL, stream_name, consumer_group, offset)
         if row is None:
             raise StreamNotFound(stream_name)
-        _check_log(stream_name, row["stream_type"])
+        check_stream_type(stream_name, row["stream_type"], StreamType.PERSISTENT)
         if not row["committed"]:
             raise OffsetOutOfRange(stream_name, offset, row["next_offset"] - 1)
 
-    @translates_errors
     async def get_consumer_offset(self, stream_name: str, consumer_group: str) -> int:
-        row = await self.pool.fetchrow(GET_OFFSET_SQL, stream_name, consumer_group)
+        row = await self.db.fetchrow(GET_OFFSET_SQL, stream_name, consumer_group)
         if row is None:
             raise StreamNotFound(stream_name)
-        _check_log(stream_name, row["stream_type"])
+        check_stream_type(stream_name, row["stream_type"], StreamType.PERSISTENT)
         committed: int | None = row["committed_offset"]
         if committed is None:
             raise ConsumerOffsetNotFound(stream_name, consumer_group)

@@ -1,60 +1,59 @@
-"""The one place where asyncpg and socket errors become storage errors."""
+"""How asyncpg and socket errors become storage errors.
+
+:mod:`storage.postgres.database` applies this at the one boundary every statement
+crosses; the notifier, which keeps a connection of its own, uses it too.
+"""
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Coroutine
-from typing import Any, ParamSpec, TypeVar
-
 import asyncpg
 
-from storage.errors import StorageError, StorageUnavailable
+from storage.errors import StorageError, StorageUnavailable, StreamDeletedDuringCall
 
-P = ParamSpec("P")
-T = TypeVar("T")
-
-#: Errors that mean "the database cannot be reached or is going away": callers see
-#: StorageUnavailable (gRPC UNAVAILABLE) and may retry.
-UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+#: The connection cannot be trusted any more: lost, terminated by the server, or
+#: left mid-protocol by one of these. It is closed, never handed out again.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
-    TimeoutError,
     asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
-    asyncpg.InterfaceError,
-    # Transient conflicts: the same call succeeds when retried.
+    asyncpg.exceptions.CannotConnectNowError,
+)
+
+#: Errors after which the same call may well succeed when retried: callers see
+#: StorageUnavailable (gRPC UNAVAILABLE).
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    *CONNECTION_ERRORS,
+    TimeoutError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.exceptions.QueryCanceledError,
+    # Transient conflicts.
     asyncpg.exceptions.DeadlockDetectedError,
     asyncpg.exceptions.SerializationError,
 )
 
-DRIVER_ERRORS: tuple[type[BaseException], ...] = (asyncpg.PostgresError, *UNAVAILABLE_ERRORS)
+DRIVER_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresError,
+    asyncpg.exceptions.InternalClientError,
+    *UNAVAILABLE_ERRORS,
+)
 
-TRANSLATED_MARK = "__translates_storage_errors__"
+
+def breaks_connection(exc: BaseException) -> bool:
+    """Whether the connection that raised ``exc`` must be closed, not reused."""
+    return isinstance(exc, CONNECTION_ERRORS)
 
 
 def to_storage_error(exc: BaseException) -> StorageError:
+    """The storage error a driver error stands for."""
+    if isinstance(exc, asyncpg.ForeignKeyViolationError):
+        # Every foreign key points at a stream row: a DeleteStream committed while
+        # this call was writing to the stream.
+        return StreamDeletedDuringCall()
     if isinstance(exc, UNAVAILABLE_ERRORS):
         return StorageUnavailable(
             f"database unavailable or in conflict ({type(exc).__name__}); retry the call"
         )
     return StorageError(f"database error: {type(exc).__name__}")
-
-
-def translates_errors(
-    fn: Callable[P, Coroutine[Any, Any, T]],
-) -> Callable[P, Coroutine[Any, Any, T]]:
-    """Wrap a backend coroutine so it raises only storage errors (``from`` the cause)."""
-
-    @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return await fn(*args, **kwargs)
-        except StorageError:
-            raise
-        except DRIVER_ERRORS as exc:
-            raise to_storage_error(exc) from exc
-
-    setattr(wrapper, TRANSLATED_MARK, True)
-    return wrapper

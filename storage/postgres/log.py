@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from typing import Any
 
-from storage.errors import DuplicateEvent, StreamNotFound, WrongExpectedOffset, WrongStreamType
+from storage.errors import DuplicateEvent, StreamNotFound, WrongExpectedOffset
 from storage.postgres.base import PostgresBase
-from storage.postgres.errors import translates_errors
-from storage.postgres.rows import EVENT_COLUMNS, event_arrays, event_from_row
+from storage.postgres.rows import (
+    EVENT_COLUMNS,
+    event_arrays,
+    event_from_row,
+    payload_size,
+    split_cut,
+    within_budget,
+)
 from storage.records import (
     NO_FILTER,
     AppendResult,
@@ -18,30 +25,55 @@ from storage.records import (
     StreamMetadata,
     StreamType,
 )
+from storage.rules import check_stream_type
 
-APPEND_SQL = "SELECT * FROM event_streaming.append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 
+class AppendOutcome(enum.StrEnum):
+    """What event_streaming.append_events (migrations/004_clean_writes.sql) did."""
+
+    APPENDED = "appended"
+    #: An exact repeat of an earlier batch: nothing written, its offsets returned.
+    REPEAT = "repeat"
+    #: The expectation failed; last_offset is the actual last offset.
+    WRONG_OFFSET = "wrong_offset"
+    #: Some ids (conflict_event_id the first) are already in the stream.
+    DUPLICATE = "duplicate"
+    #: The stream is not a log (actual_type).
+    WRONG_TYPE = "wrong_type"
+
+
+APPEND_SQL = (
+    "SELECT * FROM event_streaming.append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+)
+
+_PAGE_COLUMNS = ("stream_offset", "created_at", *(c.strip() for c in EVENT_COLUMNS.split(",")))
+
+_READ_PAGE = f"""
+SELECT ev.stream_offset, ev.created_at, {EVENT_COLUMNS}, {payload_size("ev")} AS size
+  FROM event_streaming.events ev
+ WHERE ev.stream_id = s.stream_id AND ev.stream_offset >= $2 {{filters}}
+ ORDER BY ev.stream_offset
+ LIMIT $3
+"""
+
+# One statement: no row when the stream does not exist, one row of NULL events for
+# an empty page; the page is cut at the byte budget ($4), see rows.within_budget.
 _READ_SELECT = f"""
 WITH s AS (
     SELECT stream_id, stream_type, next_offset
       FROM event_streaming.streams WHERE stream_name = $1
 )
 SELECT s.stream_type, s.next_offset, e.*
-  FROM s LEFT JOIN LATERAL (
-    SELECT stream_offset, created_at, {EVENT_COLUMNS}
-      FROM event_streaming.events ev
-     WHERE ev.stream_id = s.stream_id AND ev.stream_offset >= $2 {{filters}}
-     ORDER BY ev.stream_offset
-     LIMIT $3
+  FROM s LEFT JOIN LATERAL ({within_budget(_READ_PAGE, _PAGE_COLUMNS, "stream_offset", "$4")}
   ) e ON true
  ORDER BY e.stream_offset
 """
-# Two statements rather than one with "$4 IS NULL OR ...": the plain read, the hot
+# Two statements rather than one with "$5 IS NULL OR ...": the plain read, the hot
 # path, keeps a plan that walks the primary key and nothing else.
 READ_SQL = _READ_SELECT.format(filters="")
 READ_FILTERED_SQL = _READ_SELECT.format(
-    filters="AND ($4::timestamptz IS NULL OR ev.created_at >= $4) "
-    "AND ($5::text[] IS NULL OR ev.event_type = ANY($5))"
+    filters="AND ($5::timestamptz IS NULL OR ev.created_at >= $5) "
+    "AND ($6::text[] IS NULL OR ev.event_type = ANY($6))"
 )
 
 LENGTH_SQL = "SELECT stream_type, next_offset FROM event_streaming.streams WHERE stream_name = $1"
@@ -59,39 +91,30 @@ SELECT s.stream_name, s.stream_type, s.next_offset, s.created_at,
  WHERE s.stream_name = $1
 """
 
-_APPENDED, _REPEAT, _WRONG_OFFSET, _DUPLICATE, _WRONG_TYPE = range(5)
-
-
-def _check_type(stream_name: str, actual: int | None, wanted: StreamType) -> None:
-    if actual is not None and actual != wanted:
-        raise WrongStreamType(stream_name, StreamType(actual), wanted)
-
 
 class PostgresLog(PostgresBase):
-    @translates_errors
     async def append_to_stream(
         self,
         stream_name: str,
         events: Sequence[NewEvent],
         expected_last_offset: int | None = None,
     ) -> AppendResult:
-        row = await self.pool.fetchrow(
+        row = await self.db.fetchrow(
             APPEND_SQL, stream_name, expected_last_offset, *event_arrays(events)
         )
         assert row is not None
-        outcome = row["outcome"]
-        if outcome == _WRONG_TYPE:
-            _check_type(stream_name, row["actual_type"], StreamType.PERSISTENT)
-        if outcome == _WRONG_OFFSET:
+        outcome = AppendOutcome(row["outcome"])
+        if outcome is AppendOutcome.WRONG_TYPE:
+            check_stream_type(stream_name, row["actual_type"], StreamType.PERSISTENT)
+        if outcome is AppendOutcome.WRONG_OFFSET:
             assert expected_last_offset is not None
             raise WrongExpectedOffset(stream_name, expected_last_offset, row["last_offset"])
-        if outcome == _DUPLICATE:
+        if outcome is AppendOutcome.DUPLICATE:
             raise DuplicateEvent(stream_name, row["conflict_event_id"])
-        if outcome == _APPENDED:
+        if outcome is AppendOutcome.APPENDED:
             self._announce(stream_name)
         return AppendResult(row["first_offset"], row["last_offset"])
 
-    @translates_errors
     async def read_stream(
         self,
         stream_name: str,
@@ -100,37 +123,39 @@ class PostgresLog(PostgresBase):
         read_filter: ReadFilter = NO_FILTER,
     ) -> ReadResult:
         if read_filter.is_empty:
-            rows = await self.pool.fetch(READ_SQL, stream_name, from_offset, max_count)
+            rows = await self.db.fetch(
+                READ_SQL, stream_name, from_offset, max_count, self.page_bytes
+            )
         else:
-            rows = await self.pool.fetch(
+            rows = await self.db.fetch(
                 READ_FILTERED_SQL,
                 stream_name,
                 from_offset,
                 max_count,
+                self.page_bytes,
                 read_filter.from_timestamp,
                 sorted(read_filter.event_types) or None,
             )
         if not rows:
             raise StreamNotFound(stream_name)
-        _check_type(stream_name, rows[0]["stream_type"], StreamType.PERSISTENT)
+        check_stream_type(stream_name, rows[0]["stream_type"], StreamType.PERSISTENT)
         stream_next = rows[0]["next_offset"]
-        events = tuple(
-            event_from_row(stream_name, r["stream_offset"], r)
-            for r in rows
-            if r["stream_offset"] is not None
-        )
+        page, left_out = split_cut([r for r in rows if r["stream_offset"] is not None])
+        events = tuple(event_from_row(stream_name, r["stream_offset"], r) for r in page)
+        if left_out is not None:
+            # Cut at the byte budget: the next page starts at the event left out.
+            return ReadResult(events, left_out["stream_offset"], False)
         if len(events) == max_count:
             next_offset = events[-1].offset + 1
         else:
             next_offset = max(from_offset, stream_next)
         return ReadResult(events, next_offset, next_offset >= stream_next)
 
-    @translates_errors
     async def get_stream_length(self, stream_name: str) -> int:
-        row = await self.pool.fetchrow(LENGTH_SQL, stream_name)
+        row = await self.db.fetchrow(LENGTH_SQL, stream_name)
         if row is None:
             raise StreamNotFound(stream_name)
-        _check_type(stream_name, row["stream_type"], StreamType.PERSISTENT)
+        check_stream_type(stream_name, row["stream_type"], StreamType.PERSISTENT)
         length: int = row["next_offset"]
         return length
 

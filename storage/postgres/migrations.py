@@ -19,8 +19,9 @@ from importlib import resources
 import asyncpg
 
 from storage.errors import MigrationError
-from storage.postgres.base import Connection, session_advisory_lock
-from storage.postgres.errors import translates_errors
+from storage.postgres.base import session_advisory_lock
+from storage.postgres.database import Connection
+from storage.postgres.errors import DRIVER_ERRORS, to_storage_error
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +122,15 @@ def _check_checksums(migrations: list[Migration], applied: dict[int, AppliedMigr
             )
 
 
-@translates_errors
 async def apply_migrations(conn: Connection) -> list[Migration]:
     """Apply every pending migration; returns those applied (empty when up to date)."""
+    try:
+        return await _apply_migrations(conn)
+    except DRIVER_ERRORS as exc:
+        raise to_storage_error(exc) from exc
+
+
+async def _apply_migrations(conn: Connection) -> list[Migration]:
     migrations = load_migrations()
     async with session_advisory_lock(conn, ADVISORY_LOCK_KEY, wait=True):
         await conn.execute(BOOTSTRAP_SQL)
@@ -157,11 +164,13 @@ async def apply_migrations(conn: Connection) -> list[Migration]:
         return ran
 
 
-@translates_errors
 async def migration_status(conn: Connection) -> list[MigrationStatus]:
     """Every known migration with when it was applied (None: pending)."""
     migrations = load_migrations()
-    applied = await _applied(conn)
+    try:
+        applied = await _applied(conn)
+    except DRIVER_ERRORS as exc:
+        raise to_storage_error(exc) from exc
     _check_checksums(migrations, applied)
     return [
         MigrationStatus(m, applied[m.version].applied_at if m.version in applied else None)

@@ -20,17 +20,15 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable
-from typing import Any, TypeAlias
+from typing import Any
 
 import asyncpg
 
+from storage.postgres.database import Connection
 from storage.postgres.errors import DRIVER_ERRORS
 from storage.signals import StreamSignals
 
 log = logging.getLogger(__name__)
-
-# The same alias as storage.postgres.base.Connection (which imports this module).
-Connection: TypeAlias = "asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]"
 
 CHANNEL = "event_streaming"
 NOTIFY_SQL = "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload"

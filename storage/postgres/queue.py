@@ -8,26 +8,24 @@ statement or one function call.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-import asyncpg
-
-from storage.errors import (
-    DuplicateMessage,
-    MessageNotFound,
-    MessageNotHeld,
-    WrongStreamType,
-)
+from storage.errors import DuplicateMessage, MessageNotFound, MessageNotHeld
 from storage.page_tokens import DEAD_LETTERS, decode_position_token, encode_position_token
 from storage.postgres.base import PostgresBase
-from storage.postgres.errors import translates_errors
-from storage.postgres.rows import EVENT_COLUMNS, event_arrays, event_from_row
+from storage.postgres.rows import (
+    EVENT_COLUMNS,
+    event_arrays,
+    event_from_row,
+    payload_size,
+    split_cut,
+    within_budget,
+)
 from storage.records import (
-    AckFailure,
-    AckFailureReason,
     AckResult,
     DeadLetter,
     DeadLetterPage,
@@ -36,6 +34,7 @@ from storage.records import (
     StreamMetadata,
     StreamType,
 )
+from storage.rules import EXPIRED_REASON, check_stream_type, classify_acks, nack_reason
 from storage.signals import Look, wait_for_items
 
 #: How often a waiting Dequeue looks again without a wake-up, so that messages
@@ -44,27 +43,47 @@ from storage.signals import Look, wait_for_items
 #: of runs out.
 REPOLL_SECONDS = 0.5
 
-ENQUEUE_SQL = "SELECT * FROM event_streaming.enqueue_messages($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-#: The unique index an enqueue of an id already in the queue runs into.
-QUEUED_ID_CONSTRAINT = "queue_messages_stream_event_id_idx"
-#: Which id of a refused batch is in the queue (the rare path, after the refusal).
-QUEUED_ID_SQL = """
-SELECT b.id
-  FROM unnest($2::uuid[]) WITH ORDINALITY AS b(id, ord)
- WHERE EXISTS (SELECT 1 FROM event_streaming.queue_messages m
-                WHERE m.stream_id = (SELECT stream_id FROM event_streaming.streams
-                                      WHERE stream_name = $1)
-                  AND m.event_id = b.id)
- ORDER BY b.ord LIMIT 1
-"""
+
+class EnqueueOutcome(enum.StrEnum):
+    """What event_streaming.enqueue_messages (migrations/004_clean_writes.sql) did."""
+
+    ENQUEUED = "enqueued"
+    #: An id (conflict_event_id) is in the queue or its dead-letter queue.
+    DUPLICATE = "duplicate"
+    #: The stream is not a queue (actual_type).
+    WRONG_TYPE = "wrong_type"
+
+
+class HeldOutcome(enum.StrEnum):
+    """What nack_message and extend_visibility (migrations/004_clean_writes.sql) did."""
+
+    RELEASED = "released"
+    DEAD_LETTERED = "dead_lettered"
+    EXTENDED = "extended"
+    NOT_FOUND = "not_found"
+    NOT_HELD = "not_held"
+    WRONG_TYPE = "wrong_type"
+
+
+class RedriveOutcome(enum.StrEnum):
+    """What event_streaming.redrive_dead_letters did."""
+
+    REDRIVEN = "redriven"
+    NOT_FOUND = "not_found"
+    WRONG_TYPE = "wrong_type"
+
+
+ENQUEUE_SQL = (
+    "SELECT * FROM event_streaming.enqueue_messages($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+)
 
 _MESSAGE_COLUMNS = ", ".join(f"m.{c.strip()}" for c in EVENT_COLUMNS.split(","))
 
 # One statement: lock the oldest visible messages (skipping rows other consumers
 # have locked), move those that already had their last allowed delivery to the
-# dead-letter queue, lease the rest. When nothing was leased it also reports when
-# the earliest invisible message at the head becomes visible, so a long poll knows
-# when to look again.
+# dead-letter queue ($5 the reason), lease as many of the rest as fit the byte
+# budget ($6). When nothing was leased it also reports when the earliest invisible
+# message at the head becomes visible, so a long poll knows when to look again.
 #
 # Written so that the planner walks the primary key in queue order and stops at
 # the LIMIT even when its statistics are wrong (a young table looks empty, and one
@@ -79,38 +98,35 @@ WITH s AS (
       FROM event_streaming.streams WHERE stream_name = $1
 ), picked AS (
     SELECT m.queue_offset,
-           m.delivery_attempts >= (SELECT max_delivery_attempts FROM s) AS exhausted
+           m.delivery_attempts >= (SELECT max_delivery_attempts FROM s) AS exhausted,
+           {payload_size("m")} AS size
       FROM event_streaming.queue_messages m
      WHERE m.stream_id = (SELECT stream_id FROM s) AND (SELECT stream_type FROM s) = 2
        AND m.visible_at <= now()
      ORDER BY m.queue_offset
      LIMIT (SELECT $4::integer)
        FOR UPDATE SKIP LOCKED
-), moved AS (
-    DELETE FROM event_streaming.queue_messages m
-     WHERE m.stream_id = (SELECT stream_id FROM s)
-       AND m.queue_offset = ANY (ARRAY(SELECT queue_offset FROM picked WHERE exhausted))
-    RETURNING m.*
 ), buried AS (
-    INSERT INTO event_streaming.dead_letters (
-        stream_id, queue_offset, event_id, event_type, content_type, data_json, data_bytes,
-        metadata, correlation_id, causation_id, created_at, delivery_attempts, reason,
-        dead_lettered_at)
-    SELECT stream_id, queue_offset, event_id, event_type, content_type, data_json,
-           data_bytes, metadata, correlation_id, causation_id, created_at,
-           delivery_attempts, 'visibility timeout expired', now()
-      FROM moved ORDER BY queue_offset
-    RETURNING 1
+    SELECT event_streaming.bury_messages(
+               (SELECT stream_id FROM s), ARRAY(SELECT queue_offset FROM picked WHERE exhausted),
+               $5) AS moved
+), chosen AS (
+    SELECT c.queue_offset FROM (
+        SELECT queue_offset, sum(size) OVER (ORDER BY queue_offset) AS running,
+               row_number() OVER (ORDER BY queue_offset) AS rn
+          FROM picked WHERE NOT exhausted
+    ) c
+     WHERE c.rn = 1 OR c.running <= $6
 ), leased AS (
     UPDATE event_streaming.queue_messages m
        SET visible_at = now() + COALESCE($3::interval, (SELECT default_visibility_timeout FROM s)),
            delivery_attempts = m.delivery_attempts + 1,
            consumer_id = $2
      WHERE m.stream_id = (SELECT stream_id FROM s)
-       AND m.queue_offset = ANY (ARRAY(SELECT queue_offset FROM picked WHERE NOT exhausted))
+       AND m.queue_offset = ANY (ARRAY(SELECT queue_offset FROM chosen))
     RETURNING m.queue_offset, m.visible_at, m.delivery_attempts, m.created_at, {_MESSAGE_COLUMNS}
 )
-SELECT s.stream_type, (SELECT count(*) FROM buried) AS buried, now() AS db_now,
+SELECT s.stream_type, (SELECT moved FROM buried) AS buried, now() AS db_now,
        CASE WHEN NOT EXISTS (SELECT 1 FROM leased) THEN (
            SELECT min(h.visible_at) FROM (
                SELECT visible_at FROM event_streaming.queue_messages
@@ -157,28 +173,35 @@ SELECT (SELECT stream_type FROM s) AS stream_type, a.acknowledged,
   FROM (SELECT ARRAY(SELECT event_id FROM acked) AS acknowledged) a
 """
 
-NACK_SQL = "SELECT * FROM event_streaming.nack_message($1, $2, $3, $4, $5)"
-#: Outcomes of nack_message and extend_visibility (which answers 0 when extended).
-_RELEASED, _DEAD_LETTERED, _NOT_FOUND, _NOT_HELD, _WRONG_TYPE = range(5)
-
-EXTEND_SQL = "SELECT * FROM event_streaming.extend_visibility($1, $2, $3, $4)"
-_EXTENDED = _RELEASED
+NACK_SQL = "SELECT * FROM event_streaming.nack_message($1, $2, $3, $4, $5, $6)"
+EXTEND_SQL = "SELECT * FROM event_streaming.extend_visibility($1, $2, $3, $4, $5)"
 
 STREAM_SQL = """
 SELECT stream_id, stream_type, max_delivery_attempts
   FROM event_streaming.streams WHERE stream_name = $1
 """
-BURY_EXPIRED_SQL = "SELECT event_streaming.bury_expired_messages($1, $2)"
-LIST_DEAD_LETTERS_SQL = f"""
-SELECT d.dead_letter_id, d.queue_offset, d.created_at, d.delivery_attempts, d.reason,
-       d.dead_lettered_at, {EVENT_COLUMNS}
+BURY_EXPIRED_SQL = "SELECT event_streaming.bury_expired_messages($1, $2, $3)"
+_DEAD_LETTER_COLUMNS = (
+    "dead_letter_id",
+    "queue_offset",
+    "created_at",
+    "delivery_attempts",
+    "reason",
+    "dead_lettered_at",
+    *(c.strip() for c in EVENT_COLUMNS.split(",")),
+)
+_DEAD_LETTER_PAGE = f"""
+SELECT {", ".join(f"d.{c}" for c in _DEAD_LETTER_COLUMNS)}, {payload_size("d")} AS size
   FROM event_streaming.dead_letters d
  WHERE d.stream_id = $1 AND d.dead_letter_id > $2
  ORDER BY d.dead_letter_id
  LIMIT $3
 """
+LIST_DEAD_LETTERS_SQL = within_budget(
+    _DEAD_LETTER_PAGE, _DEAD_LETTER_COLUMNS, "dead_letter_id", "$4"
+)
 
-REDRIVE_SQL = "SELECT * FROM event_streaming.redrive_dead_letters($1, $2)"
+REDRIVE_SQL = "SELECT * FROM event_streaming.redrive_dead_letters($1, $2, $3)"
 
 # Messages whose last allowed lease ran out are dead letters in all but place
 # (Dequeue never hands them out again), so they count as dead-lettered here.
@@ -203,45 +226,23 @@ SELECT q.*, (SELECT count(*) FROM event_streaming.dead_letters d
   ) q
 """
 
-_ENQUEUED, _DUPLICATE, _ENQUEUE_WRONG_TYPE = range(3)
-
-
-def _check_type(stream_name: str, actual: int | None) -> None:
-    if actual is not None and actual != StreamType.EPHEMERAL:
-        raise WrongStreamType(stream_name, StreamType(actual), StreamType.EPHEMERAL)
-
 
 def _seconds_until(later: datetime | None, now: datetime) -> float | None:
     return None if later is None else max(0.0, (later - now).total_seconds())
 
 
 class PostgresQueue(PostgresBase):
-    @translates_errors
     async def enqueue(self, stream_name: str, events: Sequence[NewEvent]) -> Sequence[UUID]:
-        arrays = event_arrays(events)
-        for _ in range(3):
-            try:
-                row = await self.pool.fetchrow(ENQUEUE_SQL, stream_name, *arrays)
-            except asyncpg.UniqueViolationError as exc:
-                if exc.constraint_name != QUEUED_ID_CONSTRAINT:
-                    raise
-                # Nothing was written. Name the id; if it has been acknowledged
-                # since, the batch may well go in now.
-                queued = await self.pool.fetchval(QUEUED_ID_SQL, stream_name, arrays[0])
-                if queued is not None:
-                    raise DuplicateMessage(stream_name, queued) from None
-                continue
-            assert row is not None
-            outcome = row["outcome"]
-            if outcome == _ENQUEUE_WRONG_TYPE:
-                _check_type(stream_name, row["actual_type"])
-            if outcome == _DUPLICATE:
-                raise DuplicateMessage(stream_name, row["conflict_event_id"])
-            self._announce(stream_name)
-            return [e.event_id for e in events]
-        raise DuplicateMessage(stream_name, events[0].event_id)
+        row = await self.db.fetchrow(ENQUEUE_SQL, stream_name, *event_arrays(events))
+        assert row is not None
+        outcome = EnqueueOutcome(row["outcome"])
+        if outcome is EnqueueOutcome.WRONG_TYPE:
+            check_stream_type(stream_name, row["actual_type"], StreamType.EPHEMERAL)
+        if outcome is EnqueueOutcome.DUPLICATE:
+            raise DuplicateMessage(stream_name, row["conflict_event_id"])
+        self._announce(stream_name)
+        return [e.event_id for e in events]
 
-    @translates_errors
     async def dequeue(
         self,
         stream_name: str,
@@ -251,13 +252,19 @@ class PostgresQueue(PostgresBase):
         wait_time: timedelta = timedelta(0),
     ) -> Sequence[QueueMessage]:
         async def look() -> Look[QueueMessage]:
-            rows = await self.pool.fetch(
-                DEQUEUE_SQL, stream_name, consumer_id, visibility_timeout, max_messages
+            rows = await self.db.fetch(
+                DEQUEUE_SQL,
+                stream_name,
+                consumer_id,
+                visibility_timeout,
+                max_messages,
+                EXPIRED_REASON,
+                self.page_bytes,
             )
             if not rows:
                 return Look()
             first = rows[0]
-            _check_type(stream_name, first["stream_type"])
+            check_stream_type(stream_name, first["stream_type"], StreamType.EPHEMERAL)
             messages = [
                 QueueMessage(
                     event=event_from_row(stream_name, r["queue_offset"], r),
@@ -279,27 +286,14 @@ class PostgresQueue(PostgresBase):
             self.signals, stream_name, wait_time, look, repoll=REPOLL_SECONDS
         )
 
-    @translates_errors
     async def acknowledge(
         self, stream_name: str, consumer_id: str, event_ids: Sequence[UUID]
     ) -> AckResult:
-        row = await self.pool.fetchrow(ACKNOWLEDGE_SQL, stream_name, consumer_id, list(event_ids))
+        row = await self.db.fetchrow(ACKNOWLEDGE_SQL, stream_name, consumer_id, list(event_ids))
         assert row is not None
-        _check_type(stream_name, row["stream_type"])
-        acknowledged = set(row["acknowledged"])
-        present = set(row["present"] or ())
-        done: list[UUID] = []
-        failed: list[AckFailure] = []
-        for event_id in dict.fromkeys(event_ids):
-            if event_id in acknowledged:
-                done.append(event_id)
-            elif event_id in present:
-                failed.append(AckFailure(event_id, AckFailureReason.NOT_HELD))
-            else:
-                failed.append(AckFailure(event_id, AckFailureReason.NOT_FOUND))
-        return AckResult(tuple(done), tuple(failed))
+        check_stream_type(stream_name, row["stream_type"], StreamType.EPHEMERAL)
+        return classify_acks(event_ids, row["acknowledged"], row["present"] or ())
 
-    @translates_errors
     async def nack(
         self,
         stream_name: str,
@@ -308,21 +302,20 @@ class PostgresQueue(PostgresBase):
         delay: timedelta,
         reason: str,
     ) -> None:
-        row = await self.pool.fetchrow(
-            NACK_SQL, stream_name, consumer_id, event_id, delay, reason or "nacked"
+        row = await self.db.fetchrow(
+            NACK_SQL,
+            stream_name,
+            consumer_id,
+            event_id,
+            delay,
+            nack_reason(reason),
+            EXPIRED_REASON,
         )
         assert row is not None
-        outcome = row["outcome"]
-        if outcome == _WRONG_TYPE:
-            _check_type(stream_name, row["actual_type"])
-        if outcome == _NOT_FOUND:
-            raise MessageNotFound(stream_name, event_id)
-        if outcome == _NOT_HELD:
-            raise MessageNotHeld(stream_name, event_id, consumer_id)
-        if outcome == _RELEASED:
+        outcome = self._held_outcome(stream_name, consumer_id, event_id, row)
+        if outcome is HeldOutcome.RELEASED:
             self._announce(stream_name)
 
-    @translates_errors
     async def extend_visibility(
         self,
         stream_name: str,
@@ -330,40 +323,53 @@ class PostgresQueue(PostgresBase):
         event_id: UUID,
         visibility_timeout: timedelta,
     ) -> datetime:
-        row = await self.pool.fetchrow(
-            EXTEND_SQL, stream_name, consumer_id, event_id, visibility_timeout
+        row = await self.db.fetchrow(
+            EXTEND_SQL, stream_name, consumer_id, event_id, visibility_timeout, EXPIRED_REASON
         )
         assert row is not None
-        outcome = row["outcome"]
-        if outcome == _WRONG_TYPE:
-            _check_type(stream_name, row["actual_type"])
-        if outcome == _NOT_HELD:
-            raise MessageNotHeld(stream_name, event_id, consumer_id)
-        if outcome != _EXTENDED:
-            raise MessageNotFound(stream_name, event_id)
+        self._held_outcome(stream_name, consumer_id, event_id, row)
         visible_until: datetime = row["visible_until"]
         return visible_until
 
-    @translates_errors
+    @staticmethod
+    def _held_outcome(stream_name: str, consumer_id: str, event_id: UUID, row: Any) -> HeldOutcome:
+        """The outcome of a nack or extend; raises for those that refused."""
+        outcome = HeldOutcome(row["outcome"])
+        if outcome is HeldOutcome.WRONG_TYPE:
+            check_stream_type(stream_name, row["actual_type"], StreamType.EPHEMERAL)
+        if outcome is HeldOutcome.NOT_FOUND:
+            raise MessageNotFound(stream_name, event_id)
+        if outcome is HeldOutcome.NOT_HELD:
+            raise MessageNotHeld(stream_name, event_id, consumer_id)
+        return outcome
+
     async def list_dead_letters(
         self, stream_name: str, max_count: int, page_token: str
     ) -> DeadLetterPage:
         after = decode_position_token(DEAD_LETTERS, page_token)
-        async with self.pool.acquire() as conn, conn.transaction():
-            stream = await conn.fetchrow(STREAM_SQL, stream_name)
+        async with self.db.transaction() as session:
+            stream = await session.fetchrow(STREAM_SQL, stream_name)
             if stream is None:
                 return DeadLetterPage((), "")
-            _check_type(stream_name, stream["stream_type"])
+            check_stream_type(stream_name, stream["stream_type"], StreamType.EPHEMERAL)
             if stream["stream_type"] is None:
                 return DeadLetterPage((), "")
-            await conn.fetchval(
-                BURY_EXPIRED_SQL, stream["stream_id"], stream["max_delivery_attempts"]
+            await session.fetchval(
+                BURY_EXPIRED_SQL,
+                stream["stream_id"],
+                stream["max_delivery_attempts"],
+                EXPIRED_REASON,
             )
-            rows = await conn.fetch(
-                LIST_DEAD_LETTERS_SQL, stream["stream_id"], after, max_count + 1
+            rows = await session.fetch(
+                LIST_DEAD_LETTERS_SQL,
+                stream["stream_id"],
+                after,
+                max_count + 1,
+                self.page_bytes,
             )
-        more = len(rows) > max_count
-        rows = rows[:max_count]
+        page, left_out = split_cut(rows)
+        more = left_out is not None or len(page) > max_count
+        page = page[:max_count]
         letters = tuple(
             DeadLetter(
                 event=event_from_row(stream_name, r["queue_offset"], r),
@@ -371,16 +377,18 @@ class PostgresQueue(PostgresBase):
                 reason=r["reason"],
                 dead_lettered_at=r["dead_lettered_at"],
             )
-            for r in rows
+            for r in page
         )
-        token = encode_position_token(DEAD_LETTERS, rows[-1]["dead_letter_id"]) if more else ""
+        token = encode_position_token(DEAD_LETTERS, page[-1]["dead_letter_id"]) if more else ""
         return DeadLetterPage(letters, token)
 
-    @translates_errors
     async def redrive_dead_letters(self, stream_name: str, event_ids: Sequence[UUID]) -> int:
-        row = await self.pool.fetchrow(REDRIVE_SQL, stream_name, list(event_ids) or None)
+        row = await self.db.fetchrow(
+            REDRIVE_SQL, stream_name, list(event_ids) or None, EXPIRED_REASON
+        )
         assert row is not None
-        _check_type(stream_name, row["actual_type"])
+        if RedriveOutcome(row["outcome"]) is RedriveOutcome.WRONG_TYPE:
+            check_stream_type(stream_name, row["actual_type"], StreamType.EPHEMERAL)
         redriven: int = row["redriven"]
         if redriven > 0:
             self._announce(stream_name)
@@ -388,7 +396,7 @@ class PostgresQueue(PostgresBase):
 
     async def _queue_metadata(self, row: Any) -> StreamMetadata:
         """Queue-shaped metadata for a stream found by METADATA_SQL (log.py)."""
-        counts = await self.pool.fetchrow(QUEUE_COUNTS_SQL, row["stream_name"])
+        counts = await self.db.fetchrow(QUEUE_COUNTS_SQL, row["stream_name"])
         assert counts is not None
         in_flight: int = counts["in_flight"]
         expired: int = counts["expired"]

@@ -1,22 +1,73 @@
-"""Row <-> record conversions shared by the PostgreSQL capabilities."""
+"""Row <-> record conversions and page shapes shared by the PostgreSQL capabilities."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
+
+import asyncpg
 
 from storage.records import JSON_CONTENT_TYPE, NewEvent, RecordedEvent
+
+T = TypeVar("T")
 
 #: Columns of event-shaped rows, in the order event_from_row() expects them.
 EVENT_COLUMNS = (
     "event_id, event_type, content_type, data_json, data_bytes, metadata, "
     "correlation_id, causation_id"
 )
+#: The columns that carry a row's bulk (storage.records.payload_size counts them).
+_PAYLOAD_COLUMNS = ("data_json", "data_bytes", "metadata")
+
+
+def payload_size(alias: str) -> str:
+    """What a row of ``alias`` adds to a response: its recorded payload_bytes, or for
+    rows written before that column existed, its stored size (no detoasting)."""
+    return (
+        f"coalesce({alias}.payload_bytes, pg_column_size({alias}.data_json), "
+        f"pg_column_size({alias}.data_bytes), 0)"
+    )
+
+
+def within_budget(page_sql: str, columns: Sequence[str], order: str, budget: str) -> str:
+    """Wrap ``page_sql`` (a page of rows in ``order``, selecting ``columns`` and a
+    ``size``) so that it returns the rows that fit a byte budget (storage.rules.
+    within_budget: a prefix of the page whose sizes add up to at most ``budget``,
+    and always the first row), plus, when the page was cut, the first row that did
+    not fit with ``included`` false and its payload left out (so the database never
+    sends it). Rows beyond the cut are only counted, never loaded: the payloads of
+    a page's rows are read when sent, not when summed."""
+    projection = ", ".join(
+        f"CASE WHEN w.included THEN w.{c} END AS {c}" if c in _PAYLOAD_COLUMNS else f"w.{c}"
+        for c in columns
+    )
+    return f"""
+SELECT {projection}, w.included
+  FROM (
+    SELECT r.*, (r.rn = 1 OR r.running <= {budget}) AS included
+      FROM (
+        SELECT p.*, sum(p.size) OVER (ORDER BY p.{order}) AS running,
+               row_number() OVER (ORDER BY p.{order}) AS rn
+          FROM ({page_sql}) p
+      ) r
+     WHERE r.rn <= 2 OR r.running - r.size <= {budget}
+  ) w
+ ORDER BY w.{order}
+"""
+
+
+def split_cut(rows: Sequence[T]) -> tuple[Sequence[T], T | None]:
+    """The rows of a within_budget() page that fit, and the first row left out (its
+    payload not loaded), None when the page was not cut."""
+    if rows and not rows[-1]["included"]:  # type: ignore[index]
+        return rows[:-1], rows[-1]
+    return rows, None
 
 
 def event_arrays(events: Sequence[NewEvent]) -> tuple[list[Any], ...]:
-    """Column arrays for ``unnest(...)``: one element per event, in batch order."""
+    """Column arrays for ``unnest(...)``: one element per event, in batch order (the
+    last holds the payload sizes)."""
     ids: list[Any] = []
     types: list[Any] = []
     content_types: list[Any] = []
@@ -25,6 +76,7 @@ def event_arrays(events: Sequence[NewEvent]) -> tuple[list[Any], ...]:
     metadata: list[Any] = []
     correlation: list[Any] = []
     causation: list[Any] = []
+    sizes: list[int] = []
     for e in events:
         ids.append(e.event_id)
         types.append(e.event_type)
@@ -38,7 +90,8 @@ def event_arrays(events: Sequence[NewEvent]) -> tuple[list[Any], ...]:
         metadata.append(json.dumps(dict(e.metadata)) if e.metadata else "{}")
         correlation.append(e.correlation_id or None)
         causation.append(e.causation_id or None)
-    return ids, types, content_types, json_data, byte_data, metadata, correlation, causation
+        sizes.append(e.size)
+    return ids, types, content_types, json_data, byte_data, metadata, correlation, causation, sizes
 
 
 def _metadata(text: str) -> Mapping[str, str]:
@@ -46,7 +99,10 @@ def _metadata(text: str) -> Mapping[str, str]:
 
 
 def event_from_row(
-    stream_name: str, offset: int, row: Mapping[str, Any], timestamp_column: str = "created_at"
+    stream_name: str,
+    offset: int,
+    row: asyncpg.Record | Mapping[str, Any],
+    timestamp_column: str = "created_at",
 ) -> RecordedEvent:
     json_text = row["data_json"]
     return RecordedEvent(

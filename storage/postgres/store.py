@@ -7,11 +7,11 @@ from storage.interface import EventStore
 from storage.postgres.admin import PostgresAdmin
 from storage.postgres.config import PostgresConfig
 from storage.postgres.consumers import PostgresConsumers
-from storage.postgres.errors import translates_errors
 from storage.postgres.log import METADATA_SQL, PostgresLog
 from storage.postgres.migrations import apply_migrations, pending_migrations
 from storage.postgres.queue import PostgresQueue
 from storage.records import StreamMetadata, StreamType
+from storage.rules import DEFAULT_PAGE_BYTES
 
 
 class PostgresEventStore(
@@ -27,15 +27,18 @@ class PostgresEventStore(
         pool_min_size: int = 2,
         pool_max_size: int = 10,
         auto_migrate: bool = True,
+        page_bytes: int = DEFAULT_PAGE_BYTES,
     ) -> None:
-        super().__init__(dsn, pool_min_size=pool_min_size, pool_max_size=pool_max_size)
+        super().__init__(
+            dsn, pool_min_size=pool_min_size, pool_max_size=pool_max_size, page_bytes=page_bytes
+        )
         self._auto_migrate = auto_migrate
 
-    @translates_errors
     async def start(self) -> None:
         await self._open_pool()
         try:
-            async with self.pool.acquire() as conn:
+            async with self.db.session() as session:
+                conn = session.connection
                 if self._auto_migrate:
                     await apply_migrations(conn)
                 else:
@@ -57,9 +60,8 @@ class PostgresEventStore(
         await self._stop_notifier()
         await self._close_pool()
 
-    @translates_errors
     async def get_stream_metadata(self, stream_name: str) -> StreamMetadata:
-        row = await self.pool.fetchrow(METADATA_SQL, stream_name)
+        row = await self.db.fetchrow(METADATA_SQL, stream_name)
         if row is None:
             raise StreamNotFound(stream_name)
         if row["stream_type"] == StreamType.EPHEMERAL:
