@@ -21,7 +21,7 @@ from server.retention import RetentionTask
 from server.security import server_credentials
 from server.servicer import EventStreamingServicer
 from server.settings import Settings
-from server.subscriptions import end_subscriptions
+from server.subscriptions import Subscriptions
 from storage.factory import create_store
 from storage.interface import EventStore
 
@@ -49,6 +49,8 @@ class EventStreamingServer:
     port: int = 0
     #: The port of the /metrics endpoint (0: metrics are off).
     metrics_port: int = 0
+    #: The subscriptions in progress (made at start).
+    subscriptions: Subscriptions | None = None
     _server: grpc.aio.Server | None = None
     _retention: RetentionTask | None = None
     _metrics: MetricsService | None = None
@@ -64,7 +66,10 @@ class EventStreamingServer:
             # Larger requests are refused by gRPC itself with RESOURCE_EXHAUSTED.
             options=[("grpc.max_receive_message_length", self.settings.max_message_bytes)],
         )
-        pb_grpc.add_EventStreamingServicer_to_server(EventStreamingServicer(store), server)
+        subscriptions = self.subscriptions = Subscriptions(store)
+        pb_grpc.add_EventStreamingServicer_to_server(
+            EventStreamingServicer(store, subscriptions), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -108,10 +113,10 @@ class EventStreamingServer:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._retention is not None:
             await self._retention.stop()
-        if self.store is not None:
+        if self.subscriptions is not None:
             # Subscriptions never finish on their own: end them (UNAVAILABLE, so
             # clients resubscribe elsewhere) rather than wait out the grace period.
-            end_subscriptions(self.store)
+            self.subscriptions.close()
         if self._server is not None:
             await self._server.stop(grace)
         if self._metrics is not None:

@@ -1,8 +1,8 @@
-"""Conversions between protobuf messages and storage records."""
+"""Every response message, built from storage records in one place."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -10,16 +10,35 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
-from storage.records import RecordedEvent, StreamType
+from server.subscriptions import CaughtUp
+from storage.records import (
+    AckResult,
+    AppendResult,
+    DeadLetterPage,
+    QueueMessage,
+    ReadResult,
+    RecordedEvent,
+    StreamConfiguration,
+    StreamMetadata,
+    StreamPage,
+    StreamType,
+)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def timestamp(value: datetime) -> Timestamp:
-    # Timestamp.FromDatetime costs about 8x this arithmetic, and reads convert a
-    # timestamp per event.
+def set_timestamp(target: Timestamp, value: datetime) -> None:
+    """Write ``value`` into a Timestamp field in place. Timestamp.FromDatetime costs
+    about 8x this arithmetic, and reads convert a timestamp per event."""
     since = value - _EPOCH
-    return Timestamp(seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1000)
+    target.seconds = since.days * 86_400 + since.seconds
+    target.nanos = since.microseconds * 1000
+
+
+def timestamp(value: datetime) -> Timestamp:
+    result = Timestamp()
+    set_timestamp(result, value)
+    return result
 
 
 def optional_timestamp(value: datetime | None) -> Timestamp | None:
@@ -32,6 +51,12 @@ def duration(value: timedelta) -> Duration:
     return result
 
 
+def stream_type(value: StreamType | None) -> str:
+    """The proto enum value's name (the storage enum mirrors the proto's numbers)."""
+    return pb.StreamType.Name(0 if value is None else int(value))
+
+
+# -- events ------------------------------------------------------------------------------
 def fill_event(message: pb.Event, record: RecordedEvent) -> pb.Event:
     """Write ``record`` into an empty ``message`` in place.
 
@@ -44,10 +69,7 @@ def fill_event(message: pb.Event, record: RecordedEvent) -> pb.Event:
     message.event_type = record.event_type
     message.data = record.data
     message.content_type = record.content_type
-    since = record.timestamp - _EPOCH
-    stamp = message.timestamp
-    stamp.seconds = since.days * 86_400 + since.seconds
-    stamp.nanos = since.microseconds * 1000
+    set_timestamp(message.timestamp, record.timestamp)
     # Optional fields only when set: an empty map or string still costs a call.
     if record.metadata:
         message.metadata.update(record.metadata)
@@ -69,6 +91,99 @@ def add_events(target: Any, records: Iterable[RecordedEvent]) -> None:
         fill_event(add(), record)
 
 
-def stream_type(value: StreamType | None) -> str:
-    """The proto enum value's name (the storage enum mirrors the proto's numbers)."""
-    return pb.StreamType.Name(0 if value is None else int(value))
+# -- persistent streams ---------------------------------------------------------------------
+def append_response(result: AppendResult) -> pb.AppendToStreamResponse:
+    return pb.AppendToStreamResponse(
+        first_offset=result.first_offset, last_offset=result.last_offset
+    )
+
+
+def read_response(result: ReadResult) -> pb.ReadStreamResponse:
+    response = pb.ReadStreamResponse(
+        next_offset=result.next_offset, end_of_stream=result.end_of_stream
+    )
+    add_events(response.events, result.events)
+    return response
+
+
+def metadata_response(meta: StreamMetadata) -> pb.GetStreamMetadataResponse:
+    return pb.GetStreamMetadataResponse(
+        stream_name=meta.stream_name,
+        stream_type=stream_type(meta.stream_type),
+        length=meta.length,
+        retained_count=meta.retained_count,
+        oldest_offset=meta.oldest_offset,
+        newest_offset=meta.newest_offset,
+        oldest_event_timestamp=optional_timestamp(meta.oldest_event_timestamp),
+        newest_event_timestamp=optional_timestamp(meta.newest_event_timestamp),
+        created_at=timestamp(meta.created_at),
+        pending_count=meta.pending_count,
+        in_flight_count=meta.in_flight_count,
+        dead_letter_count=meta.dead_letter_count,
+    )
+
+
+# -- queues -------------------------------------------------------------------------------------
+def dequeue_response(messages: Sequence[QueueMessage]) -> pb.DequeueResponse:
+    """Filled in place (no message is built and then copied)."""
+    response = pb.DequeueResponse()
+    add = response.messages.add
+    for message in messages:
+        item = add(delivery_attempt=message.delivery_attempt)
+        fill_event(item.event, message.event)
+        set_timestamp(item.visible_until, message.visible_until)
+    return response
+
+
+def acknowledge_response(result: AckResult) -> pb.AcknowledgeResponse:
+    return pb.AcknowledgeResponse(
+        acknowledged=[str(i) for i in result.acknowledged],
+        failed=[
+            pb.AckFailure(event_id=str(f.event_id), reason=f.reason.value) for f in result.failed
+        ],
+    )
+
+
+def dead_letters_response(page: DeadLetterPage) -> pb.ListDeadLettersResponse:
+    response = pb.ListDeadLettersResponse(next_page_token=page.next_page_token)
+    add = response.dead_letters.add
+    for letter in page.dead_letters:
+        item = add(delivery_attempts=letter.delivery_attempts, reason=letter.reason)
+        fill_event(item.event, letter.event)
+        set_timestamp(item.dead_lettered_at, letter.dead_lettered_at)
+    return response
+
+
+# -- administration ---------------------------------------------------------------------------
+def configuration(config: StreamConfiguration) -> pb.StreamConfiguration:
+    return pb.StreamConfiguration(
+        stream_type=stream_type(config.stream_type),
+        retention_max_age=(
+            None if config.retention_max_age is None else duration(config.retention_max_age)
+        ),
+        retention_max_count=config.retention_max_count or 0,
+        max_delivery_attempts=config.max_delivery_attempts,
+        default_visibility_timeout=duration(config.default_visibility_timeout),
+    )
+
+
+def list_streams_response(page: StreamPage) -> pb.ListStreamsResponse:
+    return pb.ListStreamsResponse(
+        streams=[
+            pb.StreamSummary(
+                stream_name=s.stream_name, stream_type=stream_type(s.stream_type), length=s.length
+            )
+            for s in page.streams
+        ],
+        next_page_token=page.next_page_token,
+    )
+
+
+# -- subscriptions -------------------------------------------------------------------------
+def subscription_response(item: RecordedEvent | CaughtUp) -> pb.SubscribeToStreamResponse:
+    response = pb.SubscribeToStreamResponse()
+    if isinstance(item, CaughtUp):
+        response.caught_up.next_offset = item.next_offset
+    else:
+        fill_event(response.event, item)
+    return response

@@ -21,6 +21,7 @@ from typing import Any, TypeAlias
 
 import grpc
 
+from server.errors import InvalidArgument
 from server.logs import request_id_var
 from server.metrics import Metrics
 from server.security import BearerTokens
@@ -51,9 +52,11 @@ def _rewrap(
     handler: Handler,
     unary: Callable[[Behaviour], Behaviour],
     stream: Callable[[Behaviour], Behaviour],
+    deserializer: Callable[[bytes], Any] | None = None,
 ) -> Handler:
     """The same handler with its behaviour wrapped: ``unary`` for calls with one
-    response, ``stream`` for calls with a response stream."""
+    response, ``stream`` for calls with a response stream; and its request
+    deserializer replaced, when one is given."""
     kinds: tuple[tuple[str, Any, Callable[[Behaviour], Behaviour]], ...] = (
         ("unary_unary", grpc.unary_unary_rpc_method_handler, unary),
         ("stream_unary", grpc.stream_unary_rpc_method_handler, unary),
@@ -65,7 +68,7 @@ def _rewrap(
         if behaviour is not None:
             wrapped: Handler = factory(
                 wrap(behaviour),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer or handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
             return wrapped
@@ -260,9 +263,41 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-a
         return _rewrap(handler, refuse_unary, refuse_stream)
 
 
+class Undecodable:
+    """Stands in for a request whose bytes do not decode as its message: the call
+    answers INVALID_ARGUMENT (after authentication, like any other request)."""
+
+    def __init__(self, message_name: str) -> None:
+        self.message_name = message_name
+
+    def error(self) -> InvalidArgument:
+        return InvalidArgument(
+            "request", f"the bytes sent do not decode as a {self.message_name} message"
+        )
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """``deserializer``, answering an Undecodable instead of raising (a raise
+    there ends the call as UNKNOWN, naming a Python class)."""
+    if deserializer is None:
+        return None
+    message_class = getattr(deserializer, "__self__", None)
+    descriptor = getattr(message_class, "DESCRIPTOR", None)
+    name = getattr(descriptor, "full_name", "request")
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:
+            return Undecodable(name)
+
+    return deserialize
+
+
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Turns storage errors and InvalidArgument into their status codes, anything
-    else into INTERNAL with a generic message (details only in the log)."""
+    else into INTERNAL with a generic message (details only in the log), and
+    request bytes that do not decode into INVALID_ARGUMENT."""
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -275,19 +310,24 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
             handler,
             lambda behaviour: _wrap_unary(behaviour, method),
             lambda behaviour: _wrap_stream(behaviour, method),
+            _tolerant(handler.request_deserializer),
         )
 
 
 async def _abort(context: Context, exc: Exception, method: str) -> None:
-    code, message, trailers = to_status(exc, method)
+    status = to_status(exc, method)
     # Keep what is already set for the trailers (the request id).
     kept = tuple(context.trailing_metadata() or ())
-    await context.abort(code, message, trailing_metadata=kept + trailers)
+    await context.abort(
+        status.code, status.details, trailing_metadata=kept + tuple(status.trailing_metadata)
+    )
 
 
 def _wrap_unary(behaviour: Behaviour, method: str) -> Behaviour:
     async def unary(request: Any, context: Context) -> Any:
         try:
+            if isinstance(request, Undecodable):
+                raise request.error()
             return await behaviour(request, context)
         except grpc.aio.AbortError:
             raise
@@ -300,6 +340,8 @@ def _wrap_unary(behaviour: Behaviour, method: str) -> Behaviour:
 def _wrap_stream(behaviour: Behaviour, method: str) -> Behaviour:
     async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
         try:
+            if isinstance(request, Undecodable):
+                raise request.error()
             async for item in _responses(behaviour, request, context):
                 yield item
         except grpc.aio.AbortError:

@@ -1,4 +1,6 @@
-"""How storage errors and invalid arguments become gRPC status codes.
+"""How storage errors and invalid arguments become gRPC statuses: a code, a message
+a person can act on, and a ``google.rpc.Status`` with an ``ErrorInfo`` detail (sent
+by grpcio-status as ``grpc-status-details-bin``).
 
 Applied to every RPC by :class:`server.interceptors.ErrorMappingInterceptor`, so
 servicer methods just raise.
@@ -11,15 +13,17 @@ import logging
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
-from server.subscriptions import ServerShuttingDown
-from server.validation import InvalidArgument
+from server.errors import InvalidArgument, ServerShuttingDown
 from storage import errors
 
 log = logging.getLogger(__name__)
 
 ERROR_DOMAIN = "eventstreaming.v1"
-STATUS_DETAILS_KEY = "grpc-status-details-bin"
+#: Messages are cut to this many characters (trailers have a size limit, and no
+#: caller needs more to act).
+MAX_MESSAGE_LENGTH = 1000
 
 _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
@@ -59,22 +63,21 @@ def _error_info(exc: Exception) -> dict[str, str]:
     if isinstance(exc, errors.OffsetOutOfRange):
         return {"offset": str(exc.offset), "newest_offset": str(exc.newest)}
     stream_name = getattr(exc, "stream_name", None)
-    return {"stream_name": stream_name} if isinstance(stream_name, str) else {}
+    return {"stream_name": stream_name} if isinstance(stream_name, str) and stream_name else {}
 
 
-def to_status(
-    exc: Exception, method: str
-) -> tuple[grpc.StatusCode, str, tuple[tuple[str, bytes], ...]]:
-    """The status code, message and trailing metadata (google.rpc.Status with an
-    ErrorInfo detail) that ``exc`` stands for. Unknown errors are logged and
-    become INTERNAL with a generic message."""
+def to_status(exc: Exception, method: str) -> grpc.Status:
+    """The status ``exc`` stands for. Unknown errors are logged and become INTERNAL
+    with a generic message."""
     for kind, mapped in _CODES:
         if isinstance(exc, kind):
-            code, message = mapped, str(exc)
+            code, message = mapped, str(exc)[:MAX_MESSAGE_LENGTH]
             break
     else:
         log.error("unexpected error in %s", method, exc_info=exc, extra={"method": method})
-        return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE, ()
+        return rpc_status.to_status(
+            status_pb2.Status(code=grpc.StatusCode.INTERNAL.value[0], message=INTERNAL_MESSAGE)
+        )
     if isinstance(exc, errors.StorageUnavailable):
         log.warning("storage unavailable in %s: %s", method, exc, extra={"method": method})
     detail = any_pb2.Any()
@@ -83,5 +86,6 @@ def to_status(
             reason=_reason(exc), domain=ERROR_DOMAIN, metadata=_error_info(exc)
         )
     )
-    status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
-    return code, message, ((STATUS_DETAILS_KEY, status.SerializeToString()),)
+    return rpc_status.to_status(
+        status_pb2.Status(code=code.value[0], message=message, details=[detail])
+    )

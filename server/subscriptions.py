@@ -2,25 +2,31 @@
 
 A subscription keeps no queue of its own. It reads its history from storage a page
 at a time and hands the events on one by one; the gRPC write applies flow control,
-so a slow client simply pauses it. Once a read reaches the end of the stream it
-sends CaughtUp and follows the stream's :class:`StreamTail`: the live end of the
-stream, read from storage *once per process* for all its subscribers (a hundred
-subscribers of one stream cost one read per write, not a hundred). The tail reads
-when the stream's wake-up fires: a write in this process, or another replica's
-notification (storage.postgres.notifier).
+so a client that does not read simply pauses it (it holds one page, which storage
+bounds in bytes, and fetches nothing more until the client drains it). Once a read
+reaches the end of the stream it sends CaughtUp and follows the stream's
+:class:`StreamTail`: the live end of the stream, read from storage *once per
+process* for all its subscribers (a hundred subscribers of one stream cost one read
+per write, not a hundred). The tail reads when the stream's wake-up fires: a write
+in this process, or another replica's notification (storage.postgres.notifier).
 
 - Order, no gaps, no duplicates: every event comes from storage in offset order, the
   tail covers a contiguous range of offsets, and a subscription's position only moves
   to the end of what it was handed.
 - No write is missed between "nothing more" and "wait": the wake-up event is taken
   *before* each look (see :mod:`storage.signals`).
-- Bounded memory: a tail keeps the last ``TAIL_CAPACITY`` events or so; a
-  subscription holds one page or one slice of the tail. A subscriber that falls
-  behind the tail is served from storage again, a page at a time, until it is back.
+- Bounded memory: a tail keeps the newest events up to ``tail_events`` and
+  ``tail_bytes``; a subscription holds one page or one slice of the tail. A
+  subscriber that falls behind the tail is served from storage again, a page at a
+  time, until it is back.
+- Idle costs nothing: no timers and no re-reads while nothing is written (a lost
+  cross-replica notification is the storage backend's to recover, with one query
+  for every waited stream; see storage.signals).
 - Cancellation (client gone, server stopping) releases everything: the last
   subscription of a stream stops its tail.
 
-A timed re-read (``REPOLL_SECONDS``) is the safety net should a wake-up be lost.
+One :class:`Subscriptions` per server owns the tails and the subscriptions in
+progress; it is made when the server starts and closed when it stops.
 """
 
 from __future__ import annotations
@@ -32,16 +38,19 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
+from server.errors import ServerShuttingDown
+from server.validation import SubscribeArgs
+from storage.errors import ConsumerOffsetNotFound
 from storage.interface import EventStore
 from storage.records import NO_FILTER, ReadFilter, ReadResult, RecordedEvent
 from storage.signals import StreamSignals
 
-#: Events read from storage per round trip.
+#: Events read from storage per round trip (storage also bounds a page in bytes).
 PAGE_SIZE = 500
 #: Events a stream's tail keeps for subscribers that are a little behind.
-TAIL_CAPACITY = 1000
-#: Re-read this often even without a wake-up.
-REPOLL_SECONDS = 1.0
+TAIL_EVENTS = 1000
+#: ... and the most bytes of payload it keeps (at least its newest slice).
+TAIL_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,33 +62,6 @@ class CaughtUp:
 
 SubscriptionItem = RecordedEvent | CaughtUp
 
-#: Every subscription in progress in this process (for observation and tests).
-active_subscriptions: weakref.WeakSet[Subscription] = weakref.WeakSet()
-#: The tails being followed, per store and stream.
-_tails: weakref.WeakKeyDictionary[EventStore, dict[str, StreamTail]] = weakref.WeakKeyDictionary()
-#: Stores whose server is shutting down: their subscriptions end.
-_ending: weakref.WeakSet[EventStore] = weakref.WeakSet()
-
-
-class ServerShuttingDown(Exception):
-    """The server is stopping; the client should subscribe again (elsewhere)."""
-
-    def __init__(self) -> None:
-        super().__init__("the server is shutting down; subscribe again to continue")
-
-
-def end_subscriptions(store: EventStore) -> None:
-    """End every subscription on ``store``, now and from now on (at shutdown)."""
-    _ending.add(store)
-    store.signals.notify_all()
-    for tail in list(_tails.get(store, {}).values()):
-        tail.wake_followers()
-
-
-def tails_of(store: EventStore) -> dict[str, StreamTail]:
-    """The tails currently followed on ``store`` (for observation and tests)."""
-    return dict(_tails.get(store, {}))
-
 
 @dataclass(frozen=True, slots=True)
 class _Slice:
@@ -89,27 +71,40 @@ class _Slice:
     start: int
     end: int
     events: tuple[RecordedEvent, ...]
+    size: int
+
+
+def _offset(event: RecordedEvent) -> int:
+    return event.offset
 
 
 class StreamTail:
     """The live end of one stream in this process, shared by its subscriptions.
 
     One task reads from storage whatever was appended since its last read, whenever
-    the stream's wake-up fires, and keeps the newest slices (about TAIL_CAPACITY
-    events) covering ``[start, end)`` without a gap.
+    the stream's wake-up fires, and keeps the newest slices (about ``max_events``
+    events and ``max_bytes`` of payload) covering ``[start, end)`` without a gap.
     """
 
-    def __init__(self, store: EventStore, stream_name: str, start: int) -> None:
+    def __init__(
+        self, store: EventStore, stream_name: str, start: int, max_events: int, max_bytes: int
+    ) -> None:
         self.store = store
         self.stream_name = stream_name
         self.start = start
         self.end = start
+        self.max_events = max_events
+        self.max_bytes = max_bytes
         #: Set (and replaced) whenever ``end`` moves or the tail fails.
         self.changed = asyncio.Event()
         #: Why the tail stopped reading (its followers raise it).
         self.error: Exception | None = None
         self.followers = 0
+        #: Events and payload bytes kept.
         self.size = 0
+        self.bytes = 0
+        #: Pages read from storage.
+        self.reads = 0
         self._slices: deque[_Slice] = deque()
         self._task: asyncio.Task[None] | None = None
 
@@ -120,7 +115,8 @@ class StreamTail:
         for piece in reversed(self._slices):
             if piece.start <= position:
                 index = bisect.bisect_left(piece.events, position, key=_offset)
-                return _Slice(position, piece.end, piece.events[index:])
+                events = piece.events[index:]
+                return _Slice(position, piece.end, events, sum(e.size for e in events))
         raise AssertionError(f"offset {position} is not in the tail [{self.start}, {self.end})")
 
     def wake_followers(self) -> None:
@@ -140,13 +136,14 @@ class StreamTail:
         signals = self.store.signals
         try:
             while True:
-                waiter = signals.waiter(self.stream_name)
-                result = await self.store.read_stream(self.stream_name, self.end, PAGE_SIZE)
-                if result.next_offset > self.end:
-                    self._add(_Slice(self.end, result.next_offset, result.events))
-                if not result.end_of_stream:
-                    continue
-                await StreamSignals.wait(waiter, REPOLL_SECONDS)
+                with signals.watch(self.stream_name) as waiter:
+                    self.reads += 1
+                    result = await self.store.read_stream(self.stream_name, self.end, PAGE_SIZE)
+                    if result.next_offset > self.end:
+                        size = sum(e.size for e in result.events)
+                        self._add(_Slice(self.end, result.next_offset, result.events, size))
+                    if result.end_of_stream:
+                        await StreamSignals.wait(waiter)
         except Exception as exc:
             # The stream was deleted, or storage failed: the followers end with it.
             self.error = exc
@@ -155,35 +152,85 @@ class StreamTail:
     def _add(self, piece: _Slice) -> None:
         self._slices.append(piece)
         self.size += len(piece.events)
+        self.bytes += piece.size
         self.end = piece.end
-        while self.size > TAIL_CAPACITY and len(self._slices) > 1:
-            self.size -= len(self._slices.popleft().events)
+        while (self.size > self.max_events or self.bytes > self.max_bytes) and len(
+            self._slices
+        ) > 1:
+            dropped = self._slices.popleft()
+            self.size -= len(dropped.events)
+            self.bytes -= dropped.size
             self.start = self._slices[0].start
         self.wake_followers()
 
 
-def _offset(event: RecordedEvent) -> int:
-    return event.offset
+class Subscriptions:
+    """Every subscription of one server: the stream tails they follow and the
+    subscriptions in progress (for observation and tests). ``close()`` ends them
+    all, now and from then on (at shutdown)."""
 
+    def __init__(
+        self,
+        store: EventStore,
+        *,
+        page_size: int = PAGE_SIZE,
+        tail_events: int = TAIL_EVENTS,
+        tail_bytes: int = TAIL_BYTES,
+    ) -> None:
+        self.store = store
+        self.page_size = page_size
+        self.tail_events = tail_events
+        self.tail_bytes = tail_bytes
+        self.tails: dict[str, StreamTail] = {}
+        self.active: weakref.WeakSet[Subscription] = weakref.WeakSet()
+        self.closed = False
 
-def _follow(store: EventStore, stream_name: str, position: int) -> StreamTail:
-    tails = _tails.setdefault(store, {})
-    tail = tails.get(stream_name)
-    if tail is None or tail.error is not None:
-        tail = tails[stream_name] = StreamTail(store, stream_name, position)
-        tail.start_reading()
-    tail.followers += 1
-    return tail
+    async def follow(self, args: SubscribeArgs) -> AsyncIterator[SubscriptionItem]:
+        """The items of a SubscribeToStream call: history from its start, one
+        CaughtUp, then live events."""
+        start = await self._start_offset(args)
+        subscription = Subscription(self, args.stream_name, start, args.read_filter)
+        async for item in subscription.items():
+            yield item
 
+    async def _start_offset(self, args: SubscribeArgs) -> int:
+        if args.from_offset is not None:
+            return args.from_offset
+        if args.from_end:
+            return await self.store.get_stream_length(args.stream_name)
+        assert args.consumer_group is not None
+        try:
+            return await self.store.get_consumer_offset(args.stream_name, args.consumer_group) + 1
+        except ConsumerOffsetNotFound:
+            return 0
 
-def _unfollow(tail: StreamTail) -> None:
-    tail.followers -= 1
-    if tail.followers > 0:
-        return
-    tail.stop_reading()
-    tails = _tails.get(tail.store, {})
-    if tails.get(tail.stream_name) is tail:
-        del tails[tail.stream_name]
+    def close(self) -> None:
+        self.closed = True
+        self.store.signals.notify_all()
+        for tail in list(self.tails.values()):
+            tail.wake_followers()
+
+    def check_open(self) -> None:
+        if self.closed:
+            raise ServerShuttingDown
+
+    def _follow_tail(self, stream_name: str, position: int) -> StreamTail:
+        tail = self.tails.get(stream_name)
+        if tail is None or tail.error is not None:
+            tail = self.tails[stream_name] = StreamTail(
+                self.store, stream_name, position, self.tail_events, self.tail_bytes
+            )
+            tail.start_reading()
+        tail.followers += 1
+        return tail
+
+    def _unfollow_tail(self, tail: StreamTail) -> None:
+        tail.followers -= 1
+        if tail.followers > 0:
+            return
+        tail.stop_reading()
+        if self.tails.get(tail.stream_name) is tail:
+            del self.tails[tail.stream_name]
 
 
 class Subscription:
@@ -191,26 +238,24 @@ class Subscription:
 
     def __init__(
         self,
-        store: EventStore,
+        owner: Subscriptions,
         stream_name: str,
         start: int,
         read_filter: ReadFilter = NO_FILTER,
-        *,
-        page_size: int = PAGE_SIZE,
-        repoll_seconds: float | None = None,
     ) -> None:
-        self.store = store
+        self.owner = owner
+        self.store = owner.store
         self.stream_name = stream_name
         self.read_filter = read_filter
-        self.page_size = page_size
-        self.repoll_seconds = REPOLL_SECONDS if repoll_seconds is None else repoll_seconds
         #: The offset of the next event wanted.
         self.position = start
         self.caught_up = False
-        #: Events taken from storage or the tail and not yet handed on, and the most
-        #: ever held at once.
+        #: Events (and their payload bytes) taken from storage or the tail and not
+        #: yet handed on, and the most ever held at once.
         self.held = 0
         self.peak_held = 0
+        self.held_bytes = 0
+        self.peak_held_bytes = 0
         #: Pages read from storage by this subscription itself (history, or after
         #: falling behind the tail).
         self.storage_reads = 0
@@ -222,67 +267,69 @@ class Subscription:
         WrongStreamType for a queue, StorageUnavailable on an outage), and
         ServerShuttingDown.
         """
-        active_subscriptions.add(self)
+        self.owner.active.add(self)
         tail: StreamTail | None = None
         try:
             end_of_stream = False
             while not end_of_stream:
-                self._check_ending()
+                self.owner.check_open()
                 result = await self._read_storage()
-                for event in self._hand_on(result.events, filtered=False):
+                for event in self._hand_on(result):
                     yield event
-                self.position = max(self.position, result.next_offset)
                 end_of_stream = result.end_of_stream
             self.caught_up = True
             yield CaughtUp(self.position)
 
-            tail = _follow(self.store, self.stream_name, self.position)
+            tail = self.owner._follow_tail(self.stream_name, self.position)
             while True:
-                self._check_ending()
+                self.owner.check_open()
                 changed = tail.changed
                 if tail.error is not None:
                     raise tail.error
                 if self.position < tail.start:
                     # Behind what the tail keeps (fallen behind, or the tail began
                     # ahead of the stream's end): storage serves it, as before CaughtUp.
-                    waiter = self.store.signals.waiter(self.stream_name)
-                    result = await self._read_storage()
-                    for event in self._hand_on(result.events, filtered=False):
-                        yield event
-                    self.position = max(self.position, result.next_offset)
-                    if result.end_of_stream and self.position < tail.start:
-                        await StreamSignals.wait(waiter, self.repoll_seconds)
+                    with self.store.signals.watch(self.stream_name) as waiter:
+                        result = await self._read_storage()
+                        for event in self._hand_on(result):
+                            yield event
+                        if result.end_of_stream and self.position < tail.start:
+                            await StreamSignals.wait(waiter)
                 elif self.position < tail.end:
                     piece = tail.slice_from(self.position)
-                    for event in self._hand_on(piece.events, filtered=True):
+                    for event in self._hold(piece.events, piece.size, filtered=True):
                         yield event
                     self.position = max(self.position, piece.end)
                 else:
-                    await StreamSignals.wait(changed, self.repoll_seconds)
+                    await StreamSignals.wait(changed)
         finally:
-            self.held = 0
+            self.held = self.held_bytes = 0
             if tail is not None:
-                _unfollow(tail)
-            active_subscriptions.discard(self)
+                self.owner._unfollow_tail(tail)
+            self.owner.active.discard(self)
 
     async def _read_storage(self) -> ReadResult:
         """A page from storage at the position, filtered there."""
         self.storage_reads += 1
         return await self.store.read_stream(
-            self.stream_name, self.position, self.page_size, self.read_filter
+            self.stream_name, self.position, self.owner.page_size, self.read_filter
         )
 
-    def _hand_on(
-        self, events: tuple[RecordedEvent, ...], *, filtered: bool
+    def _hand_on(self, result: ReadResult) -> Iterator[RecordedEvent]:
+        """The events of a page read from storage, then the position after it."""
+        size = sum(e.size for e in result.events)
+        yield from self._hold(result.events, size, filtered=False)
+        self.position = max(self.position, result.next_offset)
+
+    def _hold(
+        self, events: tuple[RecordedEvent, ...], size: int, *, filtered: bool
     ) -> Iterator[RecordedEvent]:
         """The events to send, keeping count of those held meanwhile."""
-        self.held = len(events)
+        self.held, self.held_bytes = len(events), size
         self.peak_held = max(self.peak_held, self.held)
+        self.peak_held_bytes = max(self.peak_held_bytes, self.held_bytes)
         for event in events:
             self.held -= 1
+            self.held_bytes -= event.size
             if not filtered or self.read_filter.matches(event):
                 yield event
-
-    def _check_ending(self) -> None:
-        if self.store in _ending:
-            raise ServerShuttingDown

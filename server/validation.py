@@ -1,4 +1,9 @@
-"""Validation of request fields. Every failure names the field and what was wrong."""
+"""Every request rule: field by field, then one function per request that turns it
+into the arguments of the storage call. Every failure is InvalidArgument naming the
+field's path in the request (``events[2].event_type``) and what was wrong.
+
+A refused request never reaches storage, so it changes nothing.
+"""
 
 from __future__ import annotations
 
@@ -7,39 +12,90 @@ import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from decimal import Decimal
+from typing import Any, NamedTuple
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from storage.records import JSON_CONTENT_TYPE, NewEvent
+from server.errors import InvalidArgument
+from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
+from storage.records import (
+    DEFAULT_MAX_DELIVERY_ATTEMPTS,
+    DEFAULT_VISIBILITY_TIMEOUT,
+    JSON_CONTENT_TYPE,
+    NO_FILTER,
+    STREAM_NAME_RE,
+    NewEvent,
+    ReadFilter,
+    StreamConfiguration,
+    StreamType,
+)
 
-STREAM_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
+# -- limits -----------------------------------------------------------------------
+#: Names, types, ids and other short texts.
 MAX_NAME_LENGTH = 200
+#: Pages: 0 means DEFAULT_PAGE; larger values are cut to MAX_PAGE.
+DEFAULT_PAGE = 100
 MAX_PAGE = 1000
+#: Dequeue: 0 means 1; larger values are cut to MAX_MESSAGES.
+MAX_MESSAGES = 100
+MAX_VISIBILITY_TIMEOUT = timedelta(hours=12)
+MAX_NACK_DELAY = timedelta(hours=12)
+#: Longer waits are cut to this (the contract), not refused.
+MAX_WAIT_TIME = timedelta(seconds=20)
+MAX_ACK_IDS = 1000
+MAX_REDRIVE_IDS = 1000
+MAX_REASON_LENGTH = 1000
+MAX_DELIVERY_ATTEMPTS = 1000
+MAX_RETENTION_AGE = timedelta(days=36500)
+#: Event types a read or subscription may filter on.
+MAX_FILTER_TYPES = 100
+#: JSON payloads: nesting depth, and PostgreSQL numeric's range (what jsonb stores
+#: a number as): at most 131,072 digits before the point and 16,383 after it.
+MAX_JSON_DEPTH = 512
+MAX_JSON_INTEGER_DIGITS = 131_072
+MAX_JSON_FRACTION_DIGITS = 16_383
 #: The largest google.protobuf.Duration (10,000 years).
 MAX_DURATION_SECONDS = 315_576_000_000
-DEFAULT_PAGE = 100
+
+#: A UUID in its canonical text form (any case): 8-4-4-4-12 hex digits.
+UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_NAME_HELP = "use 1-200 characters of A-Z a-z 0-9 . _ : - starting with a letter or a digit"
 
 
-class InvalidArgument(Exception):
-    """A request field is invalid; ``field`` is its path in the request."""
-
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
-        self.field = field
-        self.problem = problem
+def _shown(value: str, limit: int = 64) -> str:
+    """A value as quoted in a message: repr, cut short (messages stay small)."""
+    return repr(value[:limit]) + ("..." if len(value) > limit else "")
 
 
+# -- fields -------------------------------------------------------------------------
 def stream_name(value: str, field: str = "stream_name") -> str:
     if not value:
         raise InvalidArgument(field, "is required")
     if not STREAM_NAME_RE.fullmatch(value):
         raise InvalidArgument(
-            field,
-            f"{value[:220]!r} is not a valid stream name: use 1-200 characters of "
-            "A-Z a-z 0-9 . _ : - starting with a letter or a digit",
+            field, f"{_shown(value, 220)} is not a valid stream name: {_NAME_HELP}"
         )
+    return value
+
+
+def stream_prefix(value: str, field: str = "prefix") -> str:
+    """A prefix of stream names (empty: all). Every non-empty start of a valid name
+    is itself a valid name."""
+    if value and not STREAM_NAME_RE.fullmatch(value):
+        raise InvalidArgument(
+            field, f"{_shown(value, 220)} cannot start a stream name: {_NAME_HELP}"
+        )
+    return value
+
+
+def _text(value: str, field: str, *, limit: int = MAX_NAME_LENGTH) -> str:
+    """Free text stored as given: bounded, and without NUL (PostgreSQL refuses it)."""
+    if len(value) > limit:
+        raise InvalidArgument(field, f"is {len(value)} characters long; at most {limit} allowed")
+    if "\x00" in value:
+        raise InvalidArgument(field, "must not contain the NUL character")
     return value
 
 
@@ -55,10 +111,21 @@ def identifier(value: str, field: str) -> str:
 
 
 def event_id(value: str, field: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise InvalidArgument(field, f"{value[:64]!r} is not a UUID") from None
+    """A UUID in canonical form; braces, ``urn:uuid:``, missing dashes and non-ASCII
+    digits are refused (one id has one spelling)."""
+    if not UUID_RE.fullmatch(value):
+        raise InvalidArgument(
+            field,
+            f"{_shown(value)} is not a UUID in canonical form "
+            "(8-4-4-4-12 hexadecimal digits, e.g. 3f2504e0-4f89-41d3-9a0c-0305e82c3301)",
+        )
+    return uuid.UUID(value)
+
+
+def required_event_id(value: str, field: str = "event_id") -> uuid.UUID:
+    if not value:
+        raise InvalidArgument(field, "is required")
+    return event_id(value, field)
 
 
 def event_ids(values: Sequence[str], field: str, *, minimum: int, maximum: int) -> list[uuid.UUID]:
@@ -75,10 +142,10 @@ def offset(value: int, field: str) -> int:
     return value
 
 
-def page_size(value: int, field: str, *, default: int = DEFAULT_PAGE, cap: int = MAX_PAGE) -> int:
+def page_size(value: int, field: str) -> int:
     if value < 0:
-        raise InvalidArgument(field, f"is {value}; must be >= 0 (0 means {default})")
-    return min(value or default, cap)
+        raise InvalidArgument(field, f"is {value}; must be >= 0 (0 means {DEFAULT_PAGE})")
+    return min(value or DEFAULT_PAGE, MAX_PAGE)
 
 
 def duration(
@@ -112,23 +179,70 @@ def timestamp(value: Timestamp, field: str) -> datetime:
         ) from None
 
 
+def read_filter(request: pb.ReadStreamRequest | pb.SubscribeToStreamRequest) -> ReadFilter:
+    """The replay options of a read or subscription request."""
+    if len(request.event_types) > MAX_FILTER_TYPES:
+        raise InvalidArgument(
+            "event_types", f"has {len(request.event_types)} types; at most {MAX_FILTER_TYPES}"
+        )
+    for i, event_type in enumerate(request.event_types):
+        if not event_type:
+            raise InvalidArgument(f"event_types[{i}]", "must not be empty")
+        _text(event_type, f"event_types[{i}]")
+    if not request.event_types and not request.HasField("from_timestamp"):
+        return NO_FILTER
+    return ReadFilter(
+        from_timestamp=(
+            timestamp(request.from_timestamp, "from_timestamp")
+            if request.HasField("from_timestamp")
+            else None
+        ),
+        event_types=frozenset(request.event_types),
+    )
+
+
+# -- JSON payloads --------------------------------------------------------------------
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _check_json_strings(value: Any) -> None:
-    """PostgreSQL's jsonb refuses NUL characters and lone surrogates; so do we,
-    on every backend, so a payload accepted in development is accepted in production."""
-    stack = [value]
+def _check_number(literal: str) -> None:
+    """A JSON number with a fraction or exponent must fit PostgreSQL's numeric (as
+    jsonb stores it), so a payload accepted in development is accepted in
+    production. Integers beyond Python's 4,300-digit limit are refused by the
+    parser itself."""
+    if len(literal) <= 24 and "e" not in literal and "E" not in literal:
+        return  # a plain decimal this short is always in range
+    number = Decimal(literal)
+    _, digits, exponent = number.as_tuple()
+    assert isinstance(exponent, int)
+    if -exponent > MAX_JSON_FRACTION_DIGITS:
+        raise ValueError(
+            f"the number {_shown(literal, 24)} has more than {MAX_JSON_FRACTION_DIGITS} "
+            "digits after the decimal point"
+        )
+    if any(digits) and number.adjusted() >= MAX_JSON_INTEGER_DIGITS:
+        raise ValueError(
+            f"the number {_shown(literal, 24)} has more than {MAX_JSON_INTEGER_DIGITS} "
+            "digits before the decimal point"
+        )
+
+
+def _check_document(value: Any) -> None:
+    """Nesting at most MAX_JSON_DEPTH deep; strings without NUL characters or lone
+    surrogates (PostgreSQL's jsonb refuses both; so do we, on every backend)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
-        item = stack.pop()
+        item, depth = stack.pop()
+        if isinstance(item, dict | list) and depth > MAX_JSON_DEPTH:
+            raise ValueError(f"it is nested more than {MAX_JSON_DEPTH} levels deep")
         if isinstance(item, str):
             strings: Iterable[str] = (item,)
         elif isinstance(item, dict):
             strings = item.keys()
-            stack.extend(item.values())
+            stack.extend((v, depth + 1) for v in item.values())
         elif isinstance(item, list):
-            stack.extend(item)
+            stack.extend((v, depth + 1) for v in item)
             continue
         else:
             continue
@@ -144,42 +258,37 @@ def _check_json_strings(value: Any) -> None:
 def json_payload(data: bytes, field: str) -> None:
     try:
         text = data.decode("utf-8")
-        parsed = json.loads(text, parse_constant=_reject_constant)
+        parsed = json.loads(text, parse_constant=_reject_constant, parse_float=_check_number)
         # JSON text cannot hold a raw NUL or a lone surrogate (control characters
         # are refused by the parser, and the bytes are valid UTF-8): only a \u
-        # escape can produce one, so most payloads skip the walk.
-        if "\\u" in text:
-            _check_json_strings(parsed)
+        # escape can produce one. And nesting deeper than the limit needs more
+        # brackets than the limit. Most payloads skip the walk.
+        if "\\u" in text or text.count("[") + text.count("{") > MAX_JSON_DEPTH:
+            _check_document(parsed)
     except UnicodeDecodeError:
         raise InvalidArgument(
             field, "is not UTF-8 and so not JSON (content_type is application/json)"
         ) from None
+    except RecursionError:
+        raise InvalidArgument(
+            field, f"is not accepted: JSON nested more than {MAX_JSON_DEPTH} levels deep"
+        ) from None
     except ValueError as exc:
         raise InvalidArgument(
-            field, f"is not valid JSON ({exc}); set content_type for non-JSON payloads"
+            field, f"is not valid JSON ({str(exc)[:200]}); set content_type for non-JSON payloads"
         ) from None
 
 
-def _short_text(value: str, field: str) -> str:
-    if len(value) > MAX_NAME_LENGTH:
-        raise InvalidArgument(field, f"is {len(value)} characters long; at most 200 allowed")
-    return _no_nul(value, field)
-
-
-def _no_nul(value: str, field: str) -> str:
-    if "\x00" in value:
-        raise InvalidArgument(field, "must not contain the NUL character")
-    return value
-
-
+# -- events -----------------------------------------------------------------------------
 def _metadata(value: Mapping[str, str], field: str) -> dict[str, str]:
     for key, item in value.items():
-        _no_nul(key, f"{field} key {key[:64]!r}")
-        _no_nul(item, f"{field}[{key[:64]!r}]")
+        _text(key, f"{field} key {_shown(key)}", limit=MAX_REASON_LENGTH)
+        if "\x00" in item:
+            raise InvalidArgument(f"{field}[{_shown(key)}]", "must not contain the NUL character")
     return dict(value)
 
 
-def new_events(items: Sequence[Any], field: str = "events") -> list[NewEvent]:
+def new_events(items: Sequence[pb.EventData], field: str = "events") -> list[NewEvent]:
     """Validate a batch of EventData into NewEvent records (ids assigned where empty)."""
     if not items:
         raise InvalidArgument(field, "must hold at least one event")
@@ -193,9 +302,8 @@ def new_events(items: Sequence[Any], field: str = "events") -> list[NewEvent]:
         seen.add(eid)
         if not item.event_type:
             raise InvalidArgument(f"{where}.event_type", "is required")
-        _short_text(item.event_type, f"{where}.event_type")
-        content_type = item.content_type or JSON_CONTENT_TYPE
-        _short_text(content_type, f"{where}.content_type")
+        _text(item.event_type, f"{where}.event_type")
+        content_type = _text(item.content_type, f"{where}.content_type") or JSON_CONTENT_TYPE
         if content_type == JSON_CONTENT_TYPE:
             json_payload(item.data, f"{where}.data")
         result.append(
@@ -205,8 +313,292 @@ def new_events(items: Sequence[Any], field: str = "events") -> list[NewEvent]:
                 data=item.data,
                 content_type=content_type,
                 metadata=_metadata(item.metadata, f"{where}.metadata"),
-                correlation_id=_short_text(item.correlation_id, f"{where}.correlation_id"),
-                causation_id=_short_text(item.causation_id, f"{where}.causation_id"),
+                correlation_id=_text(item.correlation_id, f"{where}.correlation_id"),
+                causation_id=_text(item.causation_id, f"{where}.causation_id"),
             )
         )
     return result
+
+
+# -- requests: each returns the storage call's arguments, in its order ------------------
+class AppendArgs(NamedTuple):
+    stream_name: str
+    events: list[NewEvent]
+    expected_last_offset: int | None
+
+
+def append_request(request: pb.AppendToStreamRequest) -> AppendArgs:
+    name = stream_name(request.stream_name)
+    expected: int | None = None
+    if request.HasField("expected_last_offset"):
+        expected = request.expected_last_offset
+        if expected < -1:
+            raise InvalidArgument(
+                "expected_last_offset", f"is {expected}; use -1 (no events) or an offset >= 0"
+            )
+    return AppendArgs(name, new_events(request.events), expected)
+
+
+class ReadArgs(NamedTuple):
+    stream_name: str
+    from_offset: int
+    max_count: int
+    read_filter: ReadFilter
+
+
+def read_request(request: pb.ReadStreamRequest) -> ReadArgs:
+    return ReadArgs(
+        stream_name(request.stream_name),
+        offset(request.from_offset, "from_offset"),
+        page_size(request.max_count, "max_count"),
+        read_filter(request),
+    )
+
+
+class EnqueueArgs(NamedTuple):
+    stream_name: str
+    events: list[NewEvent]
+
+
+def enqueue_request(request: pb.EnqueueRequest) -> EnqueueArgs:
+    return EnqueueArgs(stream_name(request.stream_name), new_events(request.events))
+
+
+def _visibility_timeout(value: Duration, field: str = "visibility_timeout") -> timedelta:
+    return duration(value, field, maximum=MAX_VISIBILITY_TIMEOUT, allow_zero=False)
+
+
+class DequeueArgs(NamedTuple):
+    stream_name: str
+    consumer_id: str
+    visibility_timeout: timedelta | None
+    max_messages: int
+    wait_time: timedelta
+
+
+def dequeue_request(request: pb.DequeueRequest) -> DequeueArgs:
+    if request.max_messages < 0:
+        raise InvalidArgument(
+            "max_messages", f"is {request.max_messages}; must be >= 0 (0 means 1)"
+        )
+    wait = timedelta(0)
+    if request.HasField("wait_time"):
+        # Longer waits are not an error: the contract cuts them to the cap.
+        wait = min(duration(request.wait_time, "wait_time", maximum=timedelta.max), MAX_WAIT_TIME)
+    return DequeueArgs(
+        stream_name(request.stream_name),
+        identifier(request.consumer_id, "consumer_id"),
+        _visibility_timeout(request.visibility_timeout)
+        if request.HasField("visibility_timeout")
+        else None,
+        min(request.max_messages or 1, MAX_MESSAGES),
+        wait,
+    )
+
+
+class AcknowledgeArgs(NamedTuple):
+    stream_name: str
+    consumer_id: str
+    event_ids: list[uuid.UUID]
+
+
+def acknowledge_request(request: pb.AcknowledgeRequest) -> AcknowledgeArgs:
+    return AcknowledgeArgs(
+        stream_name(request.stream_name),
+        identifier(request.consumer_id, "consumer_id"),
+        event_ids(request.event_ids, "event_ids", minimum=1, maximum=MAX_ACK_IDS),
+    )
+
+
+class NackArgs(NamedTuple):
+    stream_name: str
+    consumer_id: str
+    event_id: uuid.UUID
+    delay: timedelta
+    reason: str
+
+
+def nack_request(request: pb.NackRequest) -> NackArgs:
+    delay = timedelta(0)
+    if request.HasField("delay"):
+        delay = duration(request.delay, "delay", maximum=MAX_NACK_DELAY)
+    return NackArgs(
+        stream_name(request.stream_name),
+        identifier(request.consumer_id, "consumer_id"),
+        required_event_id(request.event_id),
+        delay,
+        _text(request.reason, "reason", limit=MAX_REASON_LENGTH),
+    )
+
+
+class ExtendArgs(NamedTuple):
+    stream_name: str
+    consumer_id: str
+    event_id: uuid.UUID
+    visibility_timeout: timedelta
+
+
+def extend_request(request: pb.ExtendVisibilityRequest) -> ExtendArgs:
+    name = stream_name(request.stream_name)
+    consumer = identifier(request.consumer_id, "consumer_id")
+    eid = required_event_id(request.event_id)
+    if not request.HasField("visibility_timeout"):
+        raise InvalidArgument("visibility_timeout", "is required")
+    return ExtendArgs(name, consumer, eid, _visibility_timeout(request.visibility_timeout))
+
+
+class PageArgs(NamedTuple):
+    """A stream's page: ListDeadLetters."""
+
+    stream_name: str
+    max_count: int
+    page_token: str
+
+
+def dead_letters_request(request: pb.ListDeadLettersRequest) -> PageArgs:
+    return PageArgs(
+        stream_name(request.stream_name),
+        page_size(request.max_count, "max_count"),
+        request.page_token,
+    )
+
+
+class RedriveArgs(NamedTuple):
+    stream_name: str
+    event_ids: list[uuid.UUID]
+
+
+def redrive_request(request: pb.RedriveDeadLettersRequest) -> RedriveArgs:
+    return RedriveArgs(
+        stream_name(request.stream_name),
+        event_ids(request.event_ids, "event_ids", minimum=0, maximum=MAX_REDRIVE_IDS),
+    )
+
+
+class CommitArgs(NamedTuple):
+    stream_name: str
+    consumer_group: str
+    offset: int
+
+
+def commit_request(request: pb.CommitOffsetRequest) -> CommitArgs:
+    return CommitArgs(
+        stream_name(request.stream_name),
+        identifier(request.consumer_group, "consumer_group"),
+        offset(request.offset, "offset"),
+    )
+
+
+class GroupArgs(NamedTuple):
+    stream_name: str
+    consumer_group: str
+
+
+def consumer_offset_request(request: pb.GetConsumerOffsetRequest) -> GroupArgs:
+    return GroupArgs(
+        stream_name(request.stream_name), identifier(request.consumer_group, "consumer_group")
+    )
+
+
+class SubscribeArgs(NamedTuple):
+    stream_name: str
+    #: Where to start: an offset, "end" (after the last event), or a consumer group
+    #: to resume after.
+    from_offset: int | None
+    from_end: bool
+    consumer_group: str | None
+    read_filter: ReadFilter
+
+
+def subscribe_request(request: pb.SubscribeToStreamRequest) -> SubscribeArgs:
+    name = stream_name(request.stream_name)
+    replay = read_filter(request)
+    start = request.WhichOneof("start")
+    if start == "from_offset":
+        return SubscribeArgs(name, offset(request.from_offset, "from_offset"), False, None, replay)
+    if start == "consumer_group":
+        group = identifier(request.consumer_group, "consumer_group")
+        return SubscribeArgs(name, None, False, group, replay)
+    # from_end=false says nothing about where to start: from the beginning.
+    from_end = start == "from_end" and request.from_end
+    return SubscribeArgs(name, None if from_end else 0, from_end, None, replay)
+
+
+class ConfigureArgs(NamedTuple):
+    stream_name: str
+    configuration: StreamConfiguration
+
+
+def stream_configuration(
+    message: pb.StreamConfiguration, field: str = "configuration"
+) -> StreamConfiguration:
+    """A StreamConfiguration; zero values become the defaults."""
+    if message.stream_type == pb.STREAM_TYPE_UNSPECIFIED:
+        stream_type: StreamType | None = None
+    elif message.stream_type in (pb.STREAM_TYPE_PERSISTENT, pb.STREAM_TYPE_EPHEMERAL):
+        stream_type = StreamType(message.stream_type)
+    else:
+        raise InvalidArgument(
+            f"{field}.stream_type",
+            f"{message.stream_type} is not a stream type: use STREAM_TYPE_PERSISTENT (1), "
+            "STREAM_TYPE_EPHEMERAL (2) or STREAM_TYPE_UNSPECIFIED (0, keep the current type)",
+        )
+    max_age = None
+    if message.HasField("retention_max_age"):
+        max_age = (
+            duration(
+                message.retention_max_age,
+                f"{field}.retention_max_age",
+                maximum=MAX_RETENTION_AGE,
+            )
+            or None
+        )
+    if message.retention_max_count < 0:
+        raise InvalidArgument(
+            f"{field}.retention_max_count",
+            f"is {message.retention_max_count}; must be >= 0 (0 means no count limit)",
+        )
+    attempts = message.max_delivery_attempts
+    if not 0 <= attempts <= MAX_DELIVERY_ATTEMPTS:
+        raise InvalidArgument(
+            f"{field}.max_delivery_attempts",
+            f"is {attempts}; must be between 1 and {MAX_DELIVERY_ATTEMPTS} "
+            f"(0 means {DEFAULT_MAX_DELIVERY_ATTEMPTS})",
+        )
+    visibility = DEFAULT_VISIBILITY_TIMEOUT
+    if message.HasField("default_visibility_timeout"):
+        visibility = (
+            duration(
+                message.default_visibility_timeout,
+                f"{field}.default_visibility_timeout",
+                maximum=MAX_VISIBILITY_TIMEOUT,
+            )
+            or DEFAULT_VISIBILITY_TIMEOUT
+        )
+    return StreamConfiguration(
+        stream_type=stream_type,
+        retention_max_age=max_age,
+        retention_max_count=message.retention_max_count or None,
+        max_delivery_attempts=attempts or DEFAULT_MAX_DELIVERY_ATTEMPTS,
+        default_visibility_timeout=visibility,
+    )
+
+
+def configure_request(request: pb.ConfigureStreamRequest) -> ConfigureArgs:
+    return ConfigureArgs(
+        stream_name(request.stream_name), stream_configuration(request.configuration)
+    )
+
+
+class ListStreamsArgs(NamedTuple):
+    prefix: str
+    page_size: int
+    page_token: str
+
+
+def list_streams_request(request: pb.ListStreamsRequest) -> ListStreamsArgs:
+    return ListStreamsArgs(
+        stream_prefix(request.prefix),
+        page_size(request.page_size, "page_size"),
+        request.page_token,
+    )

@@ -26,15 +26,20 @@ def offsets(found: list[pb.Event]) -> list[int]:
     return [e.offset for e in found]
 
 
-def subscriptions_on(name: str) -> list[subscriptions.Subscription]:
-    return [s for s in list(subscriptions.active_subscriptions) if s.stream_name == name]
+def subscriptions_on(server: RunningServer, name: str) -> list[subscriptions.Subscription]:
+    assert server.app.subscriptions is not None
+    return [s for s in list(server.app.subscriptions.active) if s.stream_name == name]
+
+
+def tails_of(server: RunningServer) -> dict[str, subscriptions.StreamTail]:
+    assert server.app.subscriptions is not None
+    return server.app.subscriptions.tails
 
 
 async def test_subscription_from_the_start_sends_history_caught_up_then_live_events(
-    stub: Stub, stream_name: str, monkeypatch: pytest.MonkeyPatch
+    stub: Stub, stream_name: str
 ) -> None:
-    # No timed re-reads: live events must come from the wake-up of the append.
-    monkeypatch.setattr(subscriptions, "REPOLL_SECONDS", 3600.0)
+    # There are no timed re-reads: live events come from the wake-up of the append.
     await append(stub, stream_name, events(5))
     sub = Subscriber.open(stub, stream_name)
     try:
@@ -159,9 +164,8 @@ async def test_caught_up_comes_once_and_after_all_history(stub: Stub, stream_nam
 
 
 async def test_events_appended_while_history_is_sent_arrive_once_in_order(
-    stub: Stub, stream_name: str, monkeypatch: pytest.MonkeyPatch
+    stub: Stub, stream_name: str
 ) -> None:
-    monkeypatch.setattr(subscriptions, "REPOLL_SECONDS", 3600.0)
     history, live = 3000, 600
     for _ in range(history // 500):
         await append(stub, stream_name, events(500))
@@ -224,7 +228,7 @@ async def test_slow_subscriber_holds_at_most_one_page_and_still_gets_everything(
     await append(stub, stream_name, [event()])
     sub = Subscriber.open(stub, stream_name, from_offset=0)
     await sub.until_caught_up()
-    (subscription,) = subscriptions_on(stream_name)
+    (subscription,) = subscriptions_on(server, stream_name)
     # The client stops reading while thousands of events (more bytes than any
     # transport window) are appended.
     total = 6000
@@ -238,9 +242,9 @@ async def test_slow_subscriber_holds_at_most_one_page_and_still_gets_everything(
     # Flow control stopped it well short of the end: the rest stays in storage.
     assert subscription.position < total
     # The stream's shared tail keeps only the newest events, not all 6,000.
-    tail = subscriptions.tails_of(server.store)[stream_name]
+    tail = tails_of(server)[stream_name]
     await wait_until(lambda: tail.end == total + 1)
-    assert tail.size <= subscriptions.TAIL_CAPACITY + subscriptions.PAGE_SIZE
+    assert tail.size <= subscriptions.TAIL_EVENTS + subscriptions.PAGE_SIZE
     assert tail.start > subscription.position
     try:
         got = await sub.until_events(total + 1, timeout=60)
@@ -266,10 +270,10 @@ async def test_subscribers_of_one_stream_share_one_read_per_write(
             await append(stub, stream_name, events(5))
         for sub in subs:
             assert offsets(await sub.until_events(52)) == list(range(52))
-        tail = subscriptions.tails_of(server.store)[stream_name]
+        tail = tails_of(server)[stream_name]
         assert tail.followers == 5
         # Each read storage once, for its history; the live events came from the tail.
-        assert [s.storage_reads for s in subscriptions_on(stream_name)] == [1] * 5
+        assert [s.storage_reads for s in subscriptions_on(server, stream_name)] == [1] * 5
     finally:
         for sub in subs:
             sub.cancel()
@@ -291,7 +295,7 @@ async def test_subscribers_behind_a_tail_that_began_ahead_get_every_event(
         assert offsets(await behind.until_events(110)) == list(range(110))
         assert offsets(await ahead.until_events(10)) == list(range(100, 110))
         # It waited for writes rather than reading storage in a loop.
-        reads = {s.position: s.storage_reads for s in subscriptions_on(stream_name)}
+        reads = {s.position: s.storage_reads for s in subscriptions_on(server, stream_name)}
         assert max(reads.values()) < 40
     finally:
         ahead.cancel()
@@ -306,15 +310,15 @@ async def test_cancelled_subscriptions_release_what_they_held(
     subs = [Subscriber.open(stub, stream_name) for _ in range(2)]
     for sub in subs:
         await sub.until_caught_up()
-    assert len(subscriptions_on(stream_name)) == 2
-    assert stream_name in subscriptions.tails_of(server.store)
+    assert len(subscriptions_on(server, stream_name)) == 2
+    assert stream_name in tails_of(server)
     subs[0].cancel()
-    await wait_until(lambda: len(subscriptions_on(stream_name)) == 1)
-    assert subscriptions.tails_of(server.store)[stream_name].followers == 1
+    await wait_until(lambda: len(subscriptions_on(server, stream_name)) == 1)
+    assert tails_of(server)[stream_name].followers == 1
     subs[1].cancel()
-    await wait_until(lambda: not subscriptions_on(stream_name))
+    await wait_until(lambda: not subscriptions_on(server, stream_name))
     # The last one stopped the stream's tail.
-    assert stream_name not in subscriptions.tails_of(server.store)
+    assert stream_name not in tails_of(server)
 
 
 async def test_subscription_to_an_unknown_stream_is_not_found(stub: Stub, stream_name: str) -> None:

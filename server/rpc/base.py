@@ -6,13 +6,16 @@ from typing import Any
 
 import grpc
 
+from server.subscriptions import Subscriptions
 from storage.interface import EventStore
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class RpcBase:
-    """Holds the store; servicer methods validate, convert, call storage, convert back."""
+    """Holds the store and the server's subscriptions; servicer methods validate
+    (server.validation), call storage, and convert (server.convert)."""
 
-    def __init__(self, store: EventStore) -> None:
+    def __init__(self, store: EventStore, subscriptions: Subscriptions) -> None:
         self.store = store
+        self.subscriptions = subscriptions

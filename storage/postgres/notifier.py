@@ -10,6 +10,14 @@ A notification received for a stream calls ``signals.notify(name)``, exactly as 
 local write does, so long polls and subscriptions on any replica wake up. When the
 connection is lost, the notifier reconnects and wakes every waiter (they re-read
 storage, so nothing announced meanwhile is missed).
+
+A notification can still be lost without the connection dropping: a process killed
+between its commit and its notification never sends it. So while anyone in this
+process waits, the notifier *watches*: every ``watch_interval`` one query over all
+the streams waited on (not one per waiter) reports each stream's length and whether
+a queue has a visible message at its head, and the streams that changed since the
+last look are notified. Idle waiters cost that one query per interval, whatever
+their number.
 """
 
 from __future__ import annotations
@@ -33,6 +41,18 @@ log = logging.getLogger(__name__)
 CHANNEL = "event_streaming"
 NOTIFY_SQL = "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload"
 PING_SQL = "SELECT 1"
+#: Per waited stream: its next offset (NULL: gone), and for a queue whether one of
+#: the first rows at its head is visible (bounded: never a walk of the queue).
+WATCH_SQL = """
+SELECT w.name, s.next_offset,
+       s.stream_type = 2 AND EXISTS (
+           SELECT 1 FROM (SELECT m.visible_at FROM event_streaming.queue_messages m
+                           WHERE m.stream_id = s.stream_id
+                           ORDER BY m.queue_offset LIMIT 100) h
+            WHERE h.visible_at <= now()) AS visible
+  FROM unnest($1::text[]) AS w(name)
+  LEFT JOIN event_streaming.streams s ON s.stream_name = w.name
+"""
 #: PostgreSQL refuses payloads of 8000 bytes or more.
 MAX_PAYLOAD_BYTES = 7900
 APPLICATION_NAME = "eventstreaming-notifier"
@@ -65,13 +85,19 @@ class PostgresNotifier:
         *,
         interval: float = 0.003,
         ping_interval: float = 10.0,
+        watch_interval: float = 1.0,
         reconnect_delay: float = 0.5,
     ) -> None:
         self._dsn = dsn
         self._signals = signals
         self._interval = interval
         self._ping_interval = ping_interval
+        self._watch_interval = watch_interval
         self._reconnect_delay = reconnect_delay
+        #: What the last watch saw of each waited stream.
+        self._watched: dict[str, int | None] = {}
+        #: Watch queries run (for observation and tests).
+        self.watches = 0
         #: Marks this process's own notifications, which it need not act on.
         self._sender = uuid.uuid4().hex
         self._dirty: set[str] = set()
@@ -153,16 +179,24 @@ class PostgresNotifier:
             await asyncio.sleep(self._reconnect_delay)
 
     async def _serve(self, conn: asyncpg.Connection[Any]) -> None:
-        """Send coalesced notifications until the connection is lost."""
+        """Send coalesced notifications until the connection is lost; watch the
+        waited streams meanwhile."""
+        next_watch = time.monotonic() + self._watch_interval
         while not conn.is_closed():
+            waiting = bool(self._signals.waited())
+            timeout = next_watch - time.monotonic() if waiting else self._ping_interval
             try:
                 # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow
                 # a cancel that arrives as the event is set, and close() would hang.
-                async with asyncio.timeout(self._ping_interval):
+                async with asyncio.timeout(max(0.0, timeout)):
                     await self._wake.wait()
             except TimeoutError:
-                # An idle connection can die silently; a ping finds out.
-                await conn.execute(PING_SQL)
+                if waiting:
+                    await self._watch(conn)
+                    next_watch = time.monotonic() + self._watch_interval
+                else:
+                    # An idle connection can die silently; a ping finds out.
+                    await conn.execute(PING_SQL)
                 continue
             self._wake.clear()
             if not self._dirty or conn.is_closed():
@@ -173,6 +207,20 @@ class PostgresNotifier:
                 await asyncio.sleep(pause)
             await self._send(conn)
         raise asyncpg.InterfaceError("notification connection closed")
+
+    async def _watch(self, conn: asyncpg.Connection[Any]) -> None:
+        """Notify the waited streams that changed since the last watch (or that this
+        watch sees for the first time, or that have a visible message waiting)."""
+        names = self._signals.waited()
+        rows = await conn.fetch(WATCH_SQL, names)
+        self.watches += 1
+        seen: dict[str, int | None] = {}
+        for row in rows:
+            name, length = row["name"], row["next_offset"]
+            seen[name] = length
+            if name not in self._watched or self._watched[name] != length or row["visible"]:
+                self._signals.notify(name)
+        self._watched = seen
 
     async def _send(self, conn: asyncpg.Connection[Any], timeout: float | None = None) -> None:
         names, self._dirty = self._dirty, set()

@@ -37,12 +37,6 @@ from storage.records import (
 from storage.rules import EXPIRED_REASON, check_stream_type, classify_acks, nack_reason
 from storage.signals import Look, wait_for_items
 
-#: How often a waiting Dequeue looks again without a wake-up, so that messages
-#: enqueued through other server processes are found (cross-process notifications
-#: make this a fallback); it also looks when the earliest lease or delay it knows
-#: of runs out.
-REPOLL_SECONDS = 0.5
-
 
 class EnqueueOutcome(enum.StrEnum):
     """What event_streaming.enqueue_messages (migrations/004_clean_writes.sql) did."""
@@ -281,10 +275,9 @@ class PostgresQueue(PostgresBase):
                 again=bool(first["buried"]),
             )
 
-        # Other replicas' enqueues arrive by NOTIFY; the re-poll covers a lost one.
-        return await wait_for_items(
-            self.signals, stream_name, wait_time, look, repoll=REPOLL_SECONDS
-        )
+        # Other replicas' writes arrive by NOTIFY (and the notifier's watch finds
+        # one that was lost); a lease or delay running out, by the look's own timer.
+        return await wait_for_items(self.signals, stream_name, wait_time, look)
 
     async def acknowledge(
         self, stream_name: str, consumer_id: str, event_ids: Sequence[UUID]
