@@ -53,9 +53,11 @@ async def lease_one(
     return messages[0]
 
 
-async def lease_again(store: EventStore, stream_name: str, consumer_id: str) -> QueueMessage:
+async def lease_again(
+    store: EventStore, stream_name: str, consumer_id: str, visibility: timedelta = LONG_LEASE
+) -> QueueMessage:
     """The next delivery, as soon as something becomes visible (a long poll)."""
-    return await lease_one(store, stream_name, consumer_id, LONG_LEASE, wait=PATIENCE)
+    return await lease_one(store, stream_name, consumer_id, visibility, wait=PATIENCE)
 
 
 async def wait_for_lease_end(message: QueueMessage, margin: float = 0.05) -> None:
