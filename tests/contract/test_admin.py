@@ -14,6 +14,7 @@ from storage.errors import (
     StreamTypeChange,
 )
 from storage.interface import EventStore
+from storage.page_tokens import STREAMS, encode_page_token
 from storage.records import (
     AppendResult,
     RetentionReport,
@@ -21,10 +22,10 @@ from storage.records import (
     StreamSummary,
     StreamType,
 )
+from tests.contract.backends import FORGED_TOKEN_REACHES_THE_DATABASE, fails_on
 from tests.contract.events import new_events, offsets_of, with_ids
 from tests.contract.leases import LONG_LEASE, configure_queue, lease_one
 from tests.contract.paging import all_dead_letters, all_streams, read_to_end
-from tests.support import unique_name
 
 # -- configuration -------------------------------------------------------------------
 
@@ -154,8 +155,10 @@ async def test_configuration_of_an_unknown_stream_is_not_found(
 # -- listing -------------------------------------------------------------------------
 
 
-async def test_list_streams_pages_through_a_prefix_in_name_order(store: EventStore) -> None:
-    prefix = unique_name("list") + "-"
+async def test_list_streams_pages_through_a_prefix_in_name_order(
+    store: EventStore, stream_name: str
+) -> None:
+    prefix = f"{stream_name}-"
     names = [f"{prefix}{suffix}" for suffix in ("b", "a", "B", "0", "A", "z.1", "z:2", "z_3")]
     for name in names[::2]:
         await store.append_to_stream(name, new_events(2))
@@ -174,8 +177,8 @@ async def test_list_streams_pages_through_a_prefix_in_name_order(store: EventSto
     assert [s.stream_name for s in await all_streams(store, prefix, page_size=1)] == expected
 
 
-async def test_list_streams_summarises_type_and_length(store: EventStore) -> None:
-    prefix = unique_name("list") + "-"
+async def test_list_streams_summarises_type_and_length(store: EventStore, stream_name: str) -> None:
+    prefix = f"{stream_name}-"
     await store.append_to_stream(f"{prefix}log", new_events(3))
     await store.enqueue(f"{prefix}queue", new_events(2))
     await store.configure_stream(f"{prefix}set", StreamConfiguration(StreamType.EPHEMERAL))
@@ -186,8 +189,8 @@ async def test_list_streams_summarises_type_and_length(store: EventStore) -> Non
     ]
 
 
-async def test_a_full_last_page_has_no_token(store: EventStore) -> None:
-    prefix = unique_name("list") + "-"
+async def test_a_full_last_page_has_no_token(store: EventStore, stream_name: str) -> None:
+    prefix = f"{stream_name}-"
     for i in range(4):
         await store.append_to_stream(f"{prefix}{i}", new_events(1))
     page = await store.list_streams(prefix, 4, "")
@@ -195,8 +198,10 @@ async def test_a_full_last_page_has_no_token(store: EventStore) -> None:
     assert page.next_page_token == ""
 
 
-async def test_a_prefix_is_matched_literally_and_only_at_the_start(store: EventStore) -> None:
-    base = unique_name("list")
+async def test_a_prefix_is_matched_literally_and_only_at_the_start(
+    store: EventStore, stream_name: str
+) -> None:
+    base = stream_name
     for name in (f"{base}_x", f"{base}ax", f"{base}.x", f"a{base}_x"):
         await store.append_to_stream(name, new_events(1))
     assert [s.stream_name for s in await all_streams(store, f"{base}_")] == [f"{base}_x"]
@@ -204,8 +209,10 @@ async def test_a_prefix_is_matched_literally_and_only_at_the_start(store: EventS
     assert await all_streams(store, f"{base}%") == []
 
 
-async def test_a_prefix_that_matches_nothing_lists_nothing(store: EventStore) -> None:
-    page = await store.list_streams(unique_name("none"), 10, "")
+async def test_a_prefix_that_matches_nothing_lists_nothing(
+    store: EventStore, stream_name: str
+) -> None:
+    page = await store.list_streams(stream_name, 10, "")
     assert (page.streams, page.next_page_token) == ((), "")
 
 
@@ -214,6 +221,20 @@ async def test_a_stream_page_token_not_issued_is_refused(store: EventStore, toke
     with pytest.raises(InvalidPageToken) as caught:
         await store.list_streams("", 10, token)
     assert caught.value.token == token
+
+
+@fails_on(["postgres"], FORGED_TOKEN_REACHES_THE_DATABASE)
+async def test_a_stream_token_naming_an_impossible_name_is_refused_or_pages_on(
+    store: EventStore, stream_name: str
+) -> None:
+    prefix = f"{stream_name}-"
+    await store.append_to_stream(f"{prefix}b", new_events(1))
+    token = encode_page_token(STREAMS, f"{prefix}a\x00")
+    try:
+        page = await store.list_streams(prefix, 10, token)
+    except InvalidPageToken:
+        return
+    assert [s.stream_name for s in page.streams] == [f"{prefix}b"]
 
 
 # -- deletion ------------------------------------------------------------------------
@@ -371,6 +392,30 @@ async def test_retention_by_age_can_empty_a_log_but_not_reset_it(
         3,
     )
     assert await store.append_to_stream(stream_name, new_events(1)) == AppendResult(4, 4)
+
+
+async def test_retention_by_age_and_count_removes_what_either_removes(
+    store: EventStore, stream_name: str
+) -> None:
+    max_age = timedelta(hours=1)
+    await store.configure_stream(
+        stream_name,
+        StreamConfiguration(
+            StreamType.PERSISTENT, retention_max_age=max_age, retention_max_count=4
+        ),
+    )
+    await store.append_to_stream(stream_name, new_events(2))
+    await asyncio.sleep(0.02)
+    await store.append_to_stream(stream_name, new_events(4))
+    await asyncio.sleep(0.02)
+    await store.append_to_stream(stream_name, new_events(1))
+    events = await read_to_end(store, stream_name)
+    # By count the newest 4 stay (3..6); by age, nothing yet.
+    await enforce_retention(store, events[0].timestamp + max_age)
+    assert offsets_of(await read_to_end(store, stream_name)) == [3, 4, 5, 6]
+    # By age only the last batch is young enough (6); by count 3..6 would stay.
+    await enforce_retention(store, events[6].timestamp + max_age)
+    assert offsets_of(await read_to_end(store, stream_name)) == [6]
 
 
 async def test_retention_keeps_young_events_and_streams_without_a_policy(

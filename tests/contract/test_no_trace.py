@@ -23,7 +23,7 @@ from storage.errors import (
 )
 from storage.interface import EventStore
 from storage.records import AppendResult, StreamConfiguration, StreamType
-from tests.contract.backends import on_backends
+from tests.contract.backends import BACKENDS, LEAVES_A_TRACE, fails_on
 from tests.contract.events import new_event, new_events, with_ids
 from tests.contract.leases import LONG_LEASE, configure_queue, lease_one
 from tests.contract.paging import all_streams
@@ -43,7 +43,7 @@ async def assert_no_stream(store: EventStore, stream_name: str) -> None:
 # -- refused appends to a stream that does not exist ----------------------------------
 
 
-@on_backends(leaves_a_trace=["memory", "postgres"])
+@fails_on(BACKENDS, LEAVES_A_TRACE)
 async def test_a_refused_append_creates_no_stream(store: EventStore, stream_name: str) -> None:
     with pytest.raises(WrongExpectedOffset) as caught:
         await store.append_to_stream(stream_name, new_events(1), 5)
@@ -51,7 +51,7 @@ async def test_a_refused_append_creates_no_stream(store: EventStore, stream_name
     await assert_no_stream(store, stream_name)
 
 
-@on_backends(leaves_a_trace=["memory", "postgres"])
+@fails_on(BACKENDS, LEAVES_A_TRACE)
 async def test_after_a_refused_append_the_name_may_become_a_queue(
     store: EventStore, stream_name: str
 ) -> None:
@@ -64,7 +64,7 @@ async def test_after_a_refused_append_the_name_may_become_a_queue(
 # -- refused appends to a configured stream without a type ---------------------------
 
 
-@on_backends(leaves_a_trace=["memory", "postgres"])
+@fails_on(BACKENDS, LEAVES_A_TRACE)
 async def test_a_refused_append_sets_no_stream_type(store: EventStore, stream_name: str) -> None:
     await store.configure_stream(stream_name, StreamConfiguration(stream_type=None))
     with pytest.raises(WrongExpectedOffset):
@@ -72,7 +72,7 @@ async def test_a_refused_append_sets_no_stream_type(store: EventStore, stream_na
     assert (await store.get_stream_configuration(stream_name)).stream_type is None
 
 
-@on_backends(leaves_a_trace=["memory", "postgres"])
+@fails_on(BACKENDS, LEAVES_A_TRACE)
 async def test_after_a_refused_append_a_typeless_stream_may_become_a_queue(
     store: EventStore, stream_name: str
 ) -> None:
@@ -86,7 +86,6 @@ async def test_after_a_refused_append_a_typeless_stream_may_become_a_queue(
 # -- refused appends to a log --------------------------------------------------------
 
 
-@on_backends()
 async def test_a_refused_expectation_moves_no_offset(store: EventStore, stream_name: str) -> None:
     await store.append_to_stream(stream_name, new_events(2))
     with pytest.raises(WrongExpectedOffset):
@@ -95,7 +94,6 @@ async def test_a_refused_expectation_moves_no_offset(store: EventStore, stream_n
     assert await store.append_to_stream(stream_name, new_events(1)) == AppendResult(2, 2)
 
 
-@on_backends()
 async def test_a_refused_partial_repeat_moves_no_offset(
     store: EventStore, stream_name: str
 ) -> None:
@@ -108,7 +106,6 @@ async def test_a_refused_partial_repeat_moves_no_offset(
     assert await store.append_to_stream(stream_name, new_events(1)) == AppendResult(1, 1)
 
 
-@on_backends()
 async def test_a_refused_append_to_a_queue_changes_nothing(
     store: EventStore, stream_name: str
 ) -> None:
@@ -122,7 +119,6 @@ async def test_a_refused_append_to_a_queue_changes_nothing(
 # -- refused enqueues ----------------------------------------------------------------
 
 
-@on_backends()
 async def test_a_refused_enqueue_moves_no_offset(store: EventStore, stream_name: str) -> None:
     (queued,) = await store.enqueue(stream_name, new_events(1))
     fresh = uuid.uuid4()
@@ -136,7 +132,6 @@ async def test_a_refused_enqueue_moves_no_offset(store: EventStore, stream_name:
     assert [(m.event.event_id, m.event.offset) for m in leased] == [(queued, 0), (fresh, 1)]
 
 
-@on_backends()
 async def test_an_enqueue_refused_for_a_dead_letter_moves_no_offset(
     store: EventStore, stream_name: str
 ) -> None:
@@ -153,7 +148,6 @@ async def test_an_enqueue_refused_for_a_dead_letter_moves_no_offset(
     assert (await lease_one(store, stream_name, "a")).event.offset == 1
 
 
-@on_backends()
 async def test_a_refused_enqueue_on_a_log_changes_nothing(
     store: EventStore, stream_name: str
 ) -> None:
@@ -167,7 +161,6 @@ async def test_a_refused_enqueue_on_a_log_changes_nothing(
 # -- refused configuration and commits -------------------------------------------------
 
 
-@on_backends()
 async def test_a_refused_configure_changes_no_setting(store: EventStore, stream_name: str) -> None:
     original = StreamConfiguration(
         StreamType.PERSISTENT,
@@ -184,7 +177,6 @@ async def test_a_refused_configure_changes_no_setting(store: EventStore, stream_
     assert await store.get_stream_configuration(stream_name) == original
 
 
-@on_backends()
 async def test_a_refused_commit_keeps_the_committed_offset(
     store: EventStore, stream_name: str
 ) -> None:
@@ -195,7 +187,6 @@ async def test_a_refused_commit_keeps_the_committed_offset(
     assert await store.get_consumer_offset(stream_name, "g") == 1
 
 
-@on_backends()
 async def test_a_refused_first_commit_creates_no_group(store: EventStore, stream_name: str) -> None:
     await store.append_to_stream(stream_name, new_events(1))
     with pytest.raises(OffsetOutOfRange):
@@ -204,7 +195,6 @@ async def test_a_refused_first_commit_creates_no_group(store: EventStore, stream
         await store.get_consumer_offset(stream_name, "g")
 
 
-@on_backends()
 async def test_a_refused_commit_sets_no_stream_type(store: EventStore, stream_name: str) -> None:
     await store.configure_stream(stream_name, StreamConfiguration(stream_type=None))
     with pytest.raises(OffsetOutOfRange):
@@ -216,7 +206,6 @@ async def test_a_refused_commit_sets_no_stream_type(store: EventStore, stream_na
 # -- failed calls on a name that is not a stream ------------------------------------
 
 
-@on_backends()
 @pytest.mark.parametrize(
     ("call", "error"),
     [
@@ -245,7 +234,6 @@ async def test_a_failed_call_on_an_unknown_name_creates_no_stream(
     await assert_no_stream(store, stream_name)
 
 
-@on_backends()
 @pytest.mark.parametrize(
     "call",
     [

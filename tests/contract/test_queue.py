@@ -19,12 +19,20 @@ from storage.errors import (
     WrongStreamType,
 )
 from storage.interface import EventStore
+from storage.page_tokens import DEAD_LETTERS, encode_page_token, encode_position_token
 from storage.records import (
     AckFailure,
     AckFailureReason,
     AckResult,
+    DeadLetterPage,
     StreamConfiguration,
     StreamType,
+)
+from tests.contract.backends import (
+    BACKENDS,
+    FORGED_TOKEN_REACHES_THE_DATABASE,
+    TOKEN_DIGITS_NOT_CHECKED,
+    fails_on,
 )
 from tests.contract.events import (
     assert_recorded_as_written,
@@ -301,6 +309,23 @@ async def test_a_late_acknowledge_after_another_consumer_dequeued_is_not_held(
     assert (await store.acknowledge(stream_name, "b", [event_id])).acknowledged == (event_id,)
 
 
+async def test_a_late_acknowledge_of_an_expired_last_lease_succeeds_until_it_is_buried(
+    store: EventStore, stream_name: str
+) -> None:
+    await configure_queue(store, stream_name, max_attempts=1)
+    done, dead = await store.enqueue(stream_name, new_events(2))
+    leased = await store.dequeue(stream_name, "a", SHORT_LEASE, 2)
+    await wait_for_lease_end(leased[-1])
+    # Nobody else can have dequeued it: the consumer did finish with it.
+    assert (await store.acknowledge(stream_name, "a", [done])).acknowledged == (done,)
+    # Once a listing has moved the other to the dead-letter queue, it is gone.
+    assert [d.event.event_id for d in await all_dead_letters(store, stream_name)] == [dead]
+    result = await store.acknowledge(stream_name, "a", [dead])
+    assert result.failed == (AckFailure(dead, AckFailureReason.NOT_FOUND),)
+    meta = await store.get_stream_metadata(stream_name)
+    assert (meta.retained_count, meta.dead_letter_count) == (0, 1)
+
+
 async def test_the_same_consumer_holds_its_redelivery(store: EventStore, stream_name: str) -> None:
     (event_id,) = await store.enqueue(stream_name, new_events(1))
     await lease_one(store, stream_name, "a", SHORT_LEASE)
@@ -530,6 +555,31 @@ async def test_a_dead_letter_page_token_not_issued_is_refused(
     await configure_queue(store, stream_name)
     with pytest.raises(InvalidPageToken):
         await store.list_dead_letters(stream_name, 10, token)
+
+
+@fails_on(BACKENDS, TOKEN_DIGITS_NOT_CHECKED)
+async def test_a_dead_letter_token_with_a_non_ascii_digit_is_refused(
+    store: EventStore, stream_name: str
+) -> None:
+    await configure_queue(store, stream_name)
+    with pytest.raises(InvalidPageToken):
+        await store.list_dead_letters(stream_name, 10, encode_page_token(DEAD_LETTERS, "\u00b2"))
+
+
+@fails_on(["postgres"], FORGED_TOKEN_REACHES_THE_DATABASE)
+async def test_a_dead_letter_token_beyond_every_position_is_refused_or_finds_nothing(
+    store: EventStore, stream_name: str
+) -> None:
+    await configure_queue(store, stream_name, max_attempts=1)
+    (event_id,) = await store.enqueue(stream_name, new_events(1))
+    await lease_one(store, stream_name, "a")
+    await store.nack(stream_name, "a", event_id, timedelta(0), "bad")
+    token = encode_position_token(DEAD_LETTERS, 2**63)
+    try:
+        page = await store.list_dead_letters(stream_name, 10, token)
+    except InvalidPageToken:
+        return
+    assert page == DeadLetterPage((), "")
 
 
 async def test_redrive_of_all_puts_them_back_at_the_end_with_attempts_reset(
