@@ -10,9 +10,9 @@ BACKENDS = ("memory", "postgres")
 
 #: The defect of CONTRACT.md's "A refused write changes nothing" still being fixed.
 LEAVES_A_TRACE = "a refused write leaves a trace: being fixed"
-#: storage/page_tokens.py lets int() fail with ValueError on a position of
-#: non-ASCII digits (str.isdigit accepts them) instead of raising InvalidPageToken.
-TOKEN_DIGITS_NOT_CHECKED = "a position token of non-ASCII digits escapes as ValueError"
+#: storage/page_tokens.py checks a position with str.isdigit(), which accepts digits
+#: int() refuses (superscripts): int() then raises ValueError, not InvalidPageToken.
+TOKEN_DIGITS_NOT_CHECKED = "a position token int() cannot read escapes as ValueError"
 #: A well-formed token naming a value PostgreSQL cannot take (a position beyond
 #: bigint, a name with NUL) reaches the query and fails as a generic StorageError.
 FORGED_TOKEN_REACHES_THE_DATABASE = (
