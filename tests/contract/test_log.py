@@ -380,7 +380,8 @@ async def test_a_refused_partial_repeat_leaves_its_new_ids_unwritten(
     with pytest.raises(DuplicateEvent):
         await store.append_to_stream(stream_name, [*fresh, old])
     # Not a repeat of anything: they go in as new events, at the next offsets.
-    assert await store.append_to_stream(stream_name, fresh) == AppendResult(1, 2)
+    assert await store.append_to_stream(stream_name, new_events(1)) == AppendResult(1, 1)
+    assert await store.append_to_stream(stream_name, fresh) == AppendResult(2, 3)
 
 
 # -- length, metadata, unknown streams, types ---------------------------------------
