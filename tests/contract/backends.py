@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 
 import pytest
 
+from storage.interface import EventStore
+
 BACKENDS = ("memory", "postgres")
+
+#: A call on a store and a stream name, for tests that try several calls alike.
+StoreCall = Callable[[EventStore, str], Awaitable[object]]
 
 #: The defect of CONTRACT.md's "A refused write changes nothing" still being fixed.
 LEAVES_A_TRACE = "a refused write leaves a trace: being fixed"

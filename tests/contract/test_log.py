@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -18,6 +18,7 @@ from storage.records import (
     StreamConfiguration,
     StreamType,
 )
+from tests.contract.backends import StoreCall
 from tests.contract.events import (
     assert_recorded_as_written,
     ids_of,
@@ -27,9 +28,6 @@ from tests.contract.events import (
     with_ids,
 )
 from tests.contract.paging import read_to_end
-
-#: A call on a store and a stream name, for tests that try several.
-StoreCall = Callable[[EventStore, str], Awaitable[object]]
 
 # -- appends -------------------------------------------------------------------------
 

@@ -4,7 +4,6 @@ moves no offset (CONTRACT.md, "A refused write changes nothing")."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 import pytest
@@ -23,13 +22,10 @@ from storage.errors import (
 )
 from storage.interface import EventStore
 from storage.records import AppendResult, StreamConfiguration, StreamType
-from tests.contract.backends import BACKENDS, LEAVES_A_TRACE, fails_on
+from tests.contract.backends import BACKENDS, LEAVES_A_TRACE, StoreCall, fails_on
 from tests.contract.events import new_event, new_events, with_ids
 from tests.contract.leases import LONG_LEASE, configure_queue, lease_one
 from tests.contract.paging import all_streams
-
-#: A call on a store and a stream name, for tests that try several.
-StoreCall = Callable[[EventStore, str], Awaitable[object]]
 
 
 async def assert_no_stream(store: EventStore, stream_name: str) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -32,6 +31,7 @@ from tests.contract.backends import (
     BACKENDS,
     FORGED_TOKEN_REACHES_THE_DATABASE,
     TOKEN_DIGITS_NOT_CHECKED,
+    StoreCall,
     fails_on,
 )
 from tests.contract.events import (
@@ -52,8 +52,6 @@ from tests.contract.leases import (
 )
 from tests.contract.paging import all_dead_letters
 
-#: A call on a store and a stream name, for tests that try several.
-StoreCall = Callable[[EventStore, str], Awaitable[object]]
 #: Slack for comparing a lease end with the clock (the database reads its own).
 CLOCK_SLACK = timedelta(seconds=5)
 
