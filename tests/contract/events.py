@@ -64,7 +64,7 @@ def assert_recorded_as_written(
     assert recorded.event_id == written.event_id
     assert recorded.event_type == written.event_type
     assert recorded.content_type == written.content_type
-    if written.is_json:
+    if written.content_type == JSON_CONTENT_TYPE:
         assert json.loads(recorded.data) == json.loads(written.data)
     else:
         assert recorded.data == written.data

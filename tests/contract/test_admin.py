@@ -22,7 +22,6 @@ from storage.records import (
     StreamSummary,
     StreamType,
 )
-from tests.contract.backends import FORGED_TOKEN_REACHES_THE_DATABASE, fails_on
 from tests.contract.events import new_events, offsets_of, with_ids
 from tests.contract.leases import LONG_LEASE, configure_queue, lease_one
 from tests.contract.paging import all_dead_letters, all_streams, read_to_end
@@ -220,10 +219,9 @@ async def test_a_prefix_that_matches_nothing_lists_nothing(
 async def test_a_stream_page_token_not_issued_is_refused(store: EventStore, token: str) -> None:
     with pytest.raises(InvalidPageToken) as caught:
         await store.list_streams("", 10, token)
-    assert caught.value.token == token
+    assert len(token) < 4 or token not in str(caught.value), "a token is never echoed back"
 
 
-@fails_on(["postgres"], FORGED_TOKEN_REACHES_THE_DATABASE)
 async def test_a_stream_token_naming_an_impossible_name_is_refused_or_pages_on(
     store: EventStore, stream_name: str
 ) -> None:

@@ -22,7 +22,7 @@ from storage.errors import (
 )
 from storage.interface import EventStore
 from storage.records import AppendResult, StreamConfiguration, StreamType
-from tests.contract.backends import BACKENDS, LEAVES_A_TRACE, StoreCall, fails_on
+from tests.contract.backends import StoreCall
 from tests.contract.events import new_event, new_events, with_ids
 from tests.contract.leases import LONG_LEASE, configure_queue, lease_one
 from tests.contract.paging import all_streams
@@ -39,7 +39,6 @@ async def assert_no_stream(store: EventStore, stream_name: str) -> None:
 # -- refused appends to a stream that does not exist ----------------------------------
 
 
-@fails_on(BACKENDS, LEAVES_A_TRACE)
 async def test_a_refused_append_creates_no_stream(store: EventStore, stream_name: str) -> None:
     with pytest.raises(WrongExpectedOffset) as caught:
         await store.append_to_stream(stream_name, new_events(1), 5)
@@ -47,7 +46,6 @@ async def test_a_refused_append_creates_no_stream(store: EventStore, stream_name
     await assert_no_stream(store, stream_name)
 
 
-@fails_on(BACKENDS, LEAVES_A_TRACE)
 async def test_after_a_refused_append_the_name_may_become_a_queue(
     store: EventStore, stream_name: str
 ) -> None:
@@ -60,7 +58,6 @@ async def test_after_a_refused_append_the_name_may_become_a_queue(
 # -- refused appends to a configured stream without a type ---------------------------
 
 
-@fails_on(BACKENDS, LEAVES_A_TRACE)
 async def test_a_refused_append_sets_no_stream_type(store: EventStore, stream_name: str) -> None:
     await store.configure_stream(stream_name, StreamConfiguration(stream_type=None))
     with pytest.raises(WrongExpectedOffset):
@@ -68,7 +65,6 @@ async def test_a_refused_append_sets_no_stream_type(store: EventStore, stream_na
     assert (await store.get_stream_configuration(stream_name)).stream_type is None
 
 
-@fails_on(BACKENDS, LEAVES_A_TRACE)
 async def test_after_a_refused_append_a_typeless_stream_may_become_a_queue(
     store: EventStore, stream_name: str
 ) -> None:

@@ -28,11 +28,7 @@ from storage.records import (
     StreamType,
 )
 from tests.contract.backends import (
-    BACKENDS,
-    FORGED_TOKEN_REACHES_THE_DATABASE,
-    TOKEN_DIGITS_NOT_CHECKED,
     StoreCall,
-    fails_on,
 )
 from tests.contract.events import (
     assert_recorded_as_written,
@@ -553,7 +549,6 @@ async def test_a_dead_letter_page_token_not_issued_is_refused(
         await store.list_dead_letters(stream_name, 10, token)
 
 
-@fails_on(BACKENDS, TOKEN_DIGITS_NOT_CHECKED)
 async def test_a_dead_letter_token_with_a_non_ascii_digit_is_refused(
     store: EventStore, stream_name: str
 ) -> None:
@@ -562,7 +557,6 @@ async def test_a_dead_letter_token_with_a_non_ascii_digit_is_refused(
         await store.list_dead_letters(stream_name, 10, encode_page_token(DEAD_LETTERS, "\u00b2"))
 
 
-@fails_on(["postgres"], FORGED_TOKEN_REACHES_THE_DATABASE)
 async def test_a_dead_letter_token_beyond_every_position_is_refused_or_finds_nothing(
     store: EventStore, stream_name: str
 ) -> None:

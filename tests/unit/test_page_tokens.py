@@ -32,9 +32,15 @@ def test_a_stream_name_survives_the_round_trip(name: str) -> None:
     assert decode_page_token(STREAMS, token) == name
 
 
-@pytest.mark.parametrize("name", ["é", "名前", "emoji 😀", "\\", "a=b&c"])
-def test_any_text_survives_the_round_trip(name: str) -> None:
+@pytest.mark.parametrize("name", ["a", "A.b:c-d_e", "9" * 200])
+def test_any_stream_name_survives_the_round_trip(name: str) -> None:
     assert decode_page_token(STREAMS, encode_page_token(STREAMS, name)) == name
+
+
+@pytest.mark.parametrize("name", ["é", "名前", "emoji 😀", "\\", "a=b&c", "a\x00", "-a", "a" * 201])
+def test_a_token_naming_what_cannot_be_a_stream_name_is_refused(name: str) -> None:
+    with pytest.raises(InvalidPageToken):
+        decode_page_token(STREAMS, encode_page_token(STREAMS, name))
 
 
 @pytest.mark.parametrize("position", [0, 1, 7, 10**6, 2**62, 2**63 - 1])
@@ -94,8 +100,7 @@ def test_a_token_of_one_kind_is_refused_as_the_other() -> None:
 def test_a_garbled_stream_token_is_refused(token: str) -> None:
     with pytest.raises(InvalidPageToken) as caught:
         decode_page_token(STREAMS, token)
-    assert caught.value.token == token
-    assert token in str(caught.value)
+    assert len(token) < 4 or token not in str(caught.value), "a token is never echoed back"
 
 
 @pytest.mark.parametrize(
@@ -116,9 +121,8 @@ def test_a_garbled_position_token_is_refused(token: str) -> None:
         decode_position_token(DEAD_LETTERS, token)
 
 
-# decode_position_token checks str.isdigit(), which accepts digits int() refuses
-# (superscripts) and any length (int() refuses over 4300 digits).
-@pytest.mark.xfail(strict=True, reason="a position token int() cannot read escapes as ValueError")
+# Digits str.isdigit() takes and int() refuses (superscripts), and more digits than
+# int() reads (4,300), are refused like any other token not issued here.
 @pytest.mark.parametrize(
     "digits",
     [
