@@ -22,7 +22,7 @@ DEAD_LETTERS = "dead-letters-after"
 #: Longer than any token this service issues (a 200-character name, base64).
 MAX_TOKEN_LENGTH = 400
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]+")
-_POSITION_RE = re.compile(r"[1-9][0-9]{0,18}")
+_POSITION_RE = re.compile(r"0|[1-9][0-9]{0,18}")
 _MAX_POSITION = 2**63 - 1
 
 

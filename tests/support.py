@@ -1,5 +1,6 @@
-"""Shared test plumbing: databases, servers in this process or in child processes,
-and small builders for requests."""
+"""Shared test plumbing: databases, servers in child processes, a proxy that plays
+outages, waiting for conditions, and the client side: request builders and calls
+every test makes (append, read, queue operations)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,16 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import grpc
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
@@ -40,9 +44,13 @@ def dsn_for(database: str) -> str:
     return f"{base}/{database}"
 
 
+#: Every database the tests and benchmarks make starts with this; no other is dropped.
+DATABASE_PREFIX = "es_test_"
+
+
 async def create_database() -> str:
     """A new empty database; returns its name. Drop it with drop_database()."""
-    name = f"es_test_{uuid.uuid4().hex[:12]}"
+    name = f"{DATABASE_PREFIX}{uuid.uuid4().hex[:12]}"
     conn = await asyncpg.connect(ADMIN_DSN)
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
@@ -52,7 +60,7 @@ async def create_database() -> str:
 
 
 async def drop_database(name: str) -> None:
-    assert name.startswith("es_test_"), "tests drop only databases they made"
+    assert name.startswith(DATABASE_PREFIX), "tests drop only databases they made"
     conn = await asyncpg.connect(ADMIN_DSN)
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -66,6 +74,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# -- the client side ----------------------------------------------------------------------
+Stub = pb_grpc.EventStreamingStub
+
+
 def event(event_type: str = "Tested", payload: Any = None, **fields: Any) -> pb.EventData:
     """EventData with a JSON payload (``{"n": 0}`` unless given)."""
     data = json.dumps({"n": 0} if payload is None else payload).encode()
@@ -74,6 +86,30 @@ def event(event_type: str = "Tested", payload: Any = None, **fields: Any) -> pb.
 
 def events(count: int, event_type: str = "Tested") -> list[pb.EventData]:
     return [event(event_type, {"n": i}) for i in range(count)]
+
+
+async def append(
+    stub: Stub, name: str, batch: int | Sequence[pb.EventData] = 1, **fields: Any
+) -> pb.AppendToStreamResponse:
+    """Append ``batch`` (events, or how many to make) to ``name``; ``fields`` go into
+    the request (``expected_last_offset=...``)."""
+    written = events(batch) if isinstance(batch, int) else list(batch)
+    return await stub.AppendToStream(
+        pb.AppendToStreamRequest(stream_name=name, events=written, **fields)
+    )
+
+
+def wait_until_sync(predicate: Any, timeout: float = 30.0, interval: float = 0.2) -> Any:
+    """Poll a plain predicate until it returns something truthy (for tests that
+    drive child processes synchronously); returns that value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
 
 
 async def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> Any:
@@ -121,8 +157,16 @@ class ServerProcess:
 
     @classmethod
     async def start(
-        cls, env: Mapping[str, str], log_path: Path, *, wait: bool = True, port: int | None = None
+        cls,
+        env: Mapping[str, str],
+        log_path: Path,
+        *,
+        wait: bool = True,
+        port: int | None = None,
+        root: Path = ROOT,
     ) -> ServerProcess:
+        """``python -m server serve`` of the checkout at ``root`` (this one unless
+        given: a benchmark runs an earlier commit's server beside this one)."""
         port = port or free_port()
         full_env = {
             **os.environ,
@@ -133,7 +177,7 @@ class ServerProcess:
         log_file = log_path.open("ab")
         process = subprocess.Popen(  # noqa: ASYNC220 - returns at once
             [sys.executable, "-m", "server", "serve"],
-            cwd=ROOT,
+            cwd=root,
             env=full_env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -289,3 +333,117 @@ async def read_all(
         if reply.end_of_stream:
             return found
     raise AssertionError("paging did not reach the end")
+
+
+# -- queues -----------------------------------------------------------------------------
+def epoch(value: Timestamp) -> float:
+    """A timestamp as seconds since the epoch, with its fraction."""
+    return value.ToNanoseconds() / 1e9
+
+
+def seconds(value: float) -> Duration:
+    result = Duration()
+    result.FromTimedelta(timedelta(seconds=value))
+    return result
+
+
+async def enqueue(stub: Stub, name: str, count: int = 1) -> list[str]:
+    reply = await stub.Enqueue(pb.EnqueueRequest(stream_name=name, events=events(count)))
+    return list(reply.event_ids)
+
+
+async def dequeue(
+    stub: Stub,
+    name: str,
+    consumer: str,
+    *,
+    max_messages: int = 10,
+    visibility: float | None = 30.0,
+    wait: float = 0.0,
+) -> list[pb.QueueMessage]:
+    request = pb.DequeueRequest(stream_name=name, consumer_id=consumer, max_messages=max_messages)
+    if visibility is not None:
+        request.visibility_timeout.CopyFrom(seconds(visibility))
+    if wait:
+        request.wait_time.CopyFrom(seconds(wait))
+    reply = await stub.Dequeue(request, timeout=wait + 30)
+    return list(reply.messages)
+
+
+def ids_of(messages: list[pb.QueueMessage]) -> list[str]:
+    return [m.event.event_id for m in messages]
+
+
+async def ack(stub: Stub, name: str, consumer: str, ids: list[str]) -> pb.AcknowledgeResponse:
+    return await stub.Acknowledge(
+        pb.AcknowledgeRequest(stream_name=name, consumer_id=consumer, event_ids=ids)
+    )
+
+
+async def nack(
+    stub: Stub, name: str, consumer: str, event_id: str, *, delay: float = 0.0, reason: str = ""
+) -> None:
+    request = pb.NackRequest(
+        stream_name=name, consumer_id=consumer, event_id=event_id, reason=reason
+    )
+    if delay:
+        request.delay.CopyFrom(seconds(delay))
+    await stub.Nack(request)
+
+
+async def configure_queue(
+    stub: Stub, name: str, *, max_attempts: int = 0, visibility: float | None = None
+) -> pb.StreamConfiguration:
+    config = pb.StreamConfiguration(
+        stream_type=pb.STREAM_TYPE_EPHEMERAL, max_delivery_attempts=max_attempts
+    )
+    if visibility is not None:
+        config.default_visibility_timeout.CopyFrom(seconds(visibility))
+    reply = await stub.ConfigureStream(
+        pb.ConfigureStreamRequest(stream_name=name, configuration=config)
+    )
+    return reply.configuration
+
+
+async def dead_letters(stub: Stub, name: str, max_count: int = 0) -> list[pb.DeadLetter]:
+    reply = await stub.ListDeadLetters(
+        pb.ListDeadLettersRequest(stream_name=name, max_count=max_count)
+    )
+    return list(reply.dead_letters)
+
+
+async def metadata(stub: Stub, name: str) -> pb.GetStreamMetadataResponse:
+    return await stub.GetStreamMetadata(pb.GetStreamMetadataRequest(stream_name=name))
+
+
+async def enqueue_ids(stub: Stub, name: str, ids: list[str]) -> list[str]:
+    """Enqueue one event per given id (an id may come back after an ack or a redrive)."""
+    reply = await stub.Enqueue(
+        pb.EnqueueRequest(stream_name=name, events=[event(event_id=i) for i in ids])
+    )
+    return list(reply.event_ids)
+
+
+async def extend(
+    stub: Stub, name: str, consumer: str, event_id: str, visibility: float
+) -> pb.ExtendVisibilityResponse:
+    return await stub.ExtendVisibility(
+        pb.ExtendVisibilityRequest(
+            stream_name=name,
+            consumer_id=consumer,
+            event_id=event_id,
+            visibility_timeout=seconds(visibility),
+        )
+    )
+
+
+async def redrive(stub: Stub, name: str, ids: list[str] | None = None) -> int:
+    reply = await stub.RedriveDeadLetters(
+        pb.RedriveDeadLettersRequest(stream_name=name, event_ids=ids or [])
+    )
+    return reply.redriven_count
+
+
+async def lease_ended(message: pb.QueueMessage, margin: float = 0.1) -> None:
+    """Wait until the message's lease has run out (by ``margin`` seconds)."""
+    await wait_until(lambda: time.time() - margin > epoch(message.visible_until))

@@ -7,7 +7,7 @@ import pytest
 
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
 from server.generated.eventstreaming.v1 import event_streaming_pb2_grpc as pb_grpc
-from tests.support import error_info, event, events, unique_name
+from tests.support import append, error_info, event, unique_name
 
 Stub = pb_grpc.EventStreamingStub
 
@@ -23,10 +23,6 @@ async def committed(stub: Stub, name: str, group: str) -> int:
         pb.GetConsumerOffsetRequest(stream_name=name, consumer_group=group)
     )
     return reply.offset
-
-
-async def append(stub: Stub, name: str, count: int) -> None:
-    await stub.AppendToStream(pb.AppendToStreamRequest(stream_name=name, events=events(count)))
 
 
 async def test_committed_offset_is_returned(stub: Stub, stream_name: str) -> None:

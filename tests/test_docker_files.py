@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from server.settings import Settings
-from tests.support import ROOT, free_port
+from tests.support import ROOT, free_port, wait_until_sync
 
 
 def command() -> list[str]:
@@ -452,8 +451,9 @@ def test_image_command_serves_and_its_healthcheck_passes(
 ) -> None:
     process, env = image_process
     probe = exec_form(runtime.one("HEALTHCHECK").partition("CMD")[2].strip())
-    deadline = time.monotonic() + 30
-    while True:
+
+    def healthy() -> subprocess.CompletedProcess[str] | None:
+        assert process.poll() is None, "the server exited"
         result = subprocess.run(
             [*command(), *probe[1:]],
             env=env,
@@ -463,10 +463,9 @@ def test_image_command_serves_and_its_healthcheck_passes(
             check=False,
             cwd=ROOT / "tests",
         )
-        if result.returncode == 0 or time.monotonic() > deadline or process.poll() is not None:
-            break
-        time.sleep(0.2)
-    assert result.returncode == 0, result.stdout + result.stderr
+        return result if result.returncode == 0 else None
+
+    result = wait_until_sync(healthy)
     assert "SERVING" in result.stdout
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0

@@ -8,13 +8,9 @@ from google.protobuf.duration_pb2 import Duration
 
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
 from server.generated.eventstreaming.v1 import event_streaming_pb2_grpc as pb_grpc
-from tests.support import error_info, events, unique_name
+from tests.support import append, error_info, events, unique_name
 
 Stub = pb_grpc.EventStreamingStub
-
-
-async def append(stub: Stub, name: str, count: int) -> None:
-    await stub.AppendToStream(pb.AppendToStreamRequest(stream_name=name, events=events(count)))
 
 
 async def list_all(stub: Stub, prefix: str, page_size: int) -> list[list[pb.StreamSummary]]:

@@ -10,15 +10,9 @@ import pytest
 
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
 from server.generated.eventstreaming.v1 import event_streaming_pb2_grpc as pb_grpc
-from tests.support import error_info, event, events, read_all
+from tests.support import append, error_info, event, events, read_all
 
 Stub = pb_grpc.EventStreamingStub
-
-
-async def append(
-    stub: Stub, name: str, batch: list[pb.EventData], **kw: int
-) -> pb.AppendToStreamResponse:
-    return await stub.AppendToStream(pb.AppendToStreamRequest(stream_name=name, events=batch, **kw))
 
 
 async def test_append_single_event_gets_offset_zero(stub: Stub, stream_name: str) -> None:

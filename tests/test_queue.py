@@ -5,14 +5,19 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 import pytest
+import pytest_asyncio
 
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
-from tests.queue_support import (
+from storage.interface import EventStore
+from storage.memory import InMemoryEventStore
+from storage.postgres import PostgresEventStore
+from tests.conftest import RunningServer, server_settings, start_server
+from tests.support import (
     Stub,
     ack,
     configure_queue,
@@ -21,6 +26,9 @@ from tests.queue_support import (
     enqueue,
     enqueue_ids,
     epoch,
+    error_info,
+    event,
+    events,
     extend,
     ids_of,
     lease_ended,
@@ -28,8 +36,8 @@ from tests.queue_support import (
     nack,
     redrive,
     seconds,
+    wait_until,
 )
-from tests.support import error_info, event, events, wait_until
 
 
 async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
@@ -488,14 +496,31 @@ async def test_redrive_of_all_dead_letters_empties_the_dead_letter_queue(
 # -- long polling ------------------------------------------------------------------
 
 
-async def test_a_long_poll_returns_as_soon_as_a_message_is_enqueued(
-    stub: Stub, stream_name: str
+@pytest_asyncio.fixture(params=["memory", "postgres"])
+async def quiet_server(request: pytest.FixtureRequest) -> AsyncIterator[RunningServer]:
+    """A server whose long polls can only be woken by the enqueue itself: the
+    in-memory backend has no other wake-up, and PostgreSQL's look for lost
+    notifications is put off for an hour."""
+    store: EventStore = InMemoryEventStore()
+    if request.param == "postgres":
+        store = PostgresEventStore(request.getfixturevalue("pg_dsn"), watch_interval=3600)
+    running = await start_server(server_settings(request.param), request.param, store=store)
+    try:
+        yield running
+    finally:
+        await running.close()
+
+
+async def test_a_long_poll_is_woken_by_the_enqueue(
+    quiet_server: RunningServer, stream_name: str
 ) -> None:
-    poll = asyncio.create_task(dequeue(stub, stream_name, "a", wait=15))
-    await asyncio.sleep(0.3)  # let the poll start waiting; nothing to observe
+    store, stub = quiet_server.store, quiet_server.stub
+    poll = asyncio.create_task(dequeue(stub, stream_name, "a", wait=20))
+    await wait_until(lambda: stream_name in store.signals.waited())
     assert not poll.done()
     (only,) = await enqueue(stub, stream_name)
-    messages = await asyncio.wait_for(poll, timeout=5)
+    # Well within the wait: nothing but the enqueue's wake-up could end it.
+    messages = await asyncio.wait_for(poll, timeout=15)
     assert ids_of(messages) == [only]
 
 

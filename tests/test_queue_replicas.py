@@ -18,7 +18,8 @@ import pytest_asyncio
 
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
 from tests.conftest import RunningServer
-from tests.queue_support import (
+from tests.support import (
+    ServerProcess,
     Stub,
     ack,
     configure_queue,
@@ -27,13 +28,16 @@ from tests.queue_support import (
     enqueue,
     enqueue_ids,
     epoch,
+    events,
     ids_of,
     lease_ended,
     metadata,
     nack,
     redrive,
+    stub_for,
+    unique_name,
+    wait_until,
 )
-from tests.support import ServerProcess, events, stub_for, unique_name, wait_until
 
 MESSAGES = 5000
 SERVERS = 2

@@ -10,13 +10,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
 from server.generated.eventstreaming.v1 import event_streaming_pb2_grpc as pb_grpc
-from tests.support import error_info, event, events, read_all
+from tests.support import append, error_info, event, events, read_all
 
 Stub = pb_grpc.EventStreamingStub
-
-
-async def append(stub: Stub, name: str, batch: list[pb.EventData]) -> None:
-    await stub.AppendToStream(pb.AppendToStreamRequest(stream_name=name, events=batch))
 
 
 async def read(stub: Stub, name: str, **options: object) -> pb.ReadStreamResponse:

@@ -18,7 +18,7 @@ from server.retention import RetentionTask
 from storage.postgres import admin as postgres_admin
 from tests.conftest import RunningServer
 from tests.subscriber import Subscriber
-from tests.support import ROOT, events, unique_name, wait_until
+from tests.support import ROOT, append, events, unique_name, wait_until
 
 Stub = pb_grpc.EventStreamingStub
 
@@ -32,12 +32,6 @@ async def configure(
     if max_age is not None:
         config.retention_max_age.CopyFrom(Duration(seconds=int(max_age.total_seconds())))
     await stub.ConfigureStream(pb.ConfigureStreamRequest(stream_name=name, configuration=config))
-
-
-async def append(stub: Stub, name: str, count: int) -> pb.AppendToStreamResponse:
-    return await stub.AppendToStream(
-        pb.AppendToStreamRequest(stream_name=name, events=events(count))
-    )
 
 
 async def metadata(stub: Stub, name: str) -> pb.GetStreamMetadataResponse:

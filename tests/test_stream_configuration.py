@@ -8,8 +8,7 @@ import grpc
 import pytest
 
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
-from tests.queue_support import Stub, dequeue, enqueue, epoch, metadata, seconds
-from tests.support import error_info, events
+from tests.support import Stub, dequeue, enqueue, epoch, error_info, events, metadata, seconds
 
 
 async def configure(stub: Stub, name: str, **fields: Any) -> pb.StreamConfiguration:

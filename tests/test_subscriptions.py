@@ -13,13 +13,9 @@ from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
 from server.generated.eventstreaming.v1 import event_streaming_pb2_grpc as pb_grpc
 from tests.conftest import RunningServer, server_settings
 from tests.subscriber import Subscriber
-from tests.support import event, events, wait_until
+from tests.support import append, event, events, wait_until
 
 Stub = pb_grpc.EventStreamingStub
-
-
-async def append(stub: Stub, name: str, batch: list[pb.EventData]) -> pb.AppendToStreamResponse:
-    return await stub.AppendToStream(pb.AppendToStreamRequest(stream_name=name, events=batch))
 
 
 def offsets(found: list[pb.Event]) -> list[int]:

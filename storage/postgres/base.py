@@ -80,8 +80,11 @@ class PostgresBase:
         pool_max_size: int = 10,
         command_timeout: float = 30.0,
         page_bytes: int = DEFAULT_PAGE_BYTES,
+        watch_interval: float = 1.0,
     ) -> None:
         self._dsn = dsn
+        #: Seconds between the notifier's looks at waited streams (lost notifications).
+        self._watch_interval = watch_interval
         self._pool_min_size = pool_min_size
         self._pool_max_size = pool_max_size
         self._command_timeout = command_timeout
@@ -126,7 +129,9 @@ class PostgresBase:
             self._notifier.announce(stream_name)
 
     async def _start_notifier(self) -> None:
-        self._notifier = PostgresNotifier(self._dsn, self.signals)
+        self._notifier = PostgresNotifier(
+            self._dsn, self.signals, watch_interval=self._watch_interval
+        )
         await self._notifier.start()
 
     async def _stop_notifier(self) -> None:

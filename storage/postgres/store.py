@@ -28,9 +28,14 @@ class PostgresEventStore(
         pool_max_size: int = 10,
         auto_migrate: bool = True,
         page_bytes: int = DEFAULT_PAGE_BYTES,
+        watch_interval: float = 1.0,
     ) -> None:
         super().__init__(
-            dsn, pool_min_size=pool_min_size, pool_max_size=pool_max_size, page_bytes=page_bytes
+            dsn,
+            pool_min_size=pool_min_size,
+            pool_max_size=pool_max_size,
+            page_bytes=page_bytes,
+            watch_interval=watch_interval,
         )
         self._auto_migrate = auto_migrate
 
