@@ -709,8 +709,9 @@ INVALID_REQUESTS: list[tuple[str, tuple[str, Any]]] = [
     ids=[f"{call[0]}-{field}-{i}" for i, (field, call) in enumerate(INVALID_REQUESTS)],
 )
 async def test_invalid_arguments_name_the_field(
-    stub: Stub, field: str, call: tuple[str, Any]
+    memory_stub: Stub, field: str, call: tuple[str, Any]
 ) -> None:
+    stub = memory_stub  # validation alone: one backend is enough
     rpc, request = call
     error = await rpc_error(getattr(stub, rpc)(request))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
