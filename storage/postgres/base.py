@@ -10,6 +10,7 @@ from typing import Any, TypeAlias
 import asyncpg
 
 from storage.errors import StorageUnavailable
+from storage.postgres.connect import ConnectOptions, create_pool
 from storage.postgres.notifier import PostgresNotifier
 from storage.signals import StreamSignals
 
@@ -68,12 +69,13 @@ class PostgresBase:
         *,
         pool_min_size: int = 2,
         pool_max_size: int = 10,
-        command_timeout: float = 30.0,
+        connect_options: ConnectOptions | None = None,
     ) -> None:
         self._dsn = dsn
         self._pool_min_size = pool_min_size
         self._pool_max_size = pool_max_size
-        self._command_timeout = command_timeout
+        #: Connect and statement timeouts, and how long start() retries.
+        self._connect_options = connect_options or ConnectOptions()
         self._pool: asyncpg.Pool[Any] | None = None
         self.signals = StreamSignals()
         #: Tells the other replicas of committed writes (set while started).
@@ -86,11 +88,11 @@ class PostgresBase:
         return self._pool
 
     async def _open_pool(self) -> None:
-        self._pool = await asyncpg.create_pool(
+        self._pool = await create_pool(
             self._dsn,
+            self._connect_options,
             min_size=self._pool_min_size,
             max_size=self._pool_max_size,
-            command_timeout=self._command_timeout,
             server_settings=SESSION_SETTINGS,
             reset=_keep_session,
         )
