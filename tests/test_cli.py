@@ -17,6 +17,7 @@ import pytest
 
 from server.cli import describe_settings, main, mask_dsn
 from server.settings import Settings
+from storage.errors import StorageError
 from tests.conftest import _run_in_thread
 from tests.support import (
     ROOT,
@@ -402,3 +403,39 @@ def test_readme_configuration_table_lists_every_setting() -> None:
         if line.startswith("| `EVENTSTREAMING_")
     }
     assert rows == {f"EVENTSTREAMING_{name.upper()}" for name in Settings.model_fields}
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (RuntimeError("boom: postgresql://u:hunter2secret@h/d"), 1),
+        (StorageError("database said hunter2secret"), 1),
+        (KeyError("hunter2secret"), 1),
+    ],
+)
+def test_no_message_ever_shows_the_password(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    error: Exception,
+    code: int,
+) -> None:
+    """The last line of defence: whatever an error quotes, the printed line is
+    scrubbed of the password, and there is no traceback."""
+    for key in list(os.environ):
+        if key.startswith("EVENTSTREAMING_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(ROOT / "tests")
+    monkeypatch.setenv("EVENTSTREAMING_DATABASE_URL", "postgresql://u:hunter2secret@h/d")
+    monkeypatch.setattr("server.cli.configure_logging", lambda *args: None)
+
+    def fail(*args: object) -> int:
+        raise error
+
+    monkeypatch.setattr("server.cli._run", fail)
+    assert main(["migrate"]) == code
+    captured = capsys.readouterr()
+    assert "hunter2secret" not in captured.out + captured.err
+    assert "Traceback" not in captured.err
+    (line,) = captured.err.splitlines()
+    assert line.startswith("eventstreaming: ")
+    assert "****" in line

@@ -428,3 +428,23 @@ def test_server_reaches_storage_only_through_the_factory() -> None:
                 assert module.split(".")[0] != "asyncpg", f"{relative} imports {module}"
                 assert not module.startswith("storage.postgres"), f"{relative} imports {module}"
     assert store_builds == 1, "one function builds the store from the settings"
+
+
+def test_a_schema_that_is_not_up_to_date_names_the_database(empty_database: str) -> None:
+    env = clean_env(
+        EVENTSTREAMING_STORAGE="postgres",
+        EVENTSTREAMING_DATABASE_URL=dsn_for(empty_database),
+        EVENTSTREAMING_AUTO_MIGRATE="false",
+        EVENTSTREAMING_HOST="127.0.0.1",
+        EVENTSTREAMING_PORT="0",
+    )
+    result = cli(["serve"], env)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = error_lines(result)
+    address = dsn_for("").split("@")[-1].rstrip("/")
+    assert line.startswith(
+        f"eventstreaming: EVENTSTREAMING_DATABASE_URL: PostgreSQL at {address} "
+        f'(database "{empty_database}"): '
+    )
+    assert "EVENTSTREAMING_AUTO_MIGRATE is false" in line
