@@ -4,8 +4,10 @@ a clean shutdown."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +22,7 @@ from server.metrics import Metrics, MetricsService
 from server.retention import RetentionTask
 from server.security import server_credentials
 from server.servicer import EventStreamingServicer
-from server.settings import Settings
+from server.settings import Settings, StartupError
 from server.subscriptions import Subscriptions
 from storage.factory import create_store
 from storage.interface import EventStore
@@ -30,14 +32,60 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EventStreaming"].full_name
 
 
-def build_store(settings: Settings) -> EventStore:
+def build_store(
+    settings: Settings, *, pool_min_size: int | None = None, pool_max_size: int | None = None
+) -> EventStore:
+    """The store the settings describe (not started); the pool sizes may be
+    narrowed for a one-off command."""
     return create_store(
         settings.storage,
         dsn=settings.database_url.get_secret_value(),
-        pool_min_size=settings.pool_min_size,
-        pool_max_size=settings.pool_max_size,
+        pool_min_size=settings.pool_min_size if pool_min_size is None else pool_min_size,
+        pool_max_size=settings.pool_max_size if pool_max_size is None else pool_max_size,
         auto_migrate=settings.auto_migrate,
+        page_bytes=settings.page_bytes,
+        **settings.database_timeouts(),
     )
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def check_can_listen(host: str, port: int, setting: str) -> None:
+    """Raise StartupError (naming HOST or ``setting``) unless a listening socket
+    can be bound to ``host``:``port`` without sharing it. Checked with a socket of
+    our own before gRPC or the metrics server try, so that a taken port or an
+    unknown host is one clear line rather than their logged errors, and before
+    start-up waits for the database."""
+    bare = host.strip("[]")
+    try:
+        found = socket.getaddrinfo(
+            bare or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise StartupError("host", f"cannot resolve {host!r} ({exc.strerror})") from None
+    for family, kind, proto, _, sockaddr in found:
+        try:
+            sock = socket.socket(family, kind, proto)
+        except OSError:
+            continue  # e.g. no IPv6 on this machine; gRPC skips it too
+        with sock:
+            # As gRPC binds: reuse of a port in TIME_WAIT, never of one listened on.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(sockaddr)
+            except OSError as exc:
+                where = _address(host, port)
+                if exc.errno == errno.EADDRINUSE:
+                    raise StartupError(setting, f"{where} is already in use") from None
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    raise StartupError(
+                        "host", f"{host} is not an address of this machine"
+                    ) from None
+                raise StartupError(setting, f"cannot listen on {where}: {exc.strerror}") from None
 
 
 @dataclass
@@ -55,16 +103,29 @@ class EventStreamingServer:
     _retention: RetentionTask | None = None
     _metrics: MetricsService | None = None
     _health: Any = field(default_factory=lambda: health.aio.HealthServicer())  # type: ignore[attr-defined]
+    #: Set once calls are accepted; a start that failed stops without a word.
+    _served: bool = False
 
     async def start(self) -> None:
+        """Bind, start storage, serve. A port or host that cannot be used raises
+        StartupError; storage that cannot be started raises a storage error."""
+        host = self.settings.host
+        check_can_listen(host, self.settings.port, "port")
+        if self.settings.metrics_port:
+            check_can_listen(host, self.settings.metrics_port, "metrics_port")
         store = self.store = self.store or build_store(self.settings)
         metrics = Metrics(queue_streams=self.settings.metrics_queue_streams)
         server = self._server = grpc.aio.server(
             interceptors=build_interceptors(
                 self.settings, metrics if self.settings.metrics_port else None
             ),
-            # Larger requests are refused by gRPC itself with RESOURCE_EXHAUSTED.
-            options=[("grpc.max_receive_message_length", self.settings.max_message_bytes)],
+            options=[
+                # Larger requests are refused by gRPC itself with RESOURCE_EXHAUSTED.
+                ("grpc.max_receive_message_length", self.settings.max_message_bytes),
+                # gRPC's default SO_REUSEPORT lets a second server bind a port in use
+                # and take part of its calls: a taken port must stop the start.
+                ("grpc.so_reuseport", 0),
+            ],
         )
         subscriptions = self.subscriptions = Subscriptions(store)
         pb_grpc.add_EventStreamingServicer_to_server(
@@ -75,14 +136,17 @@ class EventStreamingServer:
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        address = f"{self.settings.host}:{self.settings.port}"
+        address = _address(host, self.settings.port)
         credentials = server_credentials(self.settings)
-        if credentials is None:
-            self.port = server.add_insecure_port(address)
-        else:
-            self.port = server.add_secure_port(address, credentials)
-        if self.port == 0:
-            raise RuntimeError(f"cannot listen on {address}")
+        try:
+            if credentials is None:
+                self.port = server.add_insecure_port(address)
+            else:
+                self.port = server.add_secure_port(address, credentials)
+        except RuntimeError:
+            self.port = 0
+        if self.port == 0:  # taken since the check, or refused for another reason
+            raise StartupError("port", f"cannot listen on {address}")
         # Storage first (pool, migrations), then accept calls: health says SERVING
         # only once both are ready.
         await store.start()
@@ -90,9 +154,14 @@ class EventStreamingServer:
         self._retention.start()
         if self.settings.metrics_port:
             self._metrics = MetricsService(metrics, store, self.settings.metrics_refresh_seconds)
-            self._metrics.start(self.settings.host, self.settings.metrics_port)
+            try:
+                self._metrics.start(host, self.settings.metrics_port)
+            except RuntimeError as exc:  # taken since the check
+                self._metrics = None
+                raise StartupError("metrics_port", str(exc)) from None
             self.metrics_port = self._metrics.port
         await server.start()
+        self._served = True
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "serving EventStreaming on %s:%d with %s storage",
@@ -123,7 +192,8 @@ class EventStreamingServer:
             await self._metrics.stop()
         if self.store is not None:
             await self.store.close()
-        log.info("server stopped")
+        if self._served:
+            log.info("server stopped")
 
     async def wait_for_termination(self) -> None:
         assert self._server is not None

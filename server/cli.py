@@ -5,18 +5,46 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
+import logging
 import sys
+import traceback
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
-
-import asyncpg
 
 from server.logs import configure_logging
-from server.settings import ENV_PREFIX, Settings, SettingsError, load_settings
-from storage.errors import StorageError
-from storage.postgres.migrations import apply_migrations, migration_status
+from server.settings import (
+    ENV_PREFIX,
+    Settings,
+    SettingsError,
+    StartupError,
+    load_settings,
+    unknown_variables,
+)
+from storage.errors import DatabaseStartupError, InvalidDatabaseUrl, MigrationError, StorageError
+from storage.factory import (
+    describe_database_url,
+    hide_database_password,
+    mask_database_url,
+    migrate,
+    migration_status,
+)
+
+log = logging.getLogger(__name__)
+
+#: The settings that set the limits a database start-up error may name.
+LIMIT_SETTINGS = {
+    "connect_timeout": f"{ENV_PREFIX}DB_CONNECT_TIMEOUT_SECONDS",
+    "statement_timeout": f"{ENV_PREFIX}DB_STATEMENT_TIMEOUT_SECONDS",
+    "startup_timeout": f"{ENV_PREFIX}STARTUP_TIMEOUT_SECONDS",
+}
+
+
+def _version() -> str:
+    try:
+        return version("eventstreaming")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "unknown"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,12 +53,13 @@ def _parser() -> argparse.ArgumentParser:
         description="EventStreaming gRPC service. Settings come from EVENTSTREAMING_* "
         "environment variables (see the README).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("serve", help="run the gRPC server (the default command)")
-    migrate = commands.add_parser(
+    migrate_command = commands.add_parser(
         "migrate", help="apply pending PostgreSQL migrations (EVENTSTREAMING_DATABASE_URL)"
     )
-    migrate.add_argument(
+    migrate_command.add_argument(
         "--status", action="store_true", help="list migrations and whether each is applied"
     )
     retention = commands.add_parser("retention", help="retention policies")
@@ -68,13 +97,22 @@ _SECRET_MASK = "****"
 
 
 def mask_dsn(dsn: str) -> str:
-    """The DSN with its password (URL or key=value form) replaced by ****."""
-    parts = urlsplit(dsn)
-    if parts.scheme and parts.password is not None:
-        user, _, host = parts.netloc.rpartition("@")
-        name = user.partition(":")[0]
-        dsn = urlunsplit(parts._replace(netloc=f"{name}:{_SECRET_MASK}@{host}"))
-    return re.sub(r"(password\s*=\s*)[^&\s]+", rf"\g<1>{_SECRET_MASK}", dsn, flags=re.I)
+    """The DSN with its password (URL or key=value form) replaced by ****, even
+    when the password holds characters that should have been percent-encoded."""
+    return mask_database_url(dsn)
+
+
+def show_value(value: object) -> str:
+    """A setting's value as the README's configuration table writes it and as the
+    variable would be set: ``true``/``false``, ``10`` for 10.0, paths as given,
+    empty when unset."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return str(value)
 
 
 def describe_settings(settings: Settings) -> list[tuple[str, str]]:
@@ -87,10 +125,8 @@ def describe_settings(settings: Settings) -> list[tuple[str, str]]:
         elif name == "auth_tokens":
             count = len(settings.auth_token_list)
             text = f"{_SECRET_MASK} ({count} token{'s' if count != 1 else ''})" if count else ""
-        elif value is None:
-            text = ""
         else:
-            text = str(value)
+            text = show_value(value)
         shown.append((f"{ENV_PREFIX}{name.upper()}", text))
     return shown
 
@@ -112,26 +148,65 @@ async def _health(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _migrate(settings: Settings, status_only: bool) -> int:
-    conn = await asyncpg.connect(settings.database_url.get_secret_value())
-    try:
-        if status_only:
-            statuses = await migration_status(conn)
-            for status in statuses:
-                when = status.applied_at.isoformat() if status.applied_at else "pending"
-                print(f"{status.migration.file_name:40} {when}")
-            pending = sum(1 for s in statuses if s.applied_at is None)
-            print(f"{len(statuses) - pending} applied, {pending} pending")
-        else:
-            ran = await apply_migrations(conn)
-            for migration in ran:
-                print(f"applied {migration.file_name}")
-            print(f"{len(ran)} migration(s) applied; the schema is up to date")
-    finally:
-        await conn.close()
+    dsn = settings.database_url.get_secret_value()
+    timeouts = settings.database_timeouts()
+    if status_only:
+        statuses = await migration_status(dsn, **timeouts)
+        for file_name, applied_at in statuses:
+            print(f"{file_name:40} {applied_at.isoformat() if applied_at else 'pending'}")
+        pending = sum(1 for _, applied_at in statuses if applied_at is None)
+        print(f"{len(statuses) - pending} applied, {pending} pending")
+    else:
+        ran = await migrate(dsn, **timeouts)
+        for file_name in ran:
+            print(f"applied {file_name}")
+        print(f"{len(ran)} migration(s) applied; the schema is up to date")
+    return 0
+
+
+def _warn_about_unknown_variables() -> None:
+    for name, close in unknown_variables():
+        hint = f"; did you mean {close}?" if close else ""
+        log.warning("%s is not a setting and is ignored%s", name, hint, extra={"variable": name})
+
+
+def _startup_failure(exc: Exception, dsn: str) -> str | None:
+    """The one line for an error that stops the start (None: not one of those)."""
+    database_url = f"{ENV_PREFIX}DATABASE_URL"
+    if isinstance(exc, StartupError):
+        return str(exc)
+    if isinstance(exc, DatabaseStartupError):
+        return f"{database_url}: {exc.describe(LIMIT_SETTINGS)}"
+    if isinstance(exc, InvalidDatabaseUrl):
+        return f"{database_url}: {exc}"
+    if isinstance(exc, MigrationError):
+        return f"{database_url}: {describe_database_url(dsn)}: {exc}"
+    return None
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "config":
+        for variable, value in describe_settings(settings):
+            print(f"{variable}={value}")
+        return 0
+    if args.command == "health":
+        return asyncio.run(_health(settings, args))
+    if args.command == "migrate":
+        return asyncio.run(_migrate(settings, args.status))
+    if args.command == "retention":
+        from server.retention import run_once
+
+        return asyncio.run(run_once(settings))
+    from server.app import serve
+
+    asyncio.run(serve(settings))
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit codes: 0 done; 2 a setting is bad or cannot be used (port taken, host
+    unknown, database missing or unreachable, schema not up to date): one line
+    naming the variable; 1 anything else, in one line; 130 interrupted."""
     args = _parser().parse_args(argv)
     try:
         settings = load_settings()
@@ -139,28 +214,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"eventstreaming: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    _warn_about_unknown_variables()
+    dsn = settings.database_url.get_secret_value()
+
+    def report(message: str) -> None:
+        # The password never reaches the terminal, whatever a message quotes.
+        print(f"eventstreaming: {hide_database_password(message, dsn)}", file=sys.stderr)
+
     try:
-        if args.command == "config":
-            for variable, value in describe_settings(settings):
-                print(f"{variable}={value}")
-            return 0
-        if args.command == "health":
-            return asyncio.run(_health(settings, args))
-        if args.command == "migrate":
-            return asyncio.run(_migrate(settings, args.status))
-        if args.command == "retention":
-            from server.retention import run_once
-
-            return asyncio.run(run_once(settings))
-        from server.app import serve
-
-        asyncio.run(serve(settings))
-    except StorageError as exc:
-        print(f"eventstreaming: {exc}", file=sys.stderr)
-        return 1
-    except (OSError, asyncpg.PostgresError) as exc:
-        print(f"eventstreaming: cannot reach the database: {exc}", file=sys.stderr)
-        return 1
+        return _run(args, settings)
     except KeyboardInterrupt:
         return 130
-    return 0
+    except Exception as exc:
+        line = _startup_failure(exc, dsn)
+        if line is not None:
+            report(line)
+            return 2
+        if isinstance(exc, StorageError):
+            report(str(exc))
+            return 1
+        report(
+            f"unexpected {type(exc).__name__}: {exc} "
+            f"({ENV_PREFIX}LOG_LEVEL=DEBUG logs where it happened)"
+        )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(hide_database_password(traceback.format_exc(), dsn))
+        return 1

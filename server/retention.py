@@ -15,7 +15,6 @@ import time
 
 from server.settings import Settings
 from storage.errors import StorageError
-from storage.factory import create_store
 from storage.interface import EventStore
 from storage.records import RetentionReport
 
@@ -83,13 +82,9 @@ async def run_once(settings: Settings) -> int:
     if settings.storage == "memory":
         print("in-memory storage keeps nothing between processes: nothing to enforce")
         return 0
-    store = create_store(
-        settings.storage,
-        dsn=settings.database_url.get_secret_value(),
-        pool_min_size=1,
-        pool_max_size=2,
-        auto_migrate=settings.auto_migrate,
-    )
+    from server.app import build_store  # server.app imports this module
+
+    store = build_store(settings, pool_min_size=1, pool_max_size=2)
     await store.start()
     try:
         report = await run_retention_pass(store)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from uuid import UUID
 
 from storage.records import StreamType
@@ -146,3 +147,83 @@ class StorageUnavailable(StorageError):
 
 class MigrationError(StorageError):
     """The database schema cannot be brought up to date."""
+
+
+class InvalidDatabaseUrl(StorageError):
+    """The database URL cannot be read the one way the driver reads it. The message
+    shows the URL with its password masked and never quotes a piece of it, since a
+    mis-parse can put the password anywhere."""
+
+    def __init__(self, masked_url: str, reason: str) -> None:
+        super().__init__(f"not a valid PostgreSQL URL ({masked_url}): {reason}")
+        self.masked_url = masked_url
+        self.reason = reason
+
+
+#: How start-up errors name the limits they ran into, unless the caller names its
+#: own settings (the server names its environment variables).
+DEFAULT_LIMIT_NAMES: Mapping[str, str] = {
+    "connect_timeout": "connect timeout",
+    "statement_timeout": "statement timeout",
+    "startup_timeout": "startup timeout",
+}
+
+
+class DatabaseStartupError(StorageError):
+    """The database cannot be used at start-up. Carries what a one-line report
+    needs: where (``address``, ``database``), why (``reason``: a sentence from the
+    server or the network, never the password), and which limit ran out, if one
+    did, so that :meth:`describe` can name the setting to change."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        address: str,
+        database: str,
+        limit: str | None = None,
+        waited: float | None = None,
+    ) -> None:
+        self.reason = reason
+        self.address = address
+        self.database = database
+        #: "connect_timeout" or "statement_timeout" when the reason is that limit.
+        self.limit = limit
+        #: Seconds spent retrying before giving up (None: no retrying was done).
+        self.waited = waited
+        super().__init__(self.describe())
+
+    def describe(self, names: Mapping[str, str] | None = None) -> str:
+        """The one-line explanation; ``names`` (keys as in DEFAULT_LIMIT_NAMES)
+        says what to call the limits, so a caller can point at its own settings."""
+        named = {**DEFAULT_LIMIT_NAMES, **(names or {})}
+        text = f'PostgreSQL at {self.address} (database "{self.database}"): {self.reason}'
+        return text + (f" ({named[self.limit]})" if self.limit else "")
+
+
+class DatabaseRefused(DatabaseStartupError):
+    """PostgreSQL answered and said no: the database does not exist, the
+    credentials are wrong, access is not allowed. Retrying would not help."""
+
+    def describe(self, names: Mapping[str, str] | None = None) -> str:
+        text = f"{self.reason} at {self.address}"
+        if f'"{self.database}"' not in self.reason:
+            text += f' (database "{self.database}")'
+        return text
+
+
+class DatabaseUnreachable(DatabaseStartupError, StorageUnavailable):
+    """PostgreSQL could not be reached within the time allowed (refused, no
+    answer, starting up, out of connections), or stopped answering during start-up."""
+
+    def describe(self, names: Mapping[str, str] | None = None) -> str:
+        if self.waited is None:
+            return super().describe(names)
+        named = {**DEFAULT_LIMIT_NAMES, **(names or {})}
+        text = (
+            f'cannot connect to PostgreSQL at {self.address} (database "{self.database}"): '
+            f"{self.reason}"
+        )
+        if self.limit:
+            text += f" ({named[self.limit]})"
+        return text + f"; gave up after {self.waited:.1f} s ({named['startup_timeout']})"

@@ -502,9 +502,12 @@ async def quiet_server(request: pytest.FixtureRequest) -> AsyncIterator[RunningS
     in-memory backend has no other wake-up, and PostgreSQL's look for lost
     notifications is put off for an hour."""
     store: EventStore = InMemoryEventStore()
+    dsn = ""
     if request.param == "postgres":
-        store = PostgresEventStore(request.getfixturevalue("pg_dsn"), watch_interval=3600)
-    running = await start_server(server_settings(request.param), request.param, store=store)
+        dsn = request.getfixturevalue("pg_dsn")
+        store = PostgresEventStore(dsn, watch_interval=3600)
+    settings = server_settings(request.param, dsn)
+    running = await start_server(settings, request.param, store=store)
     try:
         yield running
     finally:

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 import asyncpg
 
 from storage.errors import StorageUnavailable
+from storage.postgres.connect import ConnectOptions, create_pool
 from storage.postgres.database import Database
 from storage.postgres.notifier import PostgresNotifier
 from storage.records import PoolUsage
@@ -78,7 +79,7 @@ class PostgresBase:
         *,
         pool_min_size: int = 2,
         pool_max_size: int = 10,
-        command_timeout: float = 30.0,
+        connect_options: ConnectOptions | None = None,
         page_bytes: int = DEFAULT_PAGE_BYTES,
         watch_interval: float = 1.0,
     ) -> None:
@@ -87,7 +88,8 @@ class PostgresBase:
         self._watch_interval = watch_interval
         self._pool_min_size = pool_min_size
         self._pool_max_size = pool_max_size
-        self._command_timeout = command_timeout
+        #: Connect and statement timeouts, and how long start() retries.
+        self._connect_options = connect_options or ConnectOptions()
         #: The byte budget of one response's events (storage.rules.within_budget).
         self.page_bytes = page_bytes
         self._db: Database | None = None
@@ -105,11 +107,11 @@ class PostgresBase:
         return None if self._db is None else self._db.usage()
 
     async def _open_pool(self) -> None:
-        pool = await asyncpg.create_pool(
+        pool = await create_pool(
             self._dsn,
+            self._connect_options,
             min_size=self._pool_min_size,
             max_size=self._pool_max_size,
-            command_timeout=self._command_timeout,
             server_settings=SESSION_SETTINGS,
             reset=_keep_session,
         )

@@ -20,6 +20,7 @@ import asyncpg
 
 from storage.errors import MigrationError
 from storage.postgres.base import session_advisory_lock
+from storage.postgres.connect import ConnectOptions, connection
 from storage.postgres.database import Connection
 from storage.postgres.errors import DRIVER_ERRORS, to_storage_error
 
@@ -180,3 +181,16 @@ async def migration_status(conn: Connection) -> list[MigrationStatus]:
 
 async def pending_migrations(conn: Connection) -> list[Migration]:
     return [s.migration for s in await migration_status(conn) if s.applied_at is None]
+
+
+async def migrate_database(dsn: str, options: ConnectOptions) -> list[Migration]:
+    """``migrate``: apply pending migrations on a connection of its own, connecting
+    (and retrying) as the server does at boot; raises only storage errors."""
+    async with connection(dsn, options) as conn:
+        return await apply_migrations(conn)
+
+
+async def database_migration_status(dsn: str, options: ConnectOptions) -> list[MigrationStatus]:
+    """``migrate --status`` on a connection of its own; raises only storage errors."""
+    async with connection(dsn, options) as conn:
+        return await migration_status(conn)

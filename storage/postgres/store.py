@@ -6,6 +6,7 @@ from storage.errors import MigrationError, StreamNotFound
 from storage.interface import EventStore
 from storage.postgres.admin import PostgresAdmin
 from storage.postgres.config import PostgresConfig
+from storage.postgres.connect import ConnectOptions, startup_errors
 from storage.postgres.consumers import PostgresConsumers
 from storage.postgres.log import METADATA_SQL, PostgresLog
 from storage.postgres.migrations import apply_migrations, pending_migrations
@@ -29,6 +30,7 @@ class PostgresEventStore(
         auto_migrate: bool = True,
         page_bytes: int = DEFAULT_PAGE_BYTES,
         watch_interval: float = 1.0,
+        connect_options: ConnectOptions | None = None,
     ) -> None:
         super().__init__(
             dsn,
@@ -36,26 +38,30 @@ class PostgresEventStore(
             pool_max_size=pool_max_size,
             page_bytes=page_bytes,
             watch_interval=watch_interval,
+            connect_options=connect_options,
         )
         self._auto_migrate = auto_migrate
 
     async def start(self) -> None:
+        """Connect (retrying while the database comes up, within the start-up
+        timeout) and migrate; failures are DatabaseStartupError or MigrationError."""
         await self._open_pool()
         try:
-            async with self.db.session() as session:
-                conn = session.connection
-                if self._auto_migrate:
-                    await apply_migrations(conn)
-                else:
-                    pending = await pending_migrations(conn)
-                    if pending:
-                        names = ", ".join(m.file_name for m in pending)
-                        raise MigrationError(
-                            f"{len(pending)} migration(s) pending ({names}) and "
-                            "EVENTSTREAMING_AUTO_MIGRATE is false; apply them with "
-                            "'python -m server migrate' (or 'eventstreaming migrate')"
-                        )
-            await self._start_notifier()
+            async with startup_errors(self._dsn, self._connect_options):
+                async with self.db.session() as session:
+                    conn = session.connection
+                    if self._auto_migrate:
+                        await apply_migrations(conn)
+                    else:
+                        pending = await pending_migrations(conn)
+                        if pending:
+                            names = ", ".join(m.file_name for m in pending)
+                            raise MigrationError(
+                                f"{len(pending)} migration(s) pending ({names}) and "
+                                "EVENTSTREAMING_AUTO_MIGRATE is false; apply them with "
+                                "'python -m server migrate' (or 'eventstreaming migrate')"
+                            )
+                await self._start_notifier()
         except BaseException:
             await self._stop_notifier()
             await self._close_pool()
