@@ -1,0 +1,2075 @@
+"""Fuzzing: thousands of malformed requests to every RPC, on both backends.
+
+A bounded corpus, generated from a fixed seed (``SEED``) so that a failure
+reproduces byte for byte, mutates valid requests field by field (stream names,
+ids, numbers, durations, timestamps, enums, page tokens, JSON payloads, batch
+sizes) and mutates serialized requests byte by byte (bit flips, truncation,
+random bytes). Every case is sent as bytes through a generic channel method. A
+small model of the contract (:func:`violations`) says which fields of a request
+are certainly invalid and which are doubtful, and every answer is checked:
+
+- never INTERNAL or UNKNOWN, nor a code the service does not use for bad input;
+  RESOURCE_EXHAUSTED only for requests over the 4 MiB message limit;
+- INVALID_ARGUMENT whenever a field is certainly invalid, with details that start
+  with the path of an invalid (or doubtful) field: the service's
+  ``field.path: problem`` convention, and ``request: ...`` for bytes that are not
+  the request message at all; never INVALID_ARGUMENT for a request the model
+  finds valid;
+- details are short (under 1,000 characters) and name no Python internals;
+- a call that writes nothing leaves no stream behind (checked after every such
+  call that names a stream of the run), and at the end every stream under the
+  run's prefix was written by a successful call, a log holding exactly the events
+  that the successful appends reported.
+
+Offending cases are collected and reported once, grouped by the mutation at
+fault, so one run lists every defect. A second test compares the backends: a case
+is INVALID_ARGUMENT on both or on neither. Explicit regression tests for each
+known defect follow the corpus.
+
+Limits this file holds the service to, on both backends:
+
+- JSON payloads nest at most ``JSON_MAX_DEPTH`` (512) arrays and objects.
+  PostgreSQL 15's jsonb (default 2 MB max_stack_depth) parses about 14,500
+  nested arrays or 13,000 nested objects, so the limit is well inside it;
+- JSON numbers fit PostgreSQL's numeric: at most 131,072 digits before the
+  decimal point and 16,383 after (``1e131071`` and ``1e-16383`` are the
+  extremes, ``1e131072`` and ``1e-16384`` overflow), so that a payload accepted
+  in memory is accepted by PostgreSQL too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import functools
+import itertools
+import json
+import logging
+import random
+import re
+import unicodedata
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from server.app import EventStreamingServer
+from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
+from server.generated.eventstreaming.v1.event_streaming_pb2_grpc import EventStreamingStub as Stub
+from tests.conftest import RunningServer, server_settings
+from tests.support import unique_name
+
+SEED = 20_240_611
+#: Cases of each kind; about 4,000 requests per backend in all.
+FIELD_CASES = 3_000
+BYTE_CASES = 1_000
+PREFIX = f"fuzz-{SEED}"
+LOG = f"{PREFIX}-log"
+QUEUE = f"{PREFIX}-queue"
+FRESH_NAMES = 30
+
+JSON_MAX_DEPTH = 512
+PG_NUMERIC_INTEGER_DIGITS = 131_072
+PG_NUMERIC_SCALE = 16_383
+#: PostgreSQL refuses exponents at or beyond INT_MAX / 2 whatever the digits.
+PG_NUMERIC_EXPONENT = 2**31 // 2 - 1
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+MAX_DETAILS = 1_000
+MAX_NAME = 200
+MAX_DURATION_SECONDS = 315_576_000_000
+MIN_TIMESTAMP = -62_135_596_800  # 0001-01-01T00:00:00Z
+MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z
+INT64_MAX = 2**63 - 1
+CALL_TIMEOUT = 10.0
+#: Dequeue waits no longer than this in the corpus (valid waits block).
+MAX_CORPUS_WAIT_NANOS = 50_000_000
+
+SERVICE = pb.DESCRIPTOR.services_by_name["EventStreaming"]
+METHOD_PREFIX = f"/{SERVICE.full_name}/"
+REQUEST_TYPES: dict[str, type[Message]] = {
+    method.name: getattr(pb, method.input_type.name) for method in SERVICE.methods
+}
+STREAMING = frozenset(method.name for method in SERVICE.methods if method.server_streaming)
+WRITES = frozenset({"AppendToStream", "Enqueue", "ConfigureStream"})
+
+#: Codes the service answers bad or unlucky requests with.
+EXPECTED_CODES = frozenset(
+    {
+        grpc.StatusCode.OK,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.OUT_OF_RANGE,
+    }
+)
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
+UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+NUMBER_RE = re.compile(r"-?([0-9]+)(?:\.([0-9]+))?(?:[eE]([+-]?[0-9]+))?")
+FIELD_PATH_RE = re.compile(
+    r"(request|[a-z_][a-z0-9_]*(?:\[\d+\])?(?:\.[a-z_][a-z0-9_]*(?:\[\d+\])?)*)(?=$|[:\s\[])"
+)
+PYTHON_LEAK_RE = re.compile(
+    r"<class '|Traceback \(most recent|set_int_max_str_digits|\b[A-Z][A-Za-z]*(?:Error|Exception)\b"
+)
+
+VALID, DOUBTFUL, INVALID = 0, 1, 2
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass
+class Verdict:
+    """What the contract says of a request: fields certainly invalid, and fields
+    whose validity it leaves open (the service may refuse them or not)."""
+
+    invalid: set[str] = field(default_factory=set)
+    doubtful: set[str] = field(default_factory=set)
+
+    def check(self, path: str, level: int) -> None:
+        if level == INVALID:
+            self.invalid.add(path)
+        elif level == DOUBTFUL:
+            self.doubtful.add(path)
+
+
+def name_level(value: str) -> int:
+    return VALID if NAME_RE.fullmatch(value) else INVALID
+
+
+def identifier_level(value: str) -> int:
+    """Consumer ids and groups: 1-200 characters, no control characters."""
+    if not value or len(value) > MAX_NAME:
+        return INVALID
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        return INVALID
+    return VALID if value.isprintable() else DOUBTFUL
+
+
+def text_level(value: str, *, required: bool, maximum: int = MAX_NAME) -> int:
+    if (required and not value) or len(value) > maximum or "\x00" in value:
+        return INVALID
+    return VALID
+
+
+def uuid_level(value: str, *, required: bool) -> int:
+    """Event ids: the canonical 8-4-4-4-12 hex form (either case), nothing else."""
+    if not value:
+        return INVALID if required else VALID
+    return VALID if UUID_RE.fullmatch(value) else INVALID
+
+
+def filter_level(value: str) -> int:
+    if not value or "\x00" in value:
+        return INVALID
+    return DOUBTFUL if len(value) > MAX_NAME else VALID
+
+
+def duration_level(value: Duration, *, maximum: int | None, positive: bool = False) -> int:
+    seconds, nanos = value.seconds, value.nanos
+    if seconds < 0 or nanos < 0 or nanos >= 1_000_000_000 or seconds > MAX_DURATION_SECONDS:
+        return INVALID
+    if positive and seconds == 0 and nanos == 0:
+        return INVALID
+    # The service keeps microseconds: a few nanoseconds may round either way.
+    if positive and seconds == 0 and nanos < 1000:
+        return DOUBTFUL
+    if maximum is not None and (seconds, nanos) > (maximum, 0):
+        return DOUBTFUL if seconds == maximum and nanos < 1000 else INVALID
+    return VALID
+
+
+def timestamp_level(value: Timestamp) -> int:
+    if not 0 <= value.nanos < 1_000_000_000:
+        return INVALID
+    return VALID if MIN_TIMESTAMP <= value.seconds <= MAX_TIMESTAMP else INVALID
+
+
+def fits_pg_numeric(literal: str) -> bool:
+    """Whether PostgreSQL's numeric (and so jsonb) takes this JSON number."""
+    match = NUMBER_RE.fullmatch(literal)
+    if match is None:
+        return True
+    whole, fraction, exponent_text = match.group(1), match.group(2) or "", match.group(3)
+    if exponent_text and len(exponent_text.lstrip("+-").lstrip("0")) > 10:
+        return False
+    exponent = int(exponent_text or 0)
+    if abs(exponent) >= PG_NUMERIC_EXPONENT:
+        return False
+    if max(0, len(fraction) - exponent) > PG_NUMERIC_SCALE:
+        return False
+    if whole.strip("0"):
+        first_digit = len(whole.lstrip("0")) - 1
+    elif fraction.strip("0"):
+        first_digit = -(len(fraction) - len(fraction.lstrip("0")) + 1)
+    else:
+        return True  # zero
+    return first_digit + exponent < PG_NUMERIC_INTEGER_DIGITS
+
+
+_STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+
+
+def json_depth(text: str) -> int:
+    brackets = re.findall(r"[\[\]{}]", _STRING_RE.sub("", text))
+    steps = (1 if b in "[{" else -1 for b in brackets)
+    return max(itertools.accumulate(steps), default=0)
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _reject(value: str) -> Any:
+    raise ValueError(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def json_level(data: bytes) -> int:
+    """A JSON payload: UTF-8, strict JSON, no NUL or lone surrogate in strings,
+    nested at most JSON_MAX_DEPTH levels, numbers within PostgreSQL's range."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return INVALID
+    if text.startswith("\ufeff"):
+        return DOUBTFUL  # RFC 8259 lets a parser ignore a byte order mark
+    if json_depth(text) > JSON_MAX_DEPTH:
+        return INVALID
+    out_of_range: list[str] = []
+    long_integers: list[str] = []
+
+    def number(literal: str) -> None:
+        if not fits_pg_numeric(literal):
+            out_of_range.append(literal)
+
+    def integer(literal: str) -> None:
+        number(literal)
+        if len(literal.lstrip("-")) > 4300:
+            long_integers.append(literal)
+
+    try:
+        parsed = json.loads(text, parse_constant=_reject, parse_int=integer, parse_float=number)
+    except (ValueError, RecursionError):
+        return INVALID
+    if out_of_range:
+        return INVALID
+    # Only a \u escape makes a NUL or a lone surrogate in valid UTF-8 JSON.
+    stack = [parsed] if "\\u" in text else []
+    while stack:
+        item = stack.pop()
+        strings: Sequence[str] = ()
+        if isinstance(item, str):
+            strings = (item,)
+        elif isinstance(item, dict):
+            strings = list(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        for value in strings:
+            if "\x00" in value or (not value.isascii() and _has_surrogate(value)):
+                return INVALID
+    # Valid JSON that PostgreSQL stores; Python's int() stops at 4,300 digits.
+    return DOUBTFUL if long_integers else VALID
+
+
+def _b64(text: str | bytes) -> str:
+    raw = text.encode() if isinstance(text, str) else text
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def _token_content(token: str, kind: str) -> tuple[str | None, bool]:
+    """What a token says a page starts after, and whether it is strict base64url."""
+    padded = token + "=" * (-len(token) % 4)
+    strict = True
+    try:
+        raw = base64.b64decode(padded, altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError):
+        strict = False
+        try:
+            raw = base64.urlsafe_b64decode(padded)
+        except (binascii.Error, ValueError):
+            return None, False
+    prefix = f"{kind}:".encode()
+    if not raw.startswith(prefix):
+        return None, strict
+    try:
+        return raw[len(prefix) :].decode("utf-8"), strict
+    except UnicodeDecodeError:
+        return None, strict
+
+
+def _is_int64_position(text: str) -> bool:
+    """ASCII digits only, at most int64's maximum."""
+    if not re.fullmatch(r"[0-9]+", text) or len(text.lstrip("0")) > 19:
+        return False
+    return int(text) <= INT64_MAX
+
+
+def token_level(token: str, kind: str) -> int:
+    """A page token: empty, or one the service could have issued."""
+    if not token:
+        return VALID
+    last, strict = _token_content(token, kind)
+    if last is None:
+        return INVALID
+    if kind == "streams-after":
+        level = name_level(last)
+    elif not _is_int64_position(last):
+        level = INVALID
+    else:
+        level = DOUBTFUL if len(last) > 1 and last.startswith("0") else VALID
+    if level == VALID and not strict:
+        return DOUBTFUL
+    return level
+
+
+def _events(verdict: Verdict, events: Sequence[pb.EventData]) -> None:
+    if not events:
+        verdict.check("events", INVALID)
+    seen: set[str] = set()
+    for i, item in enumerate(events):
+        where = f"events[{i}]"
+        level = uuid_level(item.event_id, required=False)
+        if level == VALID and item.event_id:
+            if item.event_id.lower() in seen:
+                level = INVALID
+            seen.add(item.event_id.lower())
+        verdict.check(f"{where}.event_id", level)
+        verdict.check(f"{where}.event_type", text_level(item.event_type, required=True))
+        verdict.check(f"{where}.content_type", text_level(item.content_type, required=False))
+        if item.content_type in ("", "application/json"):
+            verdict.check(f"{where}.data", json_level(item.data))
+        if any("\x00" in k or "\x00" in v for k, v in item.metadata.items()):
+            verdict.check(f"{where}.metadata", INVALID)
+        for name in ("correlation_id", "causation_id"):
+            verdict.check(f"{where}.{name}", text_level(getattr(item, name), required=False))
+
+
+def _event_ids(verdict: Verdict, ids: Sequence[str], *, minimum: int) -> None:
+    if not minimum <= len(ids) <= 1000:
+        verdict.check("event_ids", INVALID)
+    for i, value in enumerate(ids):
+        verdict.check(f"event_ids[{i}]", uuid_level(value, required=True))
+
+
+def _filters(verdict: Verdict, request: Any) -> None:
+    for i, value in enumerate(request.event_types):
+        verdict.check(f"event_types[{i}]", filter_level(value))
+    if request.HasField("from_timestamp"):
+        verdict.check("from_timestamp", timestamp_level(request.from_timestamp))
+
+
+def _not_negative(verdict: Verdict, path: str, value: int) -> None:
+    verdict.check(path, INVALID if value < 0 else VALID)
+
+
+def violations(rpc: str, request: Any) -> Verdict:
+    """The contract's view of a request (see the proto's comments)."""
+    verdict = Verdict()
+    check = verdict.check
+    if rpc == "ListStreams":
+        check("prefix", VALID if not request.prefix else name_level(request.prefix))
+        _not_negative(verdict, "page_size", request.page_size)
+        check("page_token", token_level(request.page_token, "streams-after"))
+        return verdict
+    check("stream_name", name_level(request.stream_name))
+    if rpc in ("AppendToStream", "Enqueue"):
+        _events(verdict, request.events)
+        if rpc == "AppendToStream" and request.HasField("expected_last_offset"):
+            check("expected_last_offset", INVALID if request.expected_last_offset < -1 else VALID)
+    elif rpc == "ReadStream":
+        _not_negative(verdict, "from_offset", request.from_offset)
+        _not_negative(verdict, "max_count", request.max_count)
+        _filters(verdict, request)
+    elif rpc in ("Dequeue", "Acknowledge", "Nack", "ExtendVisibility"):
+        check("consumer_id", identifier_level(request.consumer_id))
+        if rpc == "Dequeue":
+            if request.HasField("visibility_timeout"):
+                check(
+                    "visibility_timeout",
+                    duration_level(request.visibility_timeout, maximum=43_200, positive=True),
+                )
+            _not_negative(verdict, "max_messages", request.max_messages)
+            if request.HasField("wait_time"):
+                check("wait_time", duration_level(request.wait_time, maximum=None))
+        elif rpc == "Acknowledge":
+            _event_ids(verdict, request.event_ids, minimum=1)
+        else:
+            check("event_id", uuid_level(request.event_id, required=True))
+        if rpc == "Nack":
+            if request.HasField("delay"):
+                check("delay", duration_level(request.delay, maximum=43_200))
+            check("reason", text_level(request.reason, required=False, maximum=1000))
+        if rpc == "ExtendVisibility":
+            check(
+                "visibility_timeout",
+                duration_level(request.visibility_timeout, maximum=43_200, positive=True)
+                if request.HasField("visibility_timeout")
+                else INVALID,
+            )
+    elif rpc == "ListDeadLetters":
+        _not_negative(verdict, "max_count", request.max_count)
+        check("page_token", token_level(request.page_token, "dead-letters-after"))
+    elif rpc == "RedriveDeadLetters":
+        _event_ids(verdict, request.event_ids, minimum=0)
+    elif rpc in ("CommitOffset", "GetConsumerOffset"):
+        check("consumer_group", identifier_level(request.consumer_group))
+        if rpc == "CommitOffset":
+            _not_negative(verdict, "offset", request.offset)
+    elif rpc == "SubscribeToStream":
+        start = request.WhichOneof("start")
+        if start == "from_offset":
+            _not_negative(verdict, "from_offset", request.from_offset)
+        elif start == "consumer_group":
+            check("consumer_group", identifier_level(request.consumer_group))
+        _filters(verdict, request)
+    elif rpc == "ConfigureStream":
+        config = request.configuration
+        where = "configuration"
+        check(f"{where}.stream_type", VALID if config.stream_type in (0, 1, 2) else INVALID)
+        if config.HasField("retention_max_age"):
+            check(
+                f"{where}.retention_max_age",
+                duration_level(config.retention_max_age, maximum=36_500 * 86_400),
+            )
+        _not_negative(verdict, f"{where}.retention_max_count", config.retention_max_count)
+        attempts = config.max_delivery_attempts
+        check(f"{where}.max_delivery_attempts", VALID if 0 <= attempts <= 1000 else INVALID)
+        if config.HasField("default_visibility_timeout"):
+            check(
+                f"{where}.default_visibility_timeout",
+                duration_level(config.default_visibility_timeout, maximum=43_200),
+            )
+    return verdict
+
+
+# ------------------------------------------------------------------ value pools
+
+Pick = tuple[str, Any]
+
+
+def _ids(rng: random.Random, count: int) -> list[str]:
+    return [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(count)]
+
+
+@dataclass(frozen=True)
+class World:
+    """The streams and ids the setup writes, known before any call is made."""
+
+    log_ids: list[str]
+    queue_ids: list[str]
+
+    @property
+    def dead_ids(self) -> list[str]:
+        return self.queue_ids[:2]
+
+    @property
+    def held_ids(self) -> list[str]:
+        return self.queue_ids[2:6]
+
+
+def _random_text(rng: random.Random, length: int) -> str:
+    chars: list[str] = []
+    while len(chars) < length:
+        code = rng.choice((rng.randrange(0x20, 0x7F), rng.randrange(0x110000)))
+        if not 0xD800 <= code <= 0xDFFF:
+            chars.append(chr(code))
+    return "".join(chars)
+
+
+WEIRD_TEXT: list[Pick] = [
+    ("empty", ""),
+    ("space", " "),
+    ("tab", "\t"),
+    ("crlf", "\r\n"),
+    ("nul", "\x00"),
+    ("inner-nul", "a\x00b"),
+    ("del", "\x7f"),
+    ("c1-control", "\x85"),
+    ("bidi-override", "\u202e"),
+    ("bom", "\ufeff"),
+    ("zero-width", "\u200b"),
+    ("nbsp", "\u00a0"),
+    ("line-separator", "\u2028"),
+    ("noncharacter", "\ufffe"),
+    ("max-code-point", "\U0010ffff"),
+    ("private-use", "\ue000"),
+    ("astral", "\U0001d518"),
+    ("emoji-sequence", "\U0001f469\u200d\U0001f469\u200d\U0001f467"),
+    ("combining", "e\u0301"),
+    ("arabic-digits", "\u0661\u0662\u0663"),
+    ("rtl", "\u05e9\u05dc\u05d5\u05dd"),
+    ("cjk", "\u6f22\u5b57"),
+    ("format", "%s%n%x"),
+    ("sql", "' OR 1=1 --"),
+    ("path", "../../etc/passwd"),
+    ("json", '{"a":1}'),
+    ("escaped-nul", "\\u0000"),
+    ("len200", "x" * 200),
+    ("len201", "x" * 201),
+    ("astral-len201", "\U0001d518" * 201),
+    ("len1000", "y" * 1000),
+    ("len1001", "y" * 1001),
+    ("len64k", "z" * 65_536),
+]
+
+
+def weird_text(rng: random.Random) -> Pick:
+    if rng.random() < 0.2:
+        return "random-unicode", _random_text(rng, rng.randint(1, 40))
+    return rng.choice(WEIRD_TEXT)
+
+
+def stream_name_pick(rng: random.Random, current: str) -> Pick:
+    long_name = (PREFIX + "-" + "x" * MAX_NAME)[: MAX_NAME + 1]
+    options: list[Pick] = [
+        ("log", LOG),
+        ("queue", QUEUE),
+        ("fresh", f"{PREFIX}-n{rng.randrange(FRESH_NAMES)}"),
+        ("len200", long_name[:MAX_NAME]),
+        ("len201", long_name),
+        ("empty", ""),
+        ("leading-dot", "." + current),
+        ("leading-dash", "-" + current),
+        ("space", current + " x"),
+        ("slash", current + "/x"),
+        ("nul", current + "\x00"),
+        ("trailing-newline", current + "\n"),
+        ("accent", current + "\u00e9"),
+        ("arabic-digits", "\u0661\u0662\u0663"),
+        ("fullwidth", "\uff46\uff55\uff5a\uff5a"),
+    ]
+    if rng.random() < 0.2:
+        label, text = weird_text(rng)
+        return f"text:{label}", text
+    return rng.choice(options)
+
+
+IDENTIFIERS: list[Pick] = [
+    ("c1", "c1"),
+    ("c2", "c2"),
+    ("empty", ""),
+    ("len200", "c" * 200),
+    ("len201", "c" * 201),
+    ("nul", "c\x00"),
+    ("tab", "a\tb"),
+    ("newline", "a\nb"),
+    ("del", "\x7f"),
+    ("line-separator", "a\u2028b"),
+    ("nbsp", "a\u00a0b"),
+    ("accented-len200", "\u00e9" * 200),
+    ("astral", "\U0001d518\U0001f600"),
+]
+
+
+def identifier_pick(rng: random.Random) -> Pick:
+    if rng.random() < 0.25:
+        label, text = weird_text(rng)
+        return f"text:{label}", text
+    return rng.choice(IDENTIFIERS)
+
+
+def short_text_pick(rng: random.Random) -> Pick:
+    return rng.choice([*WEIRD_TEXT[:6], ("A", "A"), ("len200", "t" * 200), weird_text(rng)])
+
+
+def int64_pick(rng: random.Random) -> Pick:
+    return rng.choice(
+        [
+            ("0", 0),
+            ("1", 1),
+            ("-1", -1),
+            ("-2", -2),
+            ("int32-max", 2**31 - 1),
+            ("int32-max+1", 2**31),
+            ("int64-max", INT64_MAX),
+            ("int64-min", -(2**63)),
+            ("big", 10**12),
+            ("random", rng.randint(-(2**63), INT64_MAX)),
+        ]
+    )
+
+
+def int32_pick(rng: random.Random) -> Pick:
+    return rng.choice(
+        [
+            ("0", 0),
+            ("1", 1),
+            ("-1", -1),
+            ("100", 100),
+            ("101", 101),
+            ("1000", 1000),
+            ("1001", 1001),
+            ("int32-max", 2**31 - 1),
+            ("int32-min", -(2**31)),
+            ("random", rng.randint(-(2**31), 2**31 - 1)),
+        ]
+    )
+
+
+DURATIONS: list[tuple[str, int, int]] = [
+    ("zero", 0, 0),
+    ("1ns", 0, 1),
+    ("999ns", 0, 999),
+    ("1us", 0, 1000),
+    ("1s", 1, 0),
+    ("30s", 30, 0),
+    ("12h", 43_200, 0),
+    ("12h+1ns", 43_200, 1),
+    ("12h+1s", 43_201, 0),
+    ("negative", -1, 0),
+    ("negative-nanos", 0, -1),
+    ("both-negative", -1, -1),
+    ("mixed-signs", 1, -1),
+    ("nanos-1e9", 0, 1_000_000_000),
+    ("nanos-int32-max", 0, 2**31 - 1),
+    ("protobuf-max", MAX_DURATION_SECONDS, 0),
+    ("beyond-protobuf-max", MAX_DURATION_SECONDS + 1, 0),
+    ("int64-max", INT64_MAX, 0),
+    ("int64-min", -(2**63), 0),
+    ("100-years", 36_500 * 86_400, 0),
+    ("100-years+1s", 36_500 * 86_400 + 1, 0),
+]
+#: Waits that do not block the corpus (any valid wait above is capped at 20 s).
+SHORT_WAITS = [d for d in DURATIONS if d[1] < 0 or d[2] < 0 or d[2] >= 10**9 or d[1] == 0]
+SHORT_WAITS += [d for d in DURATIONS if d[1] > MAX_DURATION_SECONDS]
+
+TIMESTAMPS: list[tuple[str, int, int]] = [
+    ("epoch", 0, 0),
+    ("year-1", MIN_TIMESTAMP, 0),
+    ("before-year-1", MIN_TIMESTAMP - 1, 0),
+    ("year-9999-end", MAX_TIMESTAMP, 999_999_999),
+    ("after-year-9999", MAX_TIMESTAMP + 1, 0),
+    ("negative-nanos", 0, -1),
+    ("nanos-1e9", 0, 1_000_000_000),
+    ("int64-max", INT64_MAX, 0),
+    ("int64-min", -(2**63), 0),
+    ("before-epoch", -1, 0),
+    ("far-future", 4_102_444_800, 0),
+]
+
+ENUMS: list[int] = [0, 1, 2, 3, -1, 100, 2**31 - 1, -(2**31)]
+
+
+def uuid_pick(rng: random.Random, world: World) -> Pick:
+    good = rng.choice([*world.held_ids, *world.dead_ids, *world.log_ids[:2], *_ids(rng, 2)])
+    plain = good.replace("-", "")
+    options: list[Pick] = [
+        ("known", good),
+        ("random", _ids(rng, 1)[0]),
+        ("upper", good.upper()),
+        ("nil", "00000000-0000-0000-0000-000000000000"),
+        ("braces", "{" + good + "}"),
+        ("urn", "urn:uuid:" + good),
+        ("arabic-zeros", "\u0660" * 32),
+        ("arabic-canonical-shape", "-".join("\u0660" * n for n in (8, 4, 4, 4, 12))),
+        ("fullwidth-zeros", "\uff10" * 32),
+        ("dashless", plain),
+        ("misplaced-dashes", f"{plain[:4]}-{plain[4:20]}-{plain[20:]}"),
+        ("trailing-space", good + " "),
+        ("short", good[:-1]),
+        ("long", good + "0"),
+        ("not-hex", "g" + good[1:]),
+        ("garbage", "not-a-uuid"),
+        ("empty", ""),
+    ]
+    if rng.random() < 0.1:
+        label, text = weird_text(rng)
+        return f"text:{label}", text
+    return rng.choice(options)
+
+
+BASE_JSON = [b'{"n": 1}', b'{"a": [1, 2.5, {"b": null}], "s": "x", "t": true}']
+DEPTHS = [2, 64, 511, 512, 513, 600, 999, 1000, 1001, 5000, 20_000, 100_000]
+NUMBERS: list[tuple[str, str]] = [
+    ("1e1000000", "1e1000000"),
+    ("-1e-20000", "-1e-20000"),
+    ("1e131071", "1e131071"),
+    ("1e131072", "1e131072"),
+    ("1e-16383", "1e-16383"),
+    ("1e-16384", "1e-16384"),
+    ("0e-16384", "0e-16384"),
+    ("0e999999999999", "0e999999999999"),
+    ("12e131070", "12e131070"),
+    ("0.001e131075", "0.001e131075"),
+    ("1e400", "1e400"),
+    ("-1e400", "-1e400"),
+    ("5e-324", "5e-324"),
+    ("double-max", "1.7976931348623157e308"),
+    ("int-4300-digits", "9" * 4300),
+    ("int-4301-digits", "9" * 4301),
+    ("int-131072-digits", "9" * 131_072),
+    ("int-131073-digits", "9" * 131_073),
+    ("int-200000-digits", "9" * 200_000),
+    ("float-200000-digits", "1" + "0" * 199_999 + ".0"),
+    ("fraction-16383-digits", "0." + "1" * 16_383),
+    ("fraction-16384-digits", "0." + "1" * 16_384),
+    ("minus-zero", "-0"),
+    ("upper-exponent", "1E+2"),
+    ("int64-max+1", str(2**63)),
+    ("int64-min-1", str(-(2**63) - 1)),
+]
+
+
+def _deep(kind: str, depth: int) -> bytes:
+    """``depth`` nested arrays, objects, or both in turn."""
+    if kind == "array":
+        return b"[" * depth + b"]" * depth
+    if kind == "object":
+        return b'{"a":' * depth + b"1" + b"}" * depth
+    opens = (b"[" if i % 2 == 0 else b'{"a":' for i in range(depth))
+    closes = (b"]" if i % 2 == 0 else b"}" for i in reversed(range(depth)))
+    return b"".join(opens) + b"1" + b"".join(closes)
+
+
+def json_pick(rng: random.Random) -> Pick:
+    base = rng.choice(BASE_JSON)
+    choice = rng.randrange(14)
+    if choice >= 12:
+        kind = rng.choice(["array", "object", "mixed"])
+        depth = rng.choice(DEPTHS)
+        return f"json:deep-{kind}({depth})", _deep(kind, depth)
+    if choice in (0, 1, 2):
+        label, literal = rng.choice(NUMBERS)
+        wrapped = rng.random() < 0.5
+        data = b'{"n": ' + literal.encode() + b"}" if wrapped else literal.encode()
+        return f"json:number({label})", data
+    if choice == 3:
+        cut = rng.randrange(len(base))
+        return f"json:truncated({cut})", base[:cut]
+    if choice == 4:
+        return "json:random-bytes", rng.randbytes(rng.randint(1, 48))
+    if choice == 5:
+        size = rng.choice([1_000, 1_000, 100_000, 100_000, 1_000_000])
+        return f"json:long-string({size})", b'{"s": "' + b"x" * size + b'"}'
+    if choice == 6:
+        keys = rng.choice([1_000, 10_000])
+        body = ",".join(f'"k{i}": {i}' for i in range(keys))
+        return f"json:keys({keys})", ("{" + body + "}").encode()
+    return rng.choice(JSON_SAMPLES)
+
+
+JSON_SAMPLES: list[Pick] = [
+    ("json:nul-escape", b'{"s": "a\\u0000b"}'),
+    ("json:nul-escape-key", b'{"\\u0000": 1}'),
+    ("json:lone-surrogate", b'{"s": "\\ud800"}'),
+    ("json:lone-low-surrogate", b'"\\udc00"'),
+    ("json:surrogate-pair", b'{"s": "\\ud83d\\ude00"}'),
+    ("json:invalid-utf8", b'{"s": "\xff"}'),
+    ("json:overlong-utf8", b'{"s": "\xc0\x80"}'),
+    ("json:utf8-surrogate", b'{"s": "\xed\xa0\x80"}'),
+    ("json:utf16", '{"n": 1}'.encode("utf-16")),
+    ("json:bom", b'\xef\xbb\xbf{"n": 1}'),
+    ("json:duplicate-keys", b'{"a": 1, "a": 2}'),
+    ("json:nan", b'{"n": NaN}'),
+    ("json:infinity", b'{"n": Infinity}'),
+    ("json:minus-infinity", b"-Infinity"),
+    ("json:trailing-garbage", b'{"n": 1} x'),
+    ("json:two-documents", b"{}{}"),
+    ("json:raw-tab-in-string", b'{"s": "a\tb"}'),
+    ("json:raw-nul-in-string", b'{"s": "a\x00b"}'),
+    ("json:raw-del-in-string", b'{"s": "a\x7fb"}'),
+    ("json:single-quotes", b"{'a': 1}"),
+    ("json:comment", b'{"a": 1 /* c */}'),
+    ("json:trailing-comma", b'{"a": 1,}'),
+    ("json:leading-zero", b'{"n": 01}'),
+    ("json:bare-fraction", b'{"n": .5}'),
+    ("json:trailing-dot", b'{"n": 1.}'),
+    ("json:plus-sign", b'{"n": +1}'),
+    ("json:hex", b'{"n": 0x10}'),
+    ("json:empty", b""),
+    ("json:whitespace-only", b" \n\t"),
+    ("json:nbsp-whitespace", b"\xc2\xa0{}"),
+    ("json:vertical-tab", b"\x0b{}"),
+    ("json:null", b"null"),
+    ("json:string", b'"s"'),
+    ("json:unclosed-deep", b"[" * 2000),
+    ("json:escaped-controls", b'{"s": "\\b\\f\\n\\r\\t\\u001f"}'),
+]
+
+
+def dead_token_pick(rng: random.Random) -> Pick:
+    def dead(after: str) -> str:
+        return _b64("dead-letters-after:" + after)
+
+    return rng.choice(
+        [
+            ("zero", dead("0")),
+            ("one", dead("1")),
+            ("leading-zeros", dead("007")),
+            ("int64-max", dead(str(INT64_MAX))),
+            ("int64-max+1", dead(str(2**63))),
+            ("2^64", dead(str(2**64))),
+            ("negative", dead("-1")),
+            ("plus", dead("+1")),
+            ("space", dead(" 1")),
+            ("arabic-digits", dead("\u0661\u0662")),
+            ("mixed-arabic-digits", dead("1\u0662")),
+            ("superscript", dead("\u00b2")),
+            ("fullwidth", dead("\uff11")),
+            ("4300-digits", dead("1" * 4300)),
+            ("4301-digits", dead("1" * 4301)),
+            ("100000-digits", dead("1" * 100_000)),
+            ("nul", dead("1\x00")),
+            ("empty-position", dead("")),
+            ("wrong-kind", _b64("streams-after:" + LOG)),
+            ("not-base64", "!!!"),
+            ("raw-nul", "abc\x00"),
+            ("20KB-garbage", "A" * 20_000),
+            ("random-base64", _b64(rng.randbytes(rng.randint(1, 40)))),
+            ("text", weird_text(rng)[1]),
+        ]
+    )
+
+
+def streams_token_pick(rng: random.Random) -> Pick:
+    def streams(after: str) -> str:
+        return _b64("streams-after:" + after)
+
+    return rng.choice(
+        [
+            ("issued", streams(LOG)),
+            ("nul", streams(PREFIX + "\x00")),
+            ("arabic-digits", streams("\u0661\u0662\u0663")),
+            ("space", streams("a b")),
+            ("len201", streams("s" * 201)),
+            ("empty-name", streams("")),
+            ("wrong-kind", _b64("dead-letters-after:1")),
+            ("no-kind", _b64(PREFIX)),
+            ("padded", streams(LOG) + "=="),
+            ("not-base64", "!!!"),
+            ("raw-nul", "abc\x00"),
+            ("20KB-garbage", "A" * 20_000),
+            ("20KB-well-formed", streams("s" * 15_000)),
+            ("random-base64", _b64(rng.randbytes(rng.randint(1, 40)))),
+            ("text", weird_text(rng)[1]),
+        ]
+    )
+
+
+# ------------------------------------------------------------------- mutators
+
+Mutator = Callable[[random.Random, Any, World], str]
+
+
+def _set_text(attr: str, pick: Callable[[random.Random], Pick]) -> Mutator:
+    def mutate(rng: random.Random, request: Any, world: World) -> str:
+        label, value = pick(rng)
+        setattr(request, attr, value)
+        return f"{attr}={label}"
+
+    return mutate
+
+
+def _stream_name(rng: random.Random, request: Any, world: World) -> str:
+    label, value = stream_name_pick(rng, request.stream_name)
+    request.stream_name = value
+    return f"stream_name={label}"
+
+
+def _set_int(attr: str, pick: Callable[[random.Random], Pick]) -> Mutator:
+    def mutate(rng: random.Random, request: Any, world: World) -> str:
+        target, _, name = attr.rpartition(".")
+        owner = getattr(request, target) if target else request
+        label, value = pick(rng)
+        setattr(owner, name, value)
+        return f"{attr}={label}"
+
+    return mutate
+
+
+def _set_duration(attr: str, pool: Sequence[tuple[str, int, int]] = DURATIONS) -> Mutator:
+    def mutate(rng: random.Random, request: Any, world: World) -> str:
+        target, _, name = attr.rpartition(".")
+        owner = getattr(request, target) if target else request
+        if rng.random() < 0.1:
+            owner.ClearField(name)
+            return f"{attr}=absent"
+        label, seconds, nanos = rng.choice(pool)
+        value = getattr(owner, name)
+        value.seconds, value.nanos = seconds, nanos
+        return f"{attr}={label}"
+
+    return mutate
+
+
+def _set_timestamp(rng: random.Random, request: Any, world: World) -> str:
+    label, seconds, nanos = rng.choice(TIMESTAMPS)
+    request.from_timestamp.seconds, request.from_timestamp.nanos = seconds, nanos
+    return f"from_timestamp={label}"
+
+
+def _event_types(rng: random.Random, request: Any, world: World) -> str:
+    choice = rng.randrange(4)
+    if choice == 0:
+        del request.event_types[:]
+        request.event_types.extend(f"T{i}" for i in range(1000))
+        return "event_types=1000-types"
+    label, value = rng.choice(
+        [("A", "A"), ("empty", ""), ("nul", "A\x00"), ("len201", "t" * 201), weird_text(rng)]
+    )
+    if choice == 1 or not request.event_types:
+        request.event_types.append(value)
+    else:
+        request.event_types[rng.randrange(len(request.event_types))] = value
+    return f"event_types[]={label}"
+
+
+def _uuid(attr: str) -> Mutator:
+    def mutate(rng: random.Random, request: Any, world: World) -> str:
+        label, value = uuid_pick(rng, world)
+        setattr(request, attr, value)
+        return f"{attr}=uuid:{label}"
+
+    return mutate
+
+
+def _id_list(rng: random.Random, request: Any, world: World) -> str:
+    choice = rng.randrange(5)
+    if choice == 0:
+        del request.event_ids[:]
+        return "event_ids=none"
+    if choice == 1:
+        count = rng.choice([1000, 1001])
+        del request.event_ids[:]
+        request.event_ids.extend(_ids(rng, count))
+        return f"event_ids=count({count})"
+    label, value = uuid_pick(rng, world)
+    if not request.event_ids or choice == 2:
+        request.event_ids.append(value)
+    else:
+        request.event_ids[rng.randrange(len(request.event_ids))] = value
+    return f"event_ids[]=uuid:{label}"
+
+
+def _event_field(rng: random.Random, request: Any, world: World) -> str:
+    """Mutate one field of one event of a batch."""
+    if not request.events:
+        request.events.append(_event(rng))
+    i = rng.randrange(len(request.events))
+    item = request.events[i]
+    choice = rng.randrange(9)
+    where = f"events[{i}]"
+    if choice <= 2:
+        label, data = json_pick(rng)
+        item.data = data
+        return f"{where}.data={label}"
+    if choice == 3:
+        label, value = uuid_pick(rng, world)
+        item.event_id = value
+        return f"{where}.event_id=uuid:{label}"
+    if choice == 4:
+        label, value = short_text_pick(rng)
+        item.event_type = value
+        return f"{where}.event_type={label}"
+    if choice == 5:
+        label, value = rng.choice(
+            [
+                ("json", "application/json"),
+                ("json-upper", "Application/JSON"),
+                ("json-charset", "application/json; charset=utf-8"),
+                ("octet-stream", "application/octet-stream"),
+                short_text_pick(rng),
+            ]
+        )
+        item.content_type = value
+        return f"{where}.content_type={label}"
+    if choice == 6:
+        label, value = weird_text(rng)
+        if rng.random() < 0.5:
+            item.metadata[value] = "v"
+            return f"{where}.metadata.key={label}"
+        item.metadata["k"] = value
+        return f"{where}.metadata.value={label}"
+    name = rng.choice(["correlation_id", "causation_id"])
+    label, value = short_text_pick(rng)
+    setattr(item, name, value)
+    return f"{where}.{name}={label}"
+
+
+def _batch(rng: random.Random, request: Any, world: World) -> str:
+    choice = rng.randrange(40)
+    if choice == 0:
+        big = b'{"s": "' + b"x" * (1024 * 1024) + b'"}'
+        request.events.extend(_event(rng, data=big, with_id=False) for _ in range(5))
+        return "events=over-4MiB"
+    if choice == 1:
+        big = b'{"s": "' + b"x" * (MAX_MESSAGE_BYTES - 4096) + b'"}'
+        del request.events[:]
+        request.events.append(_event(rng, data=big, with_id=False))
+        return "events=just-under-4MiB"
+    if choice < 8:
+        count = rng.choice([100, 100, 1000, 1000, 5000])
+        request.events.extend(_event(rng, with_id=False) for _ in range(count))
+        return f"events=count({count})"
+    if choice < 24 and request.events:
+        twin = _event(rng)
+        twin.event_id = request.events[0].event_id or _ids(rng, 1)[0]
+        request.events[0].event_id = twin.event_id
+        request.events.append(twin)
+        return "events=duplicate-id"
+    del request.events[:]
+    return "events=none"
+
+
+def _expected_last_offset(rng: random.Random, request: Any, world: World) -> str:
+    if rng.random() < 0.2:
+        request.ClearField("expected_last_offset")
+        return "expected_last_offset=absent"
+    label, value = int64_pick(rng)
+    request.expected_last_offset = value
+    return f"expected_last_offset={label}"
+
+
+def _start(rng: random.Random, request: Any, world: World) -> str:
+    choice = rng.randrange(4)
+    if choice == 0:
+        label, value = int64_pick(rng)
+        request.from_offset = value
+        return f"from_offset={label}"
+    if choice == 1:
+        request.from_end = rng.random() < 0.5
+        return f"from_end={request.from_end}"
+    if choice == 2:
+        label, value = identifier_pick(rng)
+        request.consumer_group = value
+        return f"consumer_group={label}"
+    request.ClearField(request.WhichOneof("start") or "from_offset")
+    return "start=absent"
+
+
+def _stream_type(rng: random.Random, request: Any, world: World) -> str:
+    value = rng.choice(ENUMS)
+    request.configuration.stream_type = value
+    return f"configuration.stream_type={value}"
+
+
+def _clear_configuration(rng: random.Random, request: Any, world: World) -> str:
+    request.ClearField("configuration")
+    return "configuration=absent"
+
+
+MUTATORS: dict[str, list[Mutator]] = {
+    "AppendToStream": [_stream_name, _event_field, _event_field, _batch, _expected_last_offset],
+    "ReadStream": [
+        _stream_name,
+        _set_int("from_offset", int64_pick),
+        _set_int("max_count", int32_pick),
+        _set_timestamp,
+        _event_types,
+    ],
+    "GetStreamLength": [_stream_name],
+    "GetStreamMetadata": [_stream_name],
+    "Enqueue": [_stream_name, _event_field, _event_field, _batch],
+    "Dequeue": [
+        _stream_name,
+        _set_text("consumer_id", identifier_pick),
+        _set_duration("visibility_timeout"),
+        _set_int("max_messages", int32_pick),
+        _set_duration("wait_time", SHORT_WAITS),
+    ],
+    "Acknowledge": [_stream_name, _set_text("consumer_id", identifier_pick), _id_list],
+    "Nack": [
+        _stream_name,
+        _set_text("consumer_id", identifier_pick),
+        _uuid("event_id"),
+        _set_duration("delay"),
+        _set_text("reason", lambda rng: rng.choice([*WEIRD_TEXT, weird_text(rng)])),
+    ],
+    "ExtendVisibility": [
+        _stream_name,
+        _set_text("consumer_id", identifier_pick),
+        _uuid("event_id"),
+        _set_duration("visibility_timeout"),
+    ],
+    "ListDeadLetters": [
+        _stream_name,
+        _set_int("max_count", int32_pick),
+        _set_text("page_token", dead_token_pick),
+    ],
+    "RedriveDeadLetters": [_stream_name, _id_list],
+    "CommitOffset": [
+        _stream_name,
+        _set_text("consumer_group", identifier_pick),
+        _set_int("offset", int64_pick),
+    ],
+    "GetConsumerOffset": [_stream_name, _set_text("consumer_group", identifier_pick)],
+    "SubscribeToStream": [_stream_name, _start, _set_timestamp, _event_types],
+    "ConfigureStream": [
+        _stream_name,
+        _stream_type,
+        _set_duration("configuration.retention_max_age"),
+        _set_int("configuration.retention_max_count", int64_pick),
+        _set_int("configuration.max_delivery_attempts", int32_pick),
+        _set_duration("configuration.default_visibility_timeout"),
+        _clear_configuration,
+    ],
+    "GetStreamConfiguration": [_stream_name],
+    "ListStreams": [
+        _set_text(
+            "prefix",
+            lambda rng: rng.choice(
+                [("run", PREFIX), ("f", "f"), ("empty", ""), stream_name_pick(rng, PREFIX)]
+            ),
+        ),
+        _set_int("page_size", int32_pick),
+        _set_text("page_token", streams_token_pick),
+    ],
+    "DeleteStream": [_stream_name],
+}
+
+
+# ----------------------------------------------------------------- base requests
+
+
+def _event(rng: random.Random, *, data: bytes = b'{"n": 1}', with_id: bool = True) -> pb.EventData:
+    item = pb.EventData(event_type=rng.choice(["A", "B"]), data=data)
+    if with_id and rng.random() < 0.5:
+        item.event_id = _ids(rng, 1)[0]
+    if rng.random() < 0.3:
+        item.metadata["k"] = "v"
+    return item
+
+
+def base_request(rpc: str, rng: random.Random, world: World) -> Any:
+    """A request of ``rpc`` that the contract accepts."""
+    held = rng.choice(world.held_ids)
+    # Writes to new streams too: a refused one must not create its stream.
+    fresh = f"{PREFIX}-n{rng.randrange(FRESH_NAMES)}" if rng.random() < 0.3 else ""
+    if rpc == "AppendToStream":
+        events = [_event(rng) for _ in range(rng.randint(1, 3))]
+        return pb.AppendToStreamRequest(stream_name=fresh or LOG, events=events)
+    if rpc == "Enqueue":
+        events = [_event(rng) for _ in range(rng.randint(1, 3))]
+        return pb.EnqueueRequest(stream_name=fresh or QUEUE, events=events)
+    if rpc == "ReadStream":
+        return pb.ReadStreamRequest(stream_name=LOG, max_count=10, event_types=["A"])
+    if rpc in ("GetStreamLength", "GetStreamMetadata", "GetStreamConfiguration"):
+        return REQUEST_TYPES[rpc](stream_name=rng.choice([LOG, QUEUE]))
+    if rpc == "Dequeue":
+        return pb.DequeueRequest(stream_name=QUEUE, consumer_id="c2", max_messages=1)
+    if rpc == "Acknowledge":
+        return pb.AcknowledgeRequest(stream_name=QUEUE, consumer_id="c1", event_ids=[held])
+    if rpc == "Nack":
+        return pb.NackRequest(stream_name=QUEUE, consumer_id="c1", event_id=held, reason="r")
+    if rpc == "ExtendVisibility":
+        return pb.ExtendVisibilityRequest(
+            stream_name=QUEUE,
+            consumer_id="c1",
+            event_id=held,
+            visibility_timeout=Duration(seconds=3600),
+        )
+    if rpc == "ListDeadLetters":
+        return pb.ListDeadLettersRequest(stream_name=QUEUE, max_count=1)
+    if rpc == "RedriveDeadLetters":
+        return pb.RedriveDeadLettersRequest(stream_name=QUEUE, event_ids=world.dead_ids[:1])
+    if rpc == "CommitOffset":
+        return pb.CommitOffsetRequest(stream_name=LOG, consumer_group="g", offset=1)
+    if rpc == "GetConsumerOffset":
+        return pb.GetConsumerOffsetRequest(stream_name=LOG, consumer_group="g")
+    if rpc == "SubscribeToStream":
+        return pb.SubscribeToStreamRequest(stream_name=LOG, from_offset=0)
+    if rpc == "ConfigureStream":
+        return pb.ConfigureStreamRequest(
+            stream_name=f"{PREFIX}-conf{rng.randrange(10)}",
+            configuration=pb.StreamConfiguration(
+                stream_type=rng.choice([pb.STREAM_TYPE_PERSISTENT, pb.STREAM_TYPE_EPHEMERAL]),
+                max_delivery_attempts=3,
+            ),
+        )
+    if rpc == "ListStreams":
+        return pb.ListStreamsRequest(prefix=PREFIX, page_size=10)
+    if rpc == "DeleteStream":
+        return pb.DeleteStreamRequest(stream_name=f"{PREFIX}-gone{rng.randrange(10)}")
+    raise AssertionError(f"no base request for {rpc}")
+
+
+def setup_requests(world: World) -> list[tuple[str, Message]]:
+    """What the run writes before the corpus: a log, and a queue with two dead
+    letters, four messages leased to c1 for 12 h and six visible ones."""
+    log_events = [
+        pb.EventData(event_id=eid, event_type="AB"[i % 2], data=b'{"i": %d}' % i)
+        for i, eid in enumerate(world.log_ids)
+    ]
+    queue_events = [
+        pb.EventData(event_id=eid, event_type="Q", data=b"{}") for eid in world.queue_ids
+    ]
+    nacks: list[tuple[str, Message]] = [
+        ("Nack", pb.NackRequest(stream_name=QUEUE, consumer_id="c1", event_id=eid))
+        for eid in world.dead_ids
+    ]
+    return [
+        ("AppendToStream", pb.AppendToStreamRequest(stream_name=LOG, events=log_events)),
+        (
+            "ConfigureStream",
+            pb.ConfigureStreamRequest(
+                stream_name=QUEUE,
+                configuration=pb.StreamConfiguration(
+                    stream_type=pb.STREAM_TYPE_EPHEMERAL, max_delivery_attempts=1
+                ),
+            ),
+        ),
+        ("Enqueue", pb.EnqueueRequest(stream_name=QUEUE, events=queue_events)),
+        (
+            "Dequeue",
+            pb.DequeueRequest(
+                stream_name=QUEUE,
+                consumer_id="c1",
+                max_messages=2,
+                visibility_timeout=Duration(seconds=60),
+            ),
+        ),
+        *nacks,
+        (
+            "Dequeue",
+            pb.DequeueRequest(
+                stream_name=QUEUE,
+                consumer_id="c1",
+                max_messages=4,
+                visibility_timeout=Duration(seconds=43_200),
+            ),
+        ),
+    ]
+
+
+# ------------------------------------------------------------------- the corpus
+
+
+@dataclass(frozen=True)
+class Case:
+    rpc: str
+    label: str
+    payload: bytes
+    #: The request as the server will decode it; None when it does not decode.
+    request: Any
+    verdict: Verdict
+
+
+def decode(rpc: str, payload: bytes) -> Any:
+    try:
+        return REQUEST_TYPES[rpc].FromString(payload)
+    except DecodeError:
+        return None
+
+
+def admissible(rpc: str, request: Any) -> bool:
+    """Whether the corpus may send this: it writes and deletes only under the run's
+    prefix, leaves the setup's streams alone where it could wreck them, and waits
+    no longer than a moment."""
+    if request is None:
+        return True
+    if rpc != "ListStreams":
+        name = request.stream_name
+        if NAME_RE.fullmatch(name) and not name.startswith(PREFIX):
+            return False
+        if rpc in ("DeleteStream", "ConfigureStream") and name in (LOG, QUEUE):
+            return False
+    if rpc == "Dequeue" and request.HasField("wait_time"):
+        wait = request.wait_time
+        if duration_level(wait, maximum=None) == VALID:
+            return bool(wait.seconds * 10**9 + wait.nanos <= MAX_CORPUS_WAIT_NANOS)
+    return True
+
+
+def _field_case(rng: random.Random, rpc: str, world: World) -> Case:
+    for _ in range(50):
+        request = base_request(rpc, rng, world)
+        labels: dict[str, str] = {}
+        for _ in range(rng.choice([1, 1, 1, 1, 1, 1, 2, 2, 3])):
+            label = rng.choice(MUTATORS[rpc])(rng, request, world)
+            path = label.partition("=")[0]
+            # A later value of the same field replaces the earlier one.
+            labels.pop(path if not path.endswith("[]") else label, None)
+            labels[path if not path.endswith("[]") else label] = label
+        if admissible(rpc, request):
+            payload = request.SerializeToString()
+            label = "; ".join(labels.values())
+            return Case(rpc, label, payload, request, violations(rpc, request))
+    raise AssertionError(f"no admissible {rpc} case")
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def mutate_bytes(rng: random.Random, data: bytes) -> tuple[str, bytes]:
+    choice = rng.randrange(10)
+    if choice <= 2 and data:
+        flips = rng.randint(1, 8)
+        mutated = bytearray(data)
+        for _ in range(flips):
+            mutated[rng.randrange(len(mutated))] ^= 1 << rng.randrange(8)
+        return f"bit-flips({flips})", bytes(mutated)
+    if choice == 3 and data:
+        cut = rng.randrange(len(data))
+        return "truncated", data[:cut]
+    if choice == 4:
+        return "random-bytes", rng.randbytes(rng.randint(1, 64))
+    if choice == 5 and data:
+        at = rng.randrange(len(data) + 1)
+        return "inserted-bytes", data[:at] + rng.randbytes(rng.randint(1, 8)) + data[at:]
+    if choice == 6 and data:
+        at = rng.randrange(len(data))
+        value = rng.choice([0x00, 0x7F, 0x80, 0xFF])
+        return f"byte-{value:02x}", data[:at] + bytes([value]) + data[at + 1 :]
+    if choice == 7:
+        return "length-beyond-end", data + b"\x0a" + _varint(2**31) + b"x"
+    if choice == 8:
+        return rng.choice(
+            [
+                ("unknown-field", data + b"\xf8\x07\x01"),
+                ("wrong-wire-type", b"\x0d\x00\x00\x00\x00" + data),
+                ("open-group", data + b"\x0b"),
+                ("deep-groups", data + b"\xa3\x06" * 200 + b"\xa4\x06" * 200),
+                ("overlong-varint-tag", b"\xff" * 10 + b"\x01"),
+                ("invalid-utf8-name", b"\x0a\x02\xc3\x28" + data),
+            ]
+        )
+    return "doubled", data + data
+
+
+def _byte_case(rng: random.Random, rpc: str, world: World) -> Case:
+    for _ in range(50):
+        request = base_request(rpc, rng, world)
+        base = "valid"
+        if rng.random() < 0.3:
+            base = rng.choice(MUTATORS[rpc])(rng, request, world)
+        label, payload = mutate_bytes(rng, request.SerializeToString())
+        decoded = decode(rpc, payload)
+        if not admissible(rpc, decoded):
+            continue
+        verdict = Verdict(invalid={"request"}) if decoded is None else violations(rpc, decoded)
+        return Case(rpc, f"bytes:{label} of {base}", payload, decoded, verdict)
+    raise AssertionError(f"no admissible {rpc} byte case")
+
+
+@dataclass(frozen=True)
+class Corpus:
+    world: World
+    setup: list[tuple[str, Message]]
+    cases: list[Case]
+
+
+@functools.cache
+def corpus() -> Corpus:
+    """The same cases, byte for byte, on every run and every backend."""
+    rng = random.Random(SEED)
+    world = World(log_ids=_ids(rng, 6), queue_ids=_ids(rng, 12))
+    rpcs = sorted(REQUEST_TYPES)
+    weights = [3 if rpc in ("AppendToStream", "Enqueue") else 1 for rpc in rpcs]
+    cases = [_field_case(rng, rng.choices(rpcs, weights)[0], world) for _ in range(FIELD_CASES)] + [
+        _byte_case(rng, rng.choice(rpcs), world) for _ in range(BYTE_CASES)
+    ]
+    return Corpus(world, setup_requests(world), cases)
+
+
+# -------------------------------------------------------------------- sending
+
+
+@dataclass(frozen=True)
+class Outcome:
+    code: grpc.StatusCode
+    details: str
+    #: The unary response's bytes (OK only).
+    response: bytes = b""
+
+
+async def send(channel: grpc.aio.Channel, rpc: str, payload: bytes) -> Outcome:
+    method = METHOD_PREFIX + rpc
+    try:
+        if rpc in STREAMING:
+            # Bad requests fail before the first item; history can be long.
+            call = channel.unary_stream(method, None, None)(payload, timeout=CALL_TIMEOUT)
+            async for _ in call:
+                call.cancel()
+                return Outcome(grpc.StatusCode.OK, "")
+            return Outcome(grpc.StatusCode.OK, "the subscription ended without an item")
+        response = await channel.unary_unary(method, None, None)(payload, timeout=CALL_TIMEOUT)
+        return Outcome(grpc.StatusCode.OK, "", response)
+    except grpc.aio.AioRpcError as exc:
+        return Outcome(exc.code(), exc.details() or "")
+
+
+def named_field(details: str) -> str | None:
+    match = FIELD_PATH_RE.match(details)
+    return match.group(1) if match else None
+
+
+def resolves(descriptor: Any, path: str) -> bool:
+    """Whether ``path`` (``events[0].data``) names a field of the message."""
+    if path == "request":
+        return True
+    current: Any = descriptor
+    for part in path.split("."):
+        name, _, index = part.partition("[")
+        found = current.fields_by_name.get(name) if current is not None else None
+        if found is None or (index and not found.is_repeated):
+            return False
+        current = found.message_type
+    return True
+
+
+def _related(named: str, path: str) -> bool:
+    return named == path or any(
+        longer.startswith(shorter + sep)
+        for shorter, longer in ((named, path), (path, named))
+        for sep in (".", "[")
+    )
+
+
+def judge(case: Case, outcome: Outcome) -> str | None:
+    """What is wrong with the answer to a case (None: nothing)."""
+    code, details = outcome.code, outcome.details
+    if len(case.payload) > MAX_MESSAGE_BYTES:
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return None
+        return "a request over the 4 MiB limit was not RESOURCE_EXHAUSTED"
+    if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+        return "server fault"
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return "RESOURCE_EXHAUSTED for a request under the 4 MiB limit"
+    if code not in EXPECTED_CODES:
+        return f"unexpected code {code.name}"
+    if code == grpc.StatusCode.OK and details:
+        return details
+    if len(details) >= MAX_DETAILS:
+        return f"details of {len(details)} characters"
+    if PYTHON_LEAK_RE.search(details):
+        return "details name Python internals"
+    verdict = case.verdict
+    if code != grpc.StatusCode.INVALID_ARGUMENT:
+        if verdict.invalid:
+            return f"not INVALID_ARGUMENT although {', '.join(sorted(verdict.invalid))} is invalid"
+        return None
+    named = named_field(details)
+    descriptor = REQUEST_TYPES[case.rpc].DESCRIPTOR
+    if named is None or not resolves(descriptor, named):
+        return "details do not start with a field path"
+    allowed = verdict.invalid | verdict.doubtful
+    if not allowed:
+        return f"refused {named} although the request is valid"
+    if not any(_related(named, path) for path in allowed):
+        return f"named {named}, not one of {', '.join(sorted(allowed))}"
+    return None
+
+
+@dataclass(frozen=True)
+class Finding:
+    rpc: str
+    label: str
+    code: str
+    details: str
+    problem: str
+    #: What the finding is about, for grouping: the mutation of the field at fault.
+    kind: str
+
+
+def _path_shape(path: str) -> str:
+    return re.sub(r"\[\d*\]", "[]", path)
+
+
+def _shape(text: str) -> str:
+    return re.sub(r"\d+", "#", text)
+
+
+def finding(case: Case, outcome: Outcome, problem: str) -> Finding:
+    if case.request is None:
+        kind = "bytes that are not the request message"
+    else:
+        parts = case.label.split("; ")
+        invalid = {_path_shape(path) for path in case.verdict.invalid}
+        at_fault = [p for p in parts if _path_shape(p.partition("=")[0]) in invalid]
+        if at_fault:
+            parts = at_fault
+        kind = "; ".join(sorted({_path_shape(_shape(p)) for p in parts}))
+    return Finding(case.rpc, case.label, outcome.code.name, outcome.details, problem, kind)
+
+
+@dataclass
+class CorpusRun:
+    backend: str
+    outcomes: list[Outcome]
+    findings: list[Finding]
+    seconds: float
+
+
+@contextlib.contextmanager
+def quiet_server_logs() -> Iterator[None]:
+    """Thousands of expected failures would bury a report in server log lines."""
+    loggers = [logging.getLogger(name) for name in ("server", "storage", "grpc")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+@contextlib.asynccontextmanager
+async def fuzz_channel(address: str) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel that takes large responses (a page of large events), keeping
+    gRPC's default limit on metadata."""
+    options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    async with grpc.aio.insecure_channel(address, options=options) as channel:
+        yield channel
+
+
+class Ledger:
+    """The streams that successful calls wrote, and how long each log should be."""
+
+    def __init__(self) -> None:
+        self.streams: dict[str, int | None] = {}
+
+    def record(self, rpc: str, request: Any, outcome: Outcome) -> None:
+        if request is None or rpc == "ListStreams" or outcome.code != grpc.StatusCode.OK:
+            return
+        name = request.stream_name
+        if rpc == "AppendToStream":
+            last = pb.AppendToStreamResponse.FromString(outcome.response).last_offset
+            self.streams[name] = max(self.streams.get(name) or 0, last + 1)
+        elif rpc in WRITES:
+            self.streams.setdefault(name, None)
+        elif rpc == "DeleteStream":
+            self.streams.pop(name, None)
+
+    def unwritten(self, rpc: str, request: Any) -> str | None:
+        """The run's stream a call named, if no successful call has written it."""
+        if request is None or rpc == "ListStreams":
+            return None
+        name: str = request.stream_name
+        if not NAME_RE.fullmatch(name) or not name.startswith(PREFIX):
+            return None
+        return None if name in self.streams else name
+
+    async def traces(self, stub: Stub) -> list[Finding]:
+        """Streams under the prefix, at the end, that no successful call explains."""
+        found: dict[str, int] = {}
+        token = ""
+        while True:
+            page = await stub.ListStreams(
+                pb.ListStreamsRequest(prefix=PREFIX, page_size=1000, page_token=token)
+            )
+            found.update((s.stream_name, s.length) for s in page.streams)
+            token = page.next_page_token
+            if not token:
+                break
+        findings = []
+        for name in sorted(set(found) | set(self.streams)):
+            if name not in found:
+                problem = "a stream that successful calls wrote is gone"
+            elif name not in self.streams:
+                problem = "a stream exists that no successful call wrote"
+            elif (expected := self.streams[name]) is not None and expected != found[name]:
+                problem = f"length {found[name]}, but successful appends wrote {expected}"
+            else:
+                continue
+            findings.append(Finding("-", name, "-", "", problem, "streams after the corpus"))
+        return findings
+
+
+async def exists(channel: grpc.aio.Channel, name: str) -> bool:
+    request = pb.GetStreamMetadataRequest(stream_name=name).SerializeToString()
+    outcome = await send(channel, "GetStreamMetadata", request)
+    return outcome.code != grpc.StatusCode.NOT_FOUND
+
+
+async def run_corpus(address: str, backend: str) -> CorpusRun:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    work = corpus()
+    ledger = Ledger()
+    outcomes: list[Outcome] = []
+    findings: list[Finding] = []
+    async with fuzz_channel(address) as channel:
+        with quiet_server_logs():
+            for rpc, request in work.setup:
+                outcome = await send(channel, rpc, request.SerializeToString())
+                assert outcome.code == grpc.StatusCode.OK, f"setup {rpc}: {outcome}"
+                ledger.record(rpc, request, outcome)
+            for case in work.cases:
+                outcome = await send(channel, case.rpc, case.payload)
+                outcomes.append(outcome)
+                ledger.record(case.rpc, case.request, outcome)
+                problem = judge(case, outcome)
+                if problem is not None:
+                    findings.append(finding(case, outcome, problem))
+                # A call that wrote nothing must leave no stream behind.
+                name = ledger.unwritten(case.rpc, case.request)
+                if name is not None and await exists(channel, name):
+                    ledger.streams[name] = None
+                    trace = finding(case, outcome, f"{name[len(PREFIX) :]} exists after it")
+                    findings.append(
+                        replace(trace, kind=f"{case.rpc} {outcome.code.name} leaves a stream")
+                    )
+        findings.extend(await ledger.traces(Stub(channel)))
+    return CorpusRun(backend, outcomes, findings, loop.time() - started)
+
+
+_RUNS: dict[str, CorpusRun] = {}
+
+
+async def corpus_run(running: RunningServer) -> CorpusRun:
+    """The corpus's outcomes on a backend, sent once per test session."""
+    if running.backend not in _RUNS:
+        _RUNS[running.backend] = await run_corpus(running.address, running.backend)
+    return _RUNS[running.backend]
+
+
+def report(findings: Sequence[Finding], limit: int = 120) -> str:
+    """One line per kind of finding: the RPCs and codes, how many, one example."""
+    groups: dict[tuple[str, str], list[Finding]] = {}
+    for item in findings:
+        groups.setdefault((_shape(item.problem), item.kind), []).append(item)
+    lines = []
+    for (_, kind), items in sorted(groups.items(), key=lambda g: (g[0][1], g[0][0]))[:limit]:
+        first = items[0]
+        rpcs = ",".join(sorted({i.rpc for i in items}))
+        codes = ",".join(sorted({i.code for i in items}))
+        details = first.details[:100] + ("..." if len(first.details) > 100 else "")
+        lines.append(
+            f"- {kind[:80]} [{codes}] x{len(items)} {rpcs}: {first.problem[:100]}"
+            + (f"\n    e.g. {first.label[:100]!r} -> {details!r}" if details else "")
+        )
+    if len(groups) > limit:
+        lines.append(f"- ... and {len(groups) - limit} more kinds")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ the tests
+
+
+def test_corpus_covers_every_rpc_and_is_deterministic() -> None:
+    cases = corpus().cases
+    counts = Counter(case.rpc for case in cases)
+    assert set(counts) == set(REQUEST_TYPES), "an RPC has no cases"
+    assert min(counts.values()) >= 100, counts
+    refused = sum(1 for case in cases if case.verdict.invalid)
+    assert refused > len(cases) // 2, "most cases should be invalid requests"
+    assert sum(1 for case in cases if case.request is None) > 100, "few undecodable cases"
+    rng = random.Random(SEED)
+    world = World(log_ids=_ids(rng, 6), queue_ids=_ids(rng, 12))
+    assert world == corpus().world
+
+
+async def test_fuzz_corpus_gets_no_server_fault(server: RunningServer) -> None:
+    run = await corpus_run(server)
+    cases = len(corpus().cases)
+    if run.findings:
+        pytest.fail(
+            f"{len(run.findings)} of {cases} fuzz cases answered wrongly on {run.backend} "
+            f"(seed {SEED}, {run.seconds:.1f} s):\n{report(run.findings)}",
+            pytrace=False,
+        )
+
+
+async def test_backends_agree_on_what_is_invalid(pg_server: RunningServer) -> None:
+    """A request is INVALID_ARGUMENT on both backends or on neither (validation does
+    not depend on stream state). Cases that either backend answers wrongly are
+    already reported by the corpus test and left out here."""
+    postgres = await corpus_run(pg_server)
+    memory = _RUNS.get("memory")
+    if memory is None:
+        app = EventStreamingServer(server_settings("memory"))
+        await app.start()
+        try:
+            memory = _RUNS["memory"] = await run_corpus(f"127.0.0.1:{app.port}", "memory")
+        finally:
+            await app.stop(grace=1)
+    findings = []
+    for case, mem, pg in zip(corpus().cases, memory.outcomes, postgres.outcomes, strict=True):
+        if judge(case, mem) or judge(case, pg):
+            continue
+        invalid = grpc.StatusCode.INVALID_ARGUMENT
+        if (mem.code == invalid) != (pg.code == invalid):
+            disagreement = Outcome(mem.code, f"memory {mem.code.name}, postgres {pg.code.name}")
+            findings.append(finding(case, disagreement, "memory and PostgreSQL disagree"))
+    if findings:
+        pytest.fail(
+            f"{len(findings)} cases refused as invalid by one backend only (memory/postgres):\n"
+            + report(findings),
+            pytrace=False,
+        )
+
+
+# ------------------------------------------------------- known defects, one by one
+
+
+async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return caught.value
+
+
+def assert_names(exc: grpc.aio.AioRpcError, field_path: str) -> None:
+    details = exc.details() or ""
+    assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, (exc.code(), details[:300])
+    assert named_field(details) == field_path, details[:300]
+    assert len(details) < MAX_DETAILS, f"{len(details)} characters of details"
+    assert not PYTHON_LEAK_RE.search(details), details[:300]
+
+
+async def append_data(stub: Stub, name: str, data: bytes) -> Any:
+    request = pb.AppendToStreamRequest(
+        stream_name=name, events=[pb.EventData(event_type="T", data=data)]
+    )
+    return await stub.AppendToStream(request)
+
+
+async def enqueue_data(stub: Stub, name: str, data: bytes) -> Any:
+    request = pb.EnqueueRequest(stream_name=name, events=[pb.EventData(event_type="T", data=data)])
+    return await stub.Enqueue(request)
+
+
+WRITE_DATA = {"append": append_data, "enqueue": enqueue_data}
+
+
+async def assert_absent(stub: Stub, name: str) -> None:
+    exc = await rpc_error(stub.GetStreamMetadata(pb.GetStreamMetadataRequest(stream_name=name)))
+    assert exc.code() == grpc.StatusCode.NOT_FOUND, "a refused write left a stream behind"
+
+
+@pytest.mark.parametrize("write", sorted(WRITE_DATA))
+@pytest.mark.parametrize("kind", ["array", "object", "mixed"])
+@pytest.mark.parametrize("depth", [JSON_MAX_DEPTH + 1, 1000, 100_000])
+async def test_json_nested_beyond_the_limit_is_invalid(
+    stub: Stub, stream_name: str, write: str, kind: str, depth: int
+) -> None:
+    exc = await rpc_error(WRITE_DATA[write](stub, stream_name, _deep(kind, depth)))
+    assert_names(exc, "events[0].data")
+    await assert_absent(stub, stream_name)
+
+
+@pytest.mark.parametrize("write", sorted(WRITE_DATA))
+@pytest.mark.parametrize("kind", ["array", "object", "mixed"])
+async def test_json_nested_up_to_the_limit_is_accepted(
+    stub: Stub, stream_name: str, write: str, kind: str
+) -> None:
+    await WRITE_DATA[write](stub, stream_name, _deep(kind, JSON_MAX_DEPTH))
+
+
+OUT_OF_NUMERIC_RANGE = {
+    "1e1000000": "1e1000000",
+    "-1e-20000": "-1e-20000",
+    "1e131072": "1e131072",
+    "1e-16384": "1e-16384",
+    "0.001e131075": "0.001e131075",
+    "0e999999999999": "0e999999999999",
+    "int-200000-digits": "9" * 200_000,
+    "float-200000-digits": "1" + "0" * 199_999 + ".0",
+    "fraction-16384-digits": "0." + "1" * 16_384,
+}
+IN_NUMERIC_RANGE = {
+    "1e131071": "1e131071",
+    "-1e-16383": "-1e-16383",
+    "12e131070": "12e131070",
+    "1e400": "1e400",
+    "fraction-16383-digits": "0." + "1" * 16_383,
+    "int-4300-digits": "9" * 4300,
+}
+
+
+@pytest.mark.parametrize("write", sorted(WRITE_DATA))
+@pytest.mark.parametrize("number", sorted(OUT_OF_NUMERIC_RANGE))
+async def test_json_number_beyond_postgres_numeric_is_invalid_on_every_backend(
+    stub: Stub, stream_name: str, write: str, number: str
+) -> None:
+    data = b'{"n": ' + OUT_OF_NUMERIC_RANGE[number].encode() + b"}"
+    exc = await rpc_error(WRITE_DATA[write](stub, stream_name, data))
+    assert_names(exc, "events[0].data")
+    await assert_absent(stub, stream_name)
+
+
+@pytest.mark.parametrize("write", sorted(WRITE_DATA))
+@pytest.mark.parametrize("number", sorted(IN_NUMERIC_RANGE))
+async def test_json_number_within_postgres_numeric_is_accepted_on_every_backend(
+    stub: Stub, stream_name: str, write: str, number: str
+) -> None:
+    data = b'{"n": ' + IN_NUMERIC_RANGE[number].encode() + b"}"
+    await WRITE_DATA[write](stub, stream_name, data)
+
+
+@pytest.mark.parametrize("digits", [4301, 131_072])
+async def test_long_integer_is_stored_or_refused_without_python_internals(
+    server: RunningServer, stream_name: str, digits: int
+) -> None:
+    """Valid JSON within PostgreSQL's range, beyond Python's int() limit."""
+    event = pb.EventData(event_type="T", data=b"9" * digits)
+    request = pb.AppendToStreamRequest(stream_name=stream_name, events=[event])
+    outcome = await send(server.channel, "AppendToStream", request.SerializeToString())
+    if outcome.code != grpc.StatusCode.OK:
+        assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT, outcome
+        assert named_field(outcome.details) == "events[0].data", outcome.details
+        assert not PYTHON_LEAK_RE.search(outcome.details), outcome.details
+
+
+async def test_json_numbers_get_the_same_answer_from_both_backends(
+    pg_server: RunningServer,
+) -> None:
+    app = EventStreamingServer(server_settings("memory"))
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            memory = Stub(channel)
+            disagreements = []
+            numbers = {**OUT_OF_NUMERIC_RANGE, **IN_NUMERIC_RANGE}
+            for label, literal in sorted(numbers.items()):
+                data = b'{"n": ' + literal.encode() + b"}"
+                codes = []
+                for stub in (memory, pg_server.stub):
+                    try:
+                        await append_data(stub, unique_name("numbers"), data)
+                        codes.append("OK")
+                    except grpc.aio.AioRpcError as exc:
+                        codes.append(exc.code().name)
+                if codes[0] != codes[1]:
+                    disagreements.append(f"{label}: memory {codes[0]}, postgres {codes[1]}")
+    finally:
+        await app.stop(grace=1)
+    assert not disagreements, disagreements
+
+
+@pytest.mark.parametrize("expected", [0, 5, INT64_MAX])
+async def test_append_refused_for_its_expected_offset_creates_no_stream(
+    stub: Stub, stream_name: str, expected: int
+) -> None:
+    event = pb.EventData(event_type="T", data=b"{}")
+    request = pb.AppendToStreamRequest(
+        stream_name=stream_name, events=[event], expected_last_offset=expected
+    )
+    exc = await rpc_error(stub.AppendToStream(request))
+    assert exc.code() == grpc.StatusCode.ABORTED, exc.details()
+    await assert_absent(stub, stream_name)
+
+
+@pytest.fixture
+async def log_stream(stub: Stub, stream_name: str) -> str:
+    await append_data(stub, stream_name, b'{"n": 1}')
+    return stream_name
+
+
+async def first_item(stub: Stub, request: pb.SubscribeToStreamRequest) -> Any:
+    call = stub.SubscribeToStream(request, timeout=CALL_TIMEOUT)
+    try:
+        async for item in call:
+            return item
+    finally:
+        call.cancel()
+    return None
+
+
+@pytest.mark.parametrize(
+    "types", [["A\x00"], ["\x00"], ["A", "B\x00C"]], ids=["trailing", "only", "second"]
+)
+async def test_nul_in_event_types_filter_is_invalid(
+    stub: Stub, log_stream: str, types: list[str]
+) -> None:
+    where = f"event_types[{len(types) - 1}]"
+    read = stub.ReadStream(pb.ReadStreamRequest(stream_name=log_stream, event_types=types))
+    assert_names(await rpc_error(read), where)
+    subscribe = first_item(
+        stub, pb.SubscribeToStreamRequest(stream_name=log_stream, event_types=types)
+    )
+    assert_names(await rpc_error(subscribe), where)
+
+
+def _streams_token(after: str) -> str:
+    return _b64("streams-after:" + after)
+
+
+def _dead_token(after: str) -> str:
+    return _b64("dead-letters-after:" + after)
+
+
+BAD_STREAM_TOKENS = {
+    "nul": _streams_token("a\x00b"),
+    "raw-nul": "abc\x00",
+    "arabic-indic-digits": _streams_token("\u0661\u0662\u0663"),
+    "not-a-stream-name": _streams_token("a b"),
+    "20KB-garbage": "A" * 20_000,
+    "20KB-well-formed": _streams_token("s" * 15_000),
+}
+BAD_DEAD_LETTER_TOKENS = {
+    "nul": _dead_token("1\x00"),
+    "arabic-indic-digits": _dead_token("\u0661\u0662"),
+    "arabic-indic-digit-inside": _dead_token("1\u0662"),
+    "superscript-digit": _dead_token("\u00b2"),
+    "fullwidth-digit": _dead_token("\uff11"),
+    "4301-digits": _dead_token("1" * 4301),
+    "above-int64": _dead_token(str(2**63)),
+    "above-uint64": _dead_token(str(2**64)),
+    "negative": _dead_token("-1"),
+    "20KB-garbage": "A" * 20_000,
+}
+
+
+def assert_not_echoed(exc: grpc.aio.AioRpcError, token: str) -> None:
+    """A long token stays out of the message (it would not fit in the trailers)."""
+    if len(token) > MAX_DETAILS:
+        assert token[:100] not in (exc.details() or ""), "the token is echoed back"
+
+
+@pytest.mark.parametrize("token", sorted(BAD_STREAM_TOKENS))
+async def test_list_streams_refuses_a_page_token_it_did_not_issue(stub: Stub, token: str) -> None:
+    value = BAD_STREAM_TOKENS[token]
+    exc = await rpc_error(stub.ListStreams(pb.ListStreamsRequest(page_token=value)))
+    assert_names(exc, "page_token")
+    assert_not_echoed(exc, value)
+
+
+@pytest.mark.parametrize("token", sorted(BAD_DEAD_LETTER_TOKENS))
+async def test_list_dead_letters_refuses_a_page_token_it_did_not_issue(
+    stub: Stub, stream_name: str, token: str
+) -> None:
+    await enqueue_data(stub, stream_name, b"{}")
+    value = BAD_DEAD_LETTER_TOKENS[token]
+    request = pb.ListDeadLettersRequest(stream_name=stream_name, page_token=value)
+    exc = await rpc_error(stub.ListDeadLetters(request))
+    assert_names(exc, "page_token")
+    assert_not_echoed(exc, value)
+
+
+@pytest.mark.parametrize("after", ["0", str(INT64_MAX)])
+async def test_list_dead_letters_takes_any_int64_position(
+    stub: Stub, stream_name: str, after: str
+) -> None:
+    await enqueue_data(stub, stream_name, b"{}")
+    request = pb.ListDeadLettersRequest(stream_name=stream_name, page_token=_dead_token(after))
+    reply = await stub.ListDeadLetters(request)
+    assert list(reply.dead_letters) == []
+
+
+async def test_list_streams_takes_back_its_own_token(stub: Stub, stream_name: str) -> None:
+    for suffix in ("a", "b"):
+        await append_data(stub, f"{stream_name}-{suffix}", b"{}")
+    first = await stub.ListStreams(pb.ListStreamsRequest(prefix=stream_name, page_size=1))
+    assert first.next_page_token
+    second = await stub.ListStreams(
+        pb.ListStreamsRequest(prefix=stream_name, page_size=1, page_token=first.next_page_token)
+    )
+    assert [s.stream_name for s in second.streams] == [f"{stream_name}-b"]
+
+
+UNDECODABLE = {
+    "invalid-tag": b"\xff\xff",
+    "truncated-varint": b"\x08",
+    "length-beyond-end": b"\x0a\x05ab",
+    "invalid-utf8-string": b"\x0a\x01\xff",
+    "overlong-varint-tag": b"\xff" * 10 + b"\x01",
+    "open-group": b"\x0b",
+}
+
+
+@pytest.mark.parametrize("payload", sorted(UNDECODABLE))
+@pytest.mark.parametrize("rpc", sorted(REQUEST_TYPES))
+async def test_bytes_that_are_not_the_request_are_invalid_argument(
+    server: RunningServer, rpc: str, payload: str
+) -> None:
+    method = METHOD_PREFIX + rpc
+    if rpc in STREAMING:
+        call: Any = server.channel.unary_stream(method, None, None)(UNDECODABLE[payload], timeout=5)
+
+        async def drain() -> None:
+            async for _ in call:
+                pass
+
+        exc = await rpc_error(drain())
+    else:
+        exc = await rpc_error(
+            server.channel.unary_unary(method, None, None)(UNDECODABLE[payload], timeout=5)
+        )
+    assert_names(exc, "request")
+
+
+CANONICAL = "123e4567-e89b-42d3-a456-426614174000"
+NON_CANONICAL_IDS = {
+    "braces": "{" + CANONICAL + "}",
+    "urn": "urn:uuid:" + CANONICAL,
+    "arabic-indic-zeros": "\u0660" * 32,
+    "arabic-indic-canonical-shape": "-".join("\u0660" * n for n in (8, 4, 4, 4, 12)),
+    "fullwidth-zeros": "\uff10" * 32,
+    "dashless": CANONICAL.replace("-", ""),
+    "misplaced-dashes": "123e-4567e89b42d3a456-426614174000",
+}
+
+
+def id_request(rpc: str, name: str, event_id: str) -> tuple[Any, str]:
+    """A request of ``rpc`` that carries ``event_id``, and the field it is in."""
+    if rpc == "AppendToStream":
+        event = pb.EventData(event_id=event_id, event_type="T", data=b"{}")
+        return pb.AppendToStreamRequest(stream_name=name, events=[event]), "events[0].event_id"
+    if rpc == "Enqueue":
+        event = pb.EventData(event_id=event_id, event_type="T", data=b"{}")
+        return pb.EnqueueRequest(stream_name=name, events=[event]), "events[0].event_id"
+    if rpc == "Acknowledge":
+        request: Any = pb.AcknowledgeRequest(
+            stream_name=name, consumer_id="c", event_ids=[event_id]
+        )
+        return request, "event_ids[0]"
+    if rpc == "RedriveDeadLetters":
+        return pb.RedriveDeadLettersRequest(stream_name=name, event_ids=[event_id]), "event_ids[0]"
+    if rpc == "Nack":
+        return pb.NackRequest(stream_name=name, consumer_id="c", event_id=event_id), "event_id"
+    request = pb.ExtendVisibilityRequest(
+        stream_name=name,
+        consumer_id="c",
+        event_id=event_id,
+        visibility_timeout=Duration(seconds=60),
+    )
+    return request, "event_id"
+
+
+ID_RPCS = [
+    "AppendToStream",
+    "Enqueue",
+    "Acknowledge",
+    "RedriveDeadLetters",
+    "Nack",
+    "ExtendVisibility",
+]
+
+
+@pytest.mark.parametrize("form", sorted(NON_CANONICAL_IDS))
+@pytest.mark.parametrize("rpc", ID_RPCS)
+async def test_event_id_that_is_not_a_canonical_uuid_is_invalid(
+    server: RunningServer, stream_name: str, rpc: str, form: str
+) -> None:
+    request, where = id_request(rpc, stream_name, NON_CANONICAL_IDS[form])
+    exc = await rpc_error(getattr(server.stub, rpc)(request))
+    assert_names(exc, where)
+
+
+@pytest.mark.parametrize("case", ["lower", "upper"])
+@pytest.mark.parametrize("rpc", ID_RPCS)
+async def test_canonical_uuid_in_either_case_is_accepted(
+    server: RunningServer, stream_name: str, rpc: str, case: str
+) -> None:
+    event_id = CANONICAL.upper() if case == "upper" else CANONICAL
+    if rpc != "AppendToStream":
+        await enqueue_data(server.stub, stream_name, b"{}")
+    request, _ = id_request(rpc, stream_name, event_id)
+    outcome = await send(server.channel, rpc, request.SerializeToString())
+    # The id is fine; the message it names need not exist.
+    assert outcome.code in (grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND), outcome
