@@ -50,7 +50,7 @@ MAX_REASON_LENGTH = 1000
 MAX_DELIVERY_ATTEMPTS = 1000
 MAX_RETENTION_AGE = timedelta(days=36500)
 #: Event types a read or subscription may filter on.
-MAX_FILTER_TYPES = 100
+MAX_FILTER_TYPES = 1000
 #: JSON payloads: nesting depth, and PostgreSQL numeric's range (what jsonb stores
 #: a number as): at most 131,072 digits before the point and 16,383 after it.
 MAX_JSON_DEPTH = 512
@@ -206,16 +206,21 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+#: PostgreSQL refuses an exponent this large or larger, even on zero.
+_MAX_JSON_EXPONENT = 2**30 - 1
+
+
 def _check_number(literal: str) -> None:
     """A JSON number with a fraction or exponent must fit PostgreSQL's numeric (as
     jsonb stores it), so a payload accepted in development is accepted in
-    production. Integers beyond Python's 4,300-digit limit are refused by the
-    parser itself."""
+    production."""
     if len(literal) <= 24 and "e" not in literal and "E" not in literal:
         return  # a plain decimal this short is always in range
     number = Decimal(literal)
     _, digits, exponent = number.as_tuple()
     assert isinstance(exponent, int)
+    if abs(exponent) >= _MAX_JSON_EXPONENT:
+        raise ValueError(f"the number {_shown(literal, 24)} has an exponent beyond range")
     if -exponent > MAX_JSON_FRACTION_DIGITS:
         raise ValueError(
             f"the number {_shown(literal, 24)} has more than {MAX_JSON_FRACTION_DIGITS} "
@@ -226,6 +231,35 @@ def _check_number(literal: str) -> None:
             f"the number {_shown(literal, 24)} has more than {MAX_JSON_INTEGER_DIGITS} "
             "digits before the decimal point"
         )
+
+
+def _check_integer(literal: str) -> int:
+    """A JSON integer longer than Python reads by default (4,300 digits): within
+    PostgreSQL's numeric range it is as good as any. Its value is not needed."""
+    if len(literal.lstrip("-")) > MAX_JSON_INTEGER_DIGITS:
+        raise ValueError(
+            f"an integer has {len(literal.lstrip('-'))} digits; at most "
+            f"{MAX_JSON_INTEGER_DIGITS} allowed"
+        )
+    return 0
+
+
+def _parse(text: str) -> Any:
+    """The JSON document, checked for what PostgreSQL's jsonb refuses."""
+    try:
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_check_number)
+    except ValueError as exc:
+        if "integer string conversion" not in str(exc):
+            raise
+    # Python's int() refused a long integer: read again, checking integers by
+    # their length alone (only on this rare path, so plain payloads keep the
+    # parser's fast integer reading).
+    return json.loads(
+        text,
+        parse_constant=_reject_constant,
+        parse_float=_check_number,
+        parse_int=_check_integer,
+    )
 
 
 def _check_document(value: Any) -> None:
@@ -258,7 +292,7 @@ def _check_document(value: Any) -> None:
 def json_payload(data: bytes, field: str) -> None:
     try:
         text = data.decode("utf-8")
-        parsed = json.loads(text, parse_constant=_reject_constant, parse_float=_check_number)
+        parsed = _parse(text)
         # JSON text cannot hold a raw NUL or a lone surrogate (control characters
         # are refused by the parser, and the bytes are valid UTF-8): only a \u
         # escape can produce one. And nesting deeper than the limit needs more
@@ -282,7 +316,10 @@ def json_payload(data: bytes, field: str) -> None:
 # -- events -----------------------------------------------------------------------------
 def _metadata(value: Mapping[str, str], field: str) -> dict[str, str]:
     for key, item in value.items():
-        _text(key, f"{field} key {_shown(key)}", limit=MAX_REASON_LENGTH)
+        if "\x00" in key:
+            raise InvalidArgument(
+                f"{field} key {_shown(key)}", "must not contain the NUL character"
+            )
         if "\x00" in item:
             raise InvalidArgument(f"{field}[{_shown(key)}]", "must not contain the NUL character")
     return dict(value)

@@ -21,7 +21,7 @@ DEAD_LETTERS = "dead-letters-after"
 
 #: Longer than any token this service issues (a 200-character name, base64).
 MAX_TOKEN_LENGTH = 400
-_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]+")
+_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]+={0,2}")
 _POSITION_RE = re.compile(r"0|[1-9][0-9]{0,18}")
 _MAX_POSITION = 2**63 - 1
 
@@ -38,7 +38,8 @@ def _decode(kind: str, token: str) -> str | None:
     if len(token) > MAX_TOKEN_LENGTH or not _TOKEN_RE.fullmatch(token):
         raise InvalidPageToken
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        unpadded = token.rstrip("=")
+        raw = base64.urlsafe_b64decode(unpadded + "=" * (-len(unpadded) % 4))
         text = raw.decode("ascii")
     except (binascii.Error, ValueError):
         raise InvalidPageToken from None
