@@ -47,7 +47,7 @@ class EventData(_message.Message):
     def __init__(self, event_id: _Optional[str] = ..., event_type: _Optional[str] = ..., data: _Optional[bytes] = ..., content_type: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., correlation_id: _Optional[str] = ..., causation_id: _Optional[str] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("stream_name", "offset", "event_id", "event_type", "data", "content_type", "metadata", "correlation_id", "causation_id", "timestamp")
+    __slots__ = ("stream_name", "offset", "event_id", "event_type", "data", "content_type", "metadata", "correlation_id", "causation_id", "timestamp", "global_position")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +65,7 @@ class Event(_message.Message):
     CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     CAUSATION_ID_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    GLOBAL_POSITION_FIELD_NUMBER: _ClassVar[int]
     stream_name: str
     offset: int
     event_id: str
@@ -75,7 +76,8 @@ class Event(_message.Message):
     correlation_id: str
     causation_id: str
     timestamp: _timestamp_pb2.Timestamp
-    def __init__(self, stream_name: _Optional[str] = ..., offset: _Optional[int] = ..., event_id: _Optional[str] = ..., event_type: _Optional[str] = ..., data: _Optional[bytes] = ..., content_type: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., correlation_id: _Optional[str] = ..., causation_id: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    global_position: int
+    def __init__(self, stream_name: _Optional[str] = ..., offset: _Optional[int] = ..., event_id: _Optional[str] = ..., event_type: _Optional[str] = ..., data: _Optional[bytes] = ..., content_type: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., correlation_id: _Optional[str] = ..., causation_id: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., global_position: _Optional[int] = ...) -> None: ...
 
 class AppendToStreamRequest(_message.Message):
     __slots__ = ("stream_name", "events", "expected_last_offset")
@@ -88,26 +90,32 @@ class AppendToStreamRequest(_message.Message):
     def __init__(self, stream_name: _Optional[str] = ..., events: _Optional[_Iterable[_Union[EventData, _Mapping]]] = ..., expected_last_offset: _Optional[int] = ...) -> None: ...
 
 class AppendToStreamResponse(_message.Message):
-    __slots__ = ("first_offset", "last_offset")
+    __slots__ = ("first_offset", "last_offset", "first_global_position", "last_global_position")
     FIRST_OFFSET_FIELD_NUMBER: _ClassVar[int]
     LAST_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    FIRST_GLOBAL_POSITION_FIELD_NUMBER: _ClassVar[int]
+    LAST_GLOBAL_POSITION_FIELD_NUMBER: _ClassVar[int]
     first_offset: int
     last_offset: int
-    def __init__(self, first_offset: _Optional[int] = ..., last_offset: _Optional[int] = ...) -> None: ...
+    first_global_position: int
+    last_global_position: int
+    def __init__(self, first_offset: _Optional[int] = ..., last_offset: _Optional[int] = ..., first_global_position: _Optional[int] = ..., last_global_position: _Optional[int] = ...) -> None: ...
 
 class ReadStreamRequest(_message.Message):
-    __slots__ = ("stream_name", "from_offset", "max_count", "from_timestamp", "event_types")
+    __slots__ = ("stream_name", "from_offset", "max_count", "from_timestamp", "event_types", "backward")
     STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
     FROM_OFFSET_FIELD_NUMBER: _ClassVar[int]
     MAX_COUNT_FIELD_NUMBER: _ClassVar[int]
     FROM_TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     EVENT_TYPES_FIELD_NUMBER: _ClassVar[int]
+    BACKWARD_FIELD_NUMBER: _ClassVar[int]
     stream_name: str
     from_offset: int
     max_count: int
     from_timestamp: _timestamp_pb2.Timestamp
     event_types: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, stream_name: _Optional[str] = ..., from_offset: _Optional[int] = ..., max_count: _Optional[int] = ..., from_timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., event_types: _Optional[_Iterable[str]] = ...) -> None: ...
+    backward: bool
+    def __init__(self, stream_name: _Optional[str] = ..., from_offset: _Optional[int] = ..., max_count: _Optional[int] = ..., from_timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., event_types: _Optional[_Iterable[str]] = ..., backward: _Optional[bool] = ...) -> None: ...
 
 class ReadStreamResponse(_message.Message):
     __slots__ = ("events", "next_offset", "end_of_stream")
@@ -360,10 +368,12 @@ class SubscribeToStreamRequest(_message.Message):
     def __init__(self, stream_name: _Optional[str] = ..., from_offset: _Optional[int] = ..., from_end: _Optional[bool] = ..., consumer_group: _Optional[str] = ..., from_timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., event_types: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CaughtUp(_message.Message):
-    __slots__ = ("next_offset",)
+    __slots__ = ("next_offset", "next_position")
     NEXT_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    NEXT_POSITION_FIELD_NUMBER: _ClassVar[int]
     next_offset: int
-    def __init__(self, next_offset: _Optional[int] = ...) -> None: ...
+    next_position: int
+    def __init__(self, next_offset: _Optional[int] = ..., next_position: _Optional[int] = ...) -> None: ...
 
 class SubscribeToStreamResponse(_message.Message):
     __slots__ = ("event", "caught_up")
@@ -450,3 +460,97 @@ class DeleteStreamRequest(_message.Message):
 class DeleteStreamResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class AllFilter(_message.Message):
+    __slots__ = ("stream_prefixes", "event_types")
+    STREAM_PREFIXES_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TYPES_FIELD_NUMBER: _ClassVar[int]
+    stream_prefixes: _containers.RepeatedScalarFieldContainer[str]
+    event_types: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, stream_prefixes: _Optional[_Iterable[str]] = ..., event_types: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ReadAllRequest(_message.Message):
+    __slots__ = ("from_position", "max_count", "backward", "filter")
+    FROM_POSITION_FIELD_NUMBER: _ClassVar[int]
+    MAX_COUNT_FIELD_NUMBER: _ClassVar[int]
+    BACKWARD_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    from_position: int
+    max_count: int
+    backward: bool
+    filter: AllFilter
+    def __init__(self, from_position: _Optional[int] = ..., max_count: _Optional[int] = ..., backward: _Optional[bool] = ..., filter: _Optional[_Union[AllFilter, _Mapping]] = ...) -> None: ...
+
+class ReadAllResponse(_message.Message):
+    __slots__ = ("events", "next_position", "end_of_log")
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_POSITION_FIELD_NUMBER: _ClassVar[int]
+    END_OF_LOG_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[Event]
+    next_position: int
+    end_of_log: bool
+    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., next_position: _Optional[int] = ..., end_of_log: _Optional[bool] = ...) -> None: ...
+
+class SubscribeToAllRequest(_message.Message):
+    __slots__ = ("from_position", "from_end", "consumer_group", "filter", "checkpoint_interval")
+    FROM_POSITION_FIELD_NUMBER: _ClassVar[int]
+    FROM_END_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_GROUP_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    from_position: int
+    from_end: bool
+    consumer_group: str
+    filter: AllFilter
+    checkpoint_interval: int
+    def __init__(self, from_position: _Optional[int] = ..., from_end: _Optional[bool] = ..., consumer_group: _Optional[str] = ..., filter: _Optional[_Union[AllFilter, _Mapping]] = ..., checkpoint_interval: _Optional[int] = ...) -> None: ...
+
+class AllCheckpoint(_message.Message):
+    __slots__ = ("position",)
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    position: int
+    def __init__(self, position: _Optional[int] = ...) -> None: ...
+
+class SubscribeToAllResponse(_message.Message):
+    __slots__ = ("event", "caught_up", "checkpoint")
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    CAUGHT_UP_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    event: Event
+    caught_up: CaughtUp
+    checkpoint: AllCheckpoint
+    def __init__(self, event: _Optional[_Union[Event, _Mapping]] = ..., caught_up: _Optional[_Union[CaughtUp, _Mapping]] = ..., checkpoint: _Optional[_Union[AllCheckpoint, _Mapping]] = ...) -> None: ...
+
+class StreamAppend(_message.Message):
+    __slots__ = ("stream_name", "events", "expected_last_offset")
+    STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_LAST_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    stream_name: str
+    events: _containers.RepeatedCompositeFieldContainer[EventData]
+    expected_last_offset: int
+    def __init__(self, stream_name: _Optional[str] = ..., events: _Optional[_Iterable[_Union[EventData, _Mapping]]] = ..., expected_last_offset: _Optional[int] = ...) -> None: ...
+
+class ConsumerCheckpoint(_message.Message):
+    __slots__ = ("stream_name", "consumer_group", "offset")
+    STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_GROUP_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    stream_name: str
+    consumer_group: str
+    offset: int
+    def __init__(self, stream_name: _Optional[str] = ..., consumer_group: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class AppendToStreamsRequest(_message.Message):
+    __slots__ = ("appends", "checkpoint")
+    APPENDS_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    appends: _containers.RepeatedCompositeFieldContainer[StreamAppend]
+    checkpoint: ConsumerCheckpoint
+    def __init__(self, appends: _Optional[_Iterable[_Union[StreamAppend, _Mapping]]] = ..., checkpoint: _Optional[_Union[ConsumerCheckpoint, _Mapping]] = ...) -> None: ...
+
+class AppendToStreamsResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[AppendToStreamResponse]
+    def __init__(self, results: _Optional[_Iterable[_Union[AppendToStreamResponse, _Mapping]]] = ...) -> None: ...

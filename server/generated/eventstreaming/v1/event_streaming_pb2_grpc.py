@@ -126,6 +126,21 @@ class EventStreamingStub:
                 request_serializer=eventstreaming_dot_v1_dot_event__streaming__pb2.DeleteStreamRequest.SerializeToString,
                 response_deserializer=eventstreaming_dot_v1_dot_event__streaming__pb2.DeleteStreamResponse.FromString,
                 _registered_method=True)
+        self.ReadAll = channel.unary_unary(
+                '/eventstreaming.v1.EventStreaming/ReadAll',
+                request_serializer=eventstreaming_dot_v1_dot_event__streaming__pb2.ReadAllRequest.SerializeToString,
+                response_deserializer=eventstreaming_dot_v1_dot_event__streaming__pb2.ReadAllResponse.FromString,
+                _registered_method=True)
+        self.SubscribeToAll = channel.unary_stream(
+                '/eventstreaming.v1.EventStreaming/SubscribeToAll',
+                request_serializer=eventstreaming_dot_v1_dot_event__streaming__pb2.SubscribeToAllRequest.SerializeToString,
+                response_deserializer=eventstreaming_dot_v1_dot_event__streaming__pb2.SubscribeToAllResponse.FromString,
+                _registered_method=True)
+        self.AppendToStreams = channel.unary_unary(
+                '/eventstreaming.v1.EventStreaming/AppendToStreams',
+                request_serializer=eventstreaming_dot_v1_dot_event__streaming__pb2.AppendToStreamsRequest.SerializeToString,
+                response_deserializer=eventstreaming_dot_v1_dot_event__streaming__pb2.AppendToStreamsResponse.FromString,
+                _registered_method=True)
 
 
 class EventStreamingServicer:
@@ -283,6 +298,38 @@ class EventStreamingServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadAll(self, request, context):
+        """Reads the global log ($all): the events of every persistent stream in one
+        order (global positions), forward or backward, optionally filtered by
+        stream-name prefixes and event types. Gap-safe: once an event at position P
+        has been returned, no event below P ever appears later.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubscribeToAll(self, request, context):
+        """Streams the global log from the chosen start, then one CaughtUp, then live
+        events as they are appended on any replica: in global order, without gaps
+        or duplicates. A filtered subscription also sends AllCheckpoint messages so
+        a consumer with a sparse filter can save its progress.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AppendToStreams(self, request, context):
+        """Appends to several persistent streams atomically: every append (and the
+        optional consumer checkpoint) commits together, or nothing does.
+        Errors: ABORTED when any expectation fails (the details name every stream
+        that failed with its actual last offset); ALREADY_EXISTS when the checkpoint
+        shows the input was processed before; INVALID_ARGUMENT when a stream is
+        named twice or there is neither an append nor a checkpoint.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EventStreamingServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -375,6 +422,21 @@ def add_EventStreamingServicer_to_server(servicer, server):
                     servicer.DeleteStream,
                     request_deserializer=eventstreaming_dot_v1_dot_event__streaming__pb2.DeleteStreamRequest.FromString,
                     response_serializer=eventstreaming_dot_v1_dot_event__streaming__pb2.DeleteStreamResponse.SerializeToString,
+            ),
+            'ReadAll': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadAll,
+                    request_deserializer=eventstreaming_dot_v1_dot_event__streaming__pb2.ReadAllRequest.FromString,
+                    response_serializer=eventstreaming_dot_v1_dot_event__streaming__pb2.ReadAllResponse.SerializeToString,
+            ),
+            'SubscribeToAll': grpc.unary_stream_rpc_method_handler(
+                    servicer.SubscribeToAll,
+                    request_deserializer=eventstreaming_dot_v1_dot_event__streaming__pb2.SubscribeToAllRequest.FromString,
+                    response_serializer=eventstreaming_dot_v1_dot_event__streaming__pb2.SubscribeToAllResponse.SerializeToString,
+            ),
+            'AppendToStreams': grpc.unary_unary_rpc_method_handler(
+                    servicer.AppendToStreams,
+                    request_deserializer=eventstreaming_dot_v1_dot_event__streaming__pb2.AppendToStreamsRequest.FromString,
+                    response_serializer=eventstreaming_dot_v1_dot_event__streaming__pb2.AppendToStreamsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -864,6 +926,87 @@ class EventStreaming:
             '/eventstreaming.v1.EventStreaming/DeleteStream',
             eventstreaming_dot_v1_dot_event__streaming__pb2.DeleteStreamRequest.SerializeToString,
             eventstreaming_dot_v1_dot_event__streaming__pb2.DeleteStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadAll(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eventstreaming.v1.EventStreaming/ReadAll',
+            eventstreaming_dot_v1_dot_event__streaming__pb2.ReadAllRequest.SerializeToString,
+            eventstreaming_dot_v1_dot_event__streaming__pb2.ReadAllResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubscribeToAll(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/eventstreaming.v1.EventStreaming/SubscribeToAll',
+            eventstreaming_dot_v1_dot_event__streaming__pb2.SubscribeToAllRequest.SerializeToString,
+            eventstreaming_dot_v1_dot_event__streaming__pb2.SubscribeToAllResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AppendToStreams(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eventstreaming.v1.EventStreaming/AppendToStreams',
+            eventstreaming_dot_v1_dot_event__streaming__pb2.AppendToStreamsRequest.SerializeToString,
+            eventstreaming_dot_v1_dot_event__streaming__pb2.AppendToStreamsResponse.FromString,
             options,
             channel_credentials,
             insecure,
