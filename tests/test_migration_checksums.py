@@ -11,7 +11,9 @@ from storage.postgres.migrations import load_migrations
 #: Every migration file shipped, by name, with the SHA-256 of its text (as the
 #: server records it in event_streaming.schema_version).
 RELEASED = {
-    "001_streams_and_events.sql": "dfaeabd903ce4c1ddcd4a52a14fa43910bc13847a4d02fd06ad11b07484b581b",
+    "001_streams_and_events.sql": (
+        "dfaeabd903ce4c1ddcd4a52a14fa43910bc13847a4d02fd06ad11b07484b581b"
+    ),
     "002_queues.sql": "315630c720b9b0e9e70d66c9960447918e2a9a231d460f65c00291dff68243dd",
     "003_consumers.sql": "285f6ba4d9bb2e4e7251c977fe858db4f8d0a20e45586040db7e600e222c4db4",
     "004_clean_writes.sql": "86e16e62ddff89f6413f086645f00a225bbc21c4c56adb747509a9c16fe989d5",
