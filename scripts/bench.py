@@ -27,7 +27,7 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import Result, bench_database, emit, latency_ms, server_process
+from benchlib import ROOT, Result, bench_database, emit, latency_ms, server_process
 
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
 from server.generated.eventstreaming.v1 import event_streaming_pb2_grpc as pb_grpc
@@ -175,12 +175,15 @@ async def raw_reads(
     return time.perf_counter() - started, latencies, rows
 
 
-async def log_suite(backend: str, args: argparse.Namespace, dsn: str) -> list[Result]:
+async def log_suite(
+    backend: str, args: argparse.Namespace, dsn: str, root: Path = ROOT, label: str = ""
+) -> list[Result]:
+    """The log scenarios against the server of the checkout at ``root``."""
     results: list[Result] = []
     single_per_worker = max(1, args.scale * 60)
     batch_per_worker = max(1, args.scale * 20)
     read_events = args.scale * 50_000
-    async with server_process(backend, dsn) as address:
+    async with server_process(backend, dsn, root=root) as address:
         pool = (
             await asyncpg.create_pool(dsn, min_size=10, max_size=10)
             if backend == "postgres"
@@ -205,6 +208,7 @@ async def log_suite(backend: str, args: argparse.Namespace, dsn: str) -> list[Re
                     p50,
                     p99,
                     base,
+                    notes=label,
                 )
             )
 
@@ -222,6 +226,7 @@ async def log_suite(backend: str, args: argparse.Namespace, dsn: str) -> list[Re
                     p50,
                     p99,
                     base,
+                    notes=label,
                 )
             )
 
@@ -241,7 +246,7 @@ async def log_suite(backend: str, args: argparse.Namespace, dsn: str) -> list[Re
                     p50,
                     p99,
                     base,
-                    notes=f"{read_events} events, 2 passes",
+                    notes=f"{label + ': ' if label else ''}{read_events} events, 2 passes",
                 )
             )
         finally:
@@ -253,6 +258,25 @@ async def log_suite(backend: str, args: argparse.Namespace, dsn: str) -> list[Re
 SUITES = {"log": None, "queue": "bench_queue", "subscriptions": "bench_subscriptions"}
 
 
+async def compared_log_suite(backend: str, args: argparse.Namespace) -> list[Result]:
+    """The log scenarios on this checkout and on ``args.against`` (an earlier
+    commit's worktree), alternating round by round, each on a database of its own
+    (the two may not share a schema); the median round of each."""
+    rounds: dict[str, list[list[Result]]] = {"this": [], "baseline": []}
+    for _ in range(args.rounds):
+        for label, root in (("this", ROOT), ("baseline", args.against)):
+            async with bench_database() as dsn:
+                rounds[label].append(await log_suite(backend, args, dsn, root, label))
+    results: list[Result] = []
+    for runs in rounds.values():
+        for i in range(len(runs[0])):
+            rows = sorted((run[i] for run in runs), key=lambda r: r.events_per_s)
+            median = rows[len(rows) // 2]
+            median.notes = f"{median.notes} (median of {len(rows)})"
+            results.append(median)
+    return results
+
+
 async def main_async(args: argparse.Namespace) -> list[Result]:
     results: list[Result] = []
     suites = [s.strip() for s in args.suite.split(",") if s.strip()]
@@ -260,7 +284,10 @@ async def main_async(args: argparse.Namespace) -> list[Result]:
         for suite in suites:
             if suite == "log":
                 for backend in args.backends:
-                    results.extend(await log_suite(backend, args, dsn))
+                    if args.against is None:
+                        results.extend(await log_suite(backend, args, dsn))
+                    else:
+                        results.extend(await compared_log_suite(backend, args))
                 continue
             module = importlib.import_module(SUITES[suite] or suite)
             for row in await module.run(argparse.Namespace(**vars(args), dsn=dsn)):
@@ -276,6 +303,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--suite", default="log", help=f"comma-separated: {', '.join(SUITES)}")
     parser.add_argument("--backend", choices=["memory", "postgres", "both"], default="both")
     parser.add_argument("--scale", type=int, default=1, help="multiply the amount of work")
+    parser.add_argument(
+        "--against",
+        type=Path,
+        help="also run the log suite on the server of this checkout (e.g. `git worktree add "
+        "../baseline <commit>`), alternating with this one, for a before/after in one run",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per server with --against")
     args = parser.parse_args(argv)
     args.backends = ["memory", "postgres"] if args.backend == "both" else [args.backend]
     for suite in args.suite.split(","):
