@@ -264,7 +264,7 @@ async def compared_log_suite(backend: str, args: argparse.Namespace) -> list[Res
     (the two may not share a schema); the median round of each."""
     rounds: dict[str, list[list[Result]]] = {"this": [], "baseline": []}
     for _ in range(args.rounds):
-        for label, root in (("this", ROOT), ("baseline", args.against)):
+        for label, root in (("this", args.this), ("baseline", args.against)):
             async with bench_database() as dsn:
                 rounds[label].append(await log_suite(backend, args, dsn, root, label))
     results: list[Result] = []
@@ -310,6 +310,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "../baseline <commit>`), alternating with this one, for a before/after in one run",
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds per server with --against")
+    parser.add_argument(
+        "--this",
+        type=Path,
+        default=ROOT,
+        help="with --against: the checkout measured as 'this' (default: this one)",
+    )
     args = parser.parse_args(argv)
     args.backends = ["memory", "postgres"] if args.backend == "both" else [args.backend]
     for suite in args.suite.split(","):
