@@ -2481,6 +2481,44 @@ async def test_nul_in_event_types_filter_is_invalid(
     assert_names(await rpc_error(subscribe), where)
 
 
+async def wide_prefix(stub: Stub, stream_name: str) -> pb.AllFilter:
+    """A filter on WIDE_STREAMS logs of one event each: more streams than PostgreSQL
+    looks up one by one, so a global read scans the log under it instead."""
+    appends = [
+        pb.StreamAppend(
+            stream_name=f"{stream_name}-{k}", events=[pb.EventData(event_type="T", data=b"{}")]
+        )
+        for k in range(WIDE_STREAMS)
+    ]
+    for i in range(0, WIDE_STREAMS, MAX_APPENDS):
+        await stub.AppendToStreams(pb.AppendToStreamsRequest(appends=appends[i : i + MAX_APPENDS]))
+    return pb.AllFilter(stream_prefixes=[f"{stream_name}-"])
+
+
+@pytest.mark.parametrize("position", [INT64_MAX - 1, INT64_MAX])
+async def test_read_all_from_the_largest_positions_under_a_wide_prefix(
+    stub: Stub, stream_name: str, position: int
+) -> None:
+    wanted = await wide_prefix(stub, stream_name)
+    page = await stub.ReadAll(pb.ReadAllRequest(from_position=position, filter=wanted))
+    assert list(page.events) == []
+
+
+@pytest.mark.parametrize("position", [INT64_MAX - 1, INT64_MAX])
+async def test_subscribe_to_all_from_the_largest_positions_under_a_wide_prefix(
+    stub: Stub, stream_name: str, position: int
+) -> None:
+    wanted = await wide_prefix(stub, stream_name)
+    call = stub.SubscribeToAll(
+        pb.SubscribeToAllRequest(from_position=position, filter=wanted), timeout=CALL_TIMEOUT
+    )
+    try:
+        item = await anext(aiter(call))
+    finally:
+        call.cancel()
+    assert item.WhichOneof("content") != "event", item
+
+
 def _streams_token(after: str) -> str:
     return _b64("streams-after:" + after)
 
