@@ -26,7 +26,14 @@ from server.app import EventStreamingServer
 from server.generated.eventstreaming.v1 import event_streaming_pb2_grpc as pb_grpc
 from server.settings import Settings
 from storage.interface import EventStore
-from tests.support import ADMIN_DSN, create_database, drop_database, dsn_for, unique_name
+from tests.support import (
+    ADMIN_DSN,
+    TcpProxy,
+    create_database,
+    drop_database,
+    dsn_for,
+    unique_name,
+)
 
 T = TypeVar("T")
 
@@ -174,3 +181,13 @@ def memory_stub(memory_server: RunningServer) -> pb_grpc.EventStreamingStub:
 @pytest.fixture
 def stream_name() -> str:
     return unique_name()
+
+
+@pytest_asyncio.fixture
+async def proxy() -> AsyncIterator[TcpProxy]:
+    """A loopback proxy to PostgreSQL that a test can hold or cut (an outage)."""
+    running = await TcpProxy().start()
+    try:
+        yield running
+    finally:
+        await running.close()

@@ -5,6 +5,7 @@ every test makes (append, read, queue operations)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -227,6 +228,23 @@ class ServerProcess:
                 raise AssertionError("server did not exit within its shutdown timeout")
             await asyncio.sleep(0.05)
         return int(self.process.returncode)
+
+
+@contextlib.contextmanager
+def child_process(
+    args: Sequence[str], env: Mapping[str, str], cwd: Path = ROOT / "tests"
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A command in a child process (output discarded), killed at the end if it is
+    still running."""
+    process = subprocess.Popen(
+        list(args), cwd=cwd, env=dict(env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
 
 
 def stub_for(channel: grpc.aio.Channel) -> pb_grpc.EventStreamingStub:

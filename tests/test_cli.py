@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from importlib.metadata import version
 from pathlib import Path
@@ -21,10 +20,12 @@ from storage.errors import StorageError
 from tests.conftest import _run_in_thread
 from tests.support import (
     ROOT,
+    child_process,
     create_database,
     drop_database,
     dsn_for,
     free_port,
+    wait_until_sync,
 )
 
 
@@ -319,19 +320,9 @@ def test_health_fails_when_no_server_answers() -> None:
 @pytest.fixture
 def serving_without_command() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     port = free_port()
-    process = subprocess.Popen(
-        command(),  # no command: serve
-        cwd=ROOT / "tests",
-        env=clean_env(EVENTSTREAMING_HOST="127.0.0.1", EVENTSTREAMING_PORT=str(port)),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+    env = clean_env(EVENTSTREAMING_HOST="127.0.0.1", EVENTSTREAMING_PORT=str(port))
+    with child_process(command(), env) as process:  # no command: serve
         yield process, port
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=10)
 
 
 def test_serve_is_the_default_command_and_health_reports_it(
@@ -339,13 +330,13 @@ def test_serve_is_the_default_command_and_health_reports_it(
 ) -> None:
     process, port = serving_without_command
     env = clean_env(EVENTSTREAMING_PORT=str(port))
-    deadline = time.monotonic() + 30
-    while True:
+
+    def serving() -> subprocess.CompletedProcess[str] | None:
+        assert process.poll() is None, "the server exited"
         result = run(["health", "--timeout", "1"], env)
-        if result.returncode == 0 or time.monotonic() > deadline or process.poll() is not None:
-            break
-        time.sleep(0.2)
-    assert result.returncode == 0, result.stdout + result.stderr
+        return result if result.returncode == 0 else None
+
+    result = wait_until_sync(serving)
     assert result.stdout.strip() == f"127.0.0.1:{port}: SERVING"
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0

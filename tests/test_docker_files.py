@@ -29,7 +29,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from server.settings import Settings
-from tests.support import ROOT, free_port, wait_until_sync
+from tests.support import ROOT, child_process, free_port, wait_until_sync
 
 
 def command() -> list[str]:
@@ -431,19 +431,8 @@ def image_process(runtime: Stage) -> Iterator[tuple[subprocess.Popen[bytes], dic
     )
     entry = exec_form(runtime.one("ENTRYPOINT")) + exec_form(runtime.one("CMD"))
     assert entry[0] == "eventstreaming"
-    process = subprocess.Popen(
-        [*command(), *entry[1:]],
-        cwd=ROOT / "tests",
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+    with child_process([*command(), *entry[1:]], env) as process:
         yield process, env
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=10)
 
 
 def test_image_command_serves_and_its_healthcheck_passes(

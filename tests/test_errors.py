@@ -4,12 +4,10 @@ and driver errors never escape the PostgreSQL backend."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
-import pytest_asyncio
 
 from server.app import EventStreamingServer
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
@@ -33,15 +31,6 @@ async def test_unexpected_error_is_internal_without_details(
     assert caught.value.code() == grpc.StatusCode.INTERNAL
     assert "hunter2" not in (caught.value.details() or "")
     assert "hunter2" in caplog.text
-
-
-@pytest_asyncio.fixture
-async def proxy() -> AsyncIterator[TcpProxy]:
-    running = await TcpProxy().start()
-    try:
-        yield running
-    finally:
-        await running.close()
 
 
 async def test_database_outage_is_unavailable_and_recovers(

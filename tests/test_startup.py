@@ -267,15 +267,6 @@ async def test_a_database_that_never_answers_is_given_up_on_soon(
     )
 
 
-@pytest_asyncio.fixture
-async def proxy() -> AsyncIterator[TcpProxy]:
-    running = await TcpProxy().start()
-    try:
-        yield running
-    finally:
-        await running.close()
-
-
 async def test_a_database_that_comes_up_later_is_waited_for(
     proxy: TcpProxy, pg_database: str, tmp_path: Path
 ) -> None:
