@@ -62,6 +62,18 @@ async def migrate(dsn: str, **timeouts: Unpack[DatabaseTimeouts]) -> list[str]:
     return [migration.file_name for migration in ran]
 
 
+async def prepare_schema(
+    dsn: str, *, auto_migrate: bool, **timeouts: Unpack[DatabaseTimeouts]
+) -> None:
+    """What a PostgreSQL store's start does to the schema, once, on a connection of
+    its own: apply pending migrations (``auto_migrate``) or refuse a schema that
+    has any. Raises only storage errors, as :func:`migrate` does."""
+    from storage.postgres.connect import ConnectOptions
+    from storage.postgres.migrations import prepare_database
+
+    await prepare_database(dsn, ConnectOptions(**timeouts), auto_migrate=auto_migrate)
+
+
 async def migration_status(
     dsn: str, **timeouts: Unpack[DatabaseTimeouts]
 ) -> list[tuple[str, datetime | None]]:

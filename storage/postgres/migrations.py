@@ -183,11 +183,35 @@ async def pending_migrations(conn: Connection) -> list[Migration]:
     return [s.migration for s in await migration_status(conn) if s.applied_at is None]
 
 
+async def ensure_schema(conn: Connection, *, auto_migrate: bool) -> None:
+    """Bring the schema up to date (``auto_migrate``), or else refuse a schema with
+    pending migrations, saying how to apply them (MigrationError)."""
+    if auto_migrate:
+        await apply_migrations(conn)
+        return
+    pending = await pending_migrations(conn)
+    if pending:
+        names = ", ".join(m.file_name for m in pending)
+        raise MigrationError(
+            f"{len(pending)} migration(s) pending ({names}) and "
+            "EVENTSTREAMING_AUTO_MIGRATE is false; apply them with "
+            "'python -m server migrate' (or 'eventstreaming migrate')"
+        )
+
+
 async def migrate_database(dsn: str, options: ConnectOptions) -> list[Migration]:
     """``migrate``: apply pending migrations on a connection of its own, connecting
     (and retrying) as the server does at boot; raises only storage errors."""
     async with connection(dsn, options) as conn:
         return await apply_migrations(conn)
+
+
+async def prepare_database(dsn: str, options: ConnectOptions, *, auto_migrate: bool) -> None:
+    """What a server's start does to the schema (:func:`ensure_schema`), on a
+    connection of its own: done once before several server processes start, so
+    they need not each take the migration lock; raises only storage errors."""
+    async with connection(dsn, options) as conn:
+        await ensure_schema(conn, auto_migrate=auto_migrate)
 
 
 async def database_migration_status(dsn: str, options: ConnectOptions) -> list[MigrationStatus]:

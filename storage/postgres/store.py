@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from storage.errors import MigrationError, StreamNotFound
+from storage.errors import StreamNotFound
 from storage.interface import EventStore
 from storage.postgres.admin import PostgresAdmin
 from storage.postgres.config import PostgresConfig
 from storage.postgres.connect import ConnectOptions, startup_errors
 from storage.postgres.consumers import PostgresConsumers
 from storage.postgres.log import METADATA_SQL, PostgresLog
-from storage.postgres.migrations import apply_migrations, pending_migrations
+from storage.postgres.migrations import ensure_schema
 from storage.postgres.queue import PostgresQueue
 from storage.records import StreamMetadata, StreamType
 from storage.rules import DEFAULT_PAGE_BYTES
@@ -49,18 +49,7 @@ class PostgresEventStore(
         try:
             async with startup_errors(self._dsn, self._connect_options):
                 async with self.db.session() as session:
-                    conn = session.connection
-                    if self._auto_migrate:
-                        await apply_migrations(conn)
-                    else:
-                        pending = await pending_migrations(conn)
-                        if pending:
-                            names = ", ".join(m.file_name for m in pending)
-                            raise MigrationError(
-                                f"{len(pending)} migration(s) pending ({names}) and "
-                                "EVENTSTREAMING_AUTO_MIGRATE is false; apply them with "
-                                "'python -m server migrate' (or 'eventstreaming migrate')"
-                            )
+                    await ensure_schema(session.connection, auto_migrate=self._auto_migrate)
                 await self._start_notifier()
         except BaseException:
             await self._stop_notifier()
