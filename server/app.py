@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import signal
 import socket
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -26,6 +27,9 @@ from server.settings import Settings, StartupError
 from server.subscriptions import Subscriptions
 from storage.factory import create_store
 from storage.interface import EventStore
+
+if TYPE_CHECKING:
+    from server.workers import WorkerLink
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +101,10 @@ class EventStreamingServer:
     port: int = 0
     #: The port of the /metrics endpoint (0: metrics are off).
     metrics_port: int = 0
+    #: Share the port with the other worker processes (SO_REUSEPORT). Off for a
+    #: server on its own: then a port in use stops the start rather than being
+    #: shared with whoever holds it.
+    reuse_port: bool = False
     #: The subscriptions in progress (made at start).
     subscriptions: Subscriptions | None = None
     _server: grpc.aio.Server | None = None
@@ -110,7 +118,8 @@ class EventStreamingServer:
         """Bind, start storage, serve. A port or host that cannot be used raises
         StartupError; storage that cannot be started raises a storage error."""
         host = self.settings.host
-        check_can_listen(host, self.settings.port, "port")
+        if not self.reuse_port:  # the workers' supervisor checked it, and they share it
+            check_can_listen(host, self.settings.port, "port")
         if self.settings.metrics_port:
             check_can_listen(host, self.settings.metrics_port, "metrics_port")
         store = self.store = self.store or build_store(self.settings)
@@ -124,7 +133,8 @@ class EventStreamingServer:
                 ("grpc.max_receive_message_length", self.settings.max_message_bytes),
                 # gRPC's default SO_REUSEPORT lets a second server bind a port in use
                 # and take part of its calls: a taken port must stop the start.
-                ("grpc.so_reuseport", 0),
+                # Worker processes share their port on purpose.
+                ("grpc.so_reuseport", 1 if self.reuse_port else 0),
             ],
         )
         subscriptions = self.subscriptions = Subscriptions(store)
@@ -168,7 +178,7 @@ class EventStreamingServer:
             self.settings.host,
             self.port,
             self.settings.storage,
-            extra={"port": self.port, "storage": self.settings.storage},
+            extra={"port": self.port, "storage": self.settings.storage, "pid": os.getpid()},
         )
 
     async def _set_health(
@@ -200,16 +210,24 @@ class EventStreamingServer:
         await self._server.wait_for_termination()
 
 
-async def serve(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT, then shut down within the grace period."""
-    app = EventStreamingServer(settings)
+async def serve(settings: Settings, link: WorkerLink | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then shut down within the grace period. As a
+    worker process (``link``: to its supervisor), share the port with the other
+    workers, say when serving, and stop too when the supervisor is gone."""
+    app = EventStreamingServer(settings, reuse_port=link is not None)
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop_requested.set)
     try:
+        if link is not None:
+            await link.open(supervisor_gone=stop_requested.set)
         await app.start()
+        if link is not None:
+            await link.ready()
         await stop_requested.wait()
         log.info("shutdown requested; finishing calls in progress")
     finally:
         await app.stop()
+        if link is not None:
+            await link.close()

@@ -55,7 +55,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.add_parser("serve", help="run the gRPC server (the default command)")
+    serve = commands.add_parser(
+        "serve",
+        help="run the gRPC server (the default command); with EVENTSTREAMING_WORKERS=N > 1, "
+        "N server processes sharing the port",
+    )
+    # Set by the supervisor of worker processes for each worker it starts.
+    serve.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-link", type=int, help=argparse.SUPPRESS)
     migrate_command = commands.add_parser(
         "migrate", help="apply pending PostgreSQL migrations (EVENTSTREAMING_DATABASE_URL)"
     )
@@ -199,6 +206,16 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return asyncio.run(run_once(settings))
     from server.app import serve
 
+    worker = getattr(args, "worker", None)
+    if worker is not None:
+        from server.workers import WorkerLink
+
+        asyncio.run(serve(settings, WorkerLink(worker, args.worker_link)))
+        return 0
+    if settings.workers > 1:
+        from server.workers import supervise
+
+        return asyncio.run(supervise(settings))
     asyncio.run(serve(settings))
     return 0
 
@@ -213,8 +230,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"eventstreaming: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format)
-    _warn_about_unknown_variables()
+    worker = getattr(args, "worker", None)
+    if worker is None:
+        configure_logging(settings.log_level, settings.log_format)
+        _warn_about_unknown_variables()
+    else:  # the supervisor warned already
+        configure_logging(settings.log_level, settings.log_format, fields={"worker": worker})
     dsn = settings.database_url.get_secret_value()
 
     def report(message: str) -> None:

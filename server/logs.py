@@ -7,6 +7,7 @@ import contextvars
 import json
 import logging
 import sys
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -77,14 +78,32 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
-def configure_logging(level: str, log_format: LogFormat = "text") -> None:
-    """Send every record to stderr, one line each, in the chosen format."""
+class FieldsFilter(logging.Filter):
+    """Adds the same fields to every record (a worker process's ``worker`` index)."""
+
+    def __init__(self, fields: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.fields = dict(fields)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in self.fields.items():
+            setattr(record, key, value)
+        return True
+
+
+def configure_logging(
+    level: str, log_format: LogFormat = "text", *, fields: Mapping[str, Any] | None = None
+) -> None:
+    """Send every record to stderr, one line each, in the chosen format, with
+    ``fields`` on every line."""
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(KeyValueFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     handler.addFilter(RequestIdFilter())
+    if fields:
+        handler.addFilter(FieldsFilter(fields))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     port: int = Field(default=50051, ge=0, le=65535)
     pool_min_size: int = Field(default=2, ge=0, le=1000)
     pool_max_size: int = Field(default=10, ge=1, le=1000)
+    #: Server processes sharing the port (SO_REUSEPORT), PostgreSQL only; each has
+    #: a pool of its own (POOL_MIN_SIZE..POOL_MAX_SIZE apiece).
+    workers: int = Field(default=1, ge=1, le=64)
     #: One attempt at opening a database connection (TCP, TLS, authentication).
     db_connect_timeout_seconds: float = Field(default=5.0, gt=0, le=600)
     #: Every database statement, migrations included (asyncpg's command_timeout).
