@@ -4,6 +4,7 @@ asyncpg baseline doing the same work against the same schema in the same run.
     python scripts/bench.py                 # log scenarios, both backends, a table
     python scripts/bench.py --json          # machine-readable
     python scripts/bench.py --suite log,queue,subscriptions --backend postgres
+    python scripts/bench.py --workers 2     # WORKERS=2 against WORKERS=1, alternating
 
 Not a test: it asserts nothing. Bounded: every scenario has a fixed amount of work.
 """
@@ -27,13 +28,28 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import ROOT, Result, bench_database, emit, latency_ms, server_process
+from benchlib import (
+    ROOT,
+    Result,
+    bench_database,
+    cpu_seconds,
+    emit,
+    latency_ms,
+    postgres_pids,
+    process_tree,
+    server_process,
+    started_server,
+)
 
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
 from server.generated.eventstreaming.v1 import event_streaming_pb2_grpc as pb_grpc
 
 PAYLOAD = json.dumps({"order_id": 12345, "customer": "c-42", "total": 99.5, "items": [1, 2, 3]})
+#: Channels the writers take turns on; channels to one address share one TCP
+#: connection unless each has its own subchannel pool (``connections``).
 CHANNELS = 4
+#: Each channel with a connection of its own.
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 
 RAW_APPEND_SQL = """
 WITH s AS (
@@ -108,9 +124,16 @@ async def run_workers(
 
 
 async def grpc_appends(
-    address: str, workers: int, per_worker: int, batch: int
+    address: str, workers: int, per_worker: int, batch: int, *, connections: int = 0
 ) -> tuple[float, list[float]]:
-    channels = [grpc.aio.insecure_channel(address) for _ in range(CHANNELS)]
+    """``workers`` writers appending ``batch`` events per call, over CHANNELS
+    channels (one connection), or over ``connections`` connections when given."""
+    if connections:
+        channels = [
+            grpc.aio.insecure_channel(address, options=OWN_CONNECTION) for _ in range(connections)
+        ]
+    else:
+        channels = [grpc.aio.insecure_channel(address) for _ in range(CHANNELS)]
     stubs = [pb_grpc.EventStreamingStub(c) for c in channels]
     prefix = uuid.uuid4().hex[:8]
     requests = [
@@ -119,7 +142,7 @@ async def grpc_appends(
     ]
 
     async def one(w: int, i: int) -> None:
-        await stubs[w % CHANNELS].AppendToStream(requests[w])
+        await stubs[w % len(stubs)].AppendToStream(requests[w])
 
     try:
         return await run_workers(workers, per_worker, one)
@@ -403,6 +426,69 @@ async def log_suite(
 
 
 SUITES = {"log": None, "queue": "bench_queue", "subscriptions": "bench_subscriptions"}
+#: Writers and connections of the worker comparison.
+WORKER_WRITERS = 64
+WORKER_CONNECTIONS = 16
+
+
+async def workers_run(dsn: str, count: int, per_writer: int, label: str) -> Result:
+    """Single-event appends by WORKER_WRITERS writers over WORKER_CONNECTIONS
+    connections to a server with WORKERS=count, with the CPU time each process
+    (the server's, PostgreSQL's, the client's) spent on them."""
+    async with started_server(
+        "postgres", dsn, EVENTSTREAMING_WORKERS=str(count), EVENTSTREAMING_LOG_LEVEL="INFO"
+    ) as server:
+        deadline = time.monotonic() + 60
+        while count > 1 and f"all {count} workers serving" not in server.log():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"workers did not all start:\n{server.log()}")
+            await asyncio.sleep(0.05)
+        address = server.address
+        await grpc_appends(address, WORKER_WRITERS, 5, 1, connections=WORKER_CONNECTIONS)
+        pids = process_tree(server.process.pid)
+        server_before, pg_before = cpu_seconds(pids), cpu_seconds(postgres_pids())
+        client_before = time.process_time()
+        elapsed, lat = await grpc_appends(
+            address, WORKER_WRITERS, per_writer, 1, connections=WORKER_CONNECTIONS
+        )
+        client = time.process_time() - client_before
+        server_after, pg_after = cpu_seconds(pids), cpu_seconds(postgres_pids())
+    calls = WORKER_WRITERS * per_writer
+    used = {pid: server_after[pid] - server_before.get(pid, 0.0) for pid in server_after}
+    # The supervisor (first) only waits; the rest are the workers (or the one server).
+    serving = [used[pid] for pid in pids[1:] if pid in used] if count > 1 else [used[pids[0]]]
+    pg = sum(pg_after[p] - pg_before[p] for p in pg_after if p in pg_before)
+    p50, p99 = latency_ms(lat)
+    per_call_us = 1e6 / calls
+    return Result(
+        f"append 1 event, {WORKER_WRITERS} writers, WORKERS={count}",
+        "postgres",
+        calls / elapsed,
+        p50,
+        p99,
+        notes=(
+            f"{label}: CPU per append: server {sum(serving) * per_call_us:.0f} us "
+            f"(per process: {', '.join(f'{u / elapsed:.0%}' for u in serving)} of a core), "
+            f"PostgreSQL {pg * per_call_us:.0f} us, client {client * per_call_us:.0f} us"
+        ),
+    )
+
+
+async def workers_suite(args: argparse.Namespace) -> list[Result]:
+    """WORKERS=1 against WORKERS=args.workers on the same load, alternating which
+    goes first round by round, each on a database of its own; each row of
+    WORKERS=N carries the WORKERS=1 figure of its round as its baseline."""
+    per_writer = max(1, args.scale * 150)
+    results: list[Result] = []
+    for round_number in range(1, args.rounds + 1):
+        order = [1, args.workers] if round_number % 2 else [args.workers, 1]
+        runs: dict[int, Result] = {}
+        for count in order:
+            async with bench_database() as dsn:
+                runs[count] = await workers_run(dsn, count, per_writer, f"round {round_number}")
+        runs[args.workers].baseline_events_per_s = runs[1].events_per_s
+        results += [runs[1], runs[args.workers]]
+    return results
 
 
 async def compared_log_suite(backend: str, args: argparse.Namespace) -> list[Result]:
@@ -425,6 +511,8 @@ async def compared_log_suite(backend: str, args: argparse.Namespace) -> list[Res
 
 
 async def main_async(args: argparse.Namespace) -> list[Result]:
+    if args.workers:
+        return await workers_suite(args)
     results: list[Result] = []
     suites = [s.strip() for s in args.suite.split(",") if s.strip()]
     async with bench_database() as dsn:
@@ -456,7 +544,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="also run the log suite on the server of this checkout (e.g. `git worktree add "
         "../baseline <commit>`), alternating with this one, for a before/after in one run",
     )
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per server with --against")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help=f"instead of the suites: single-event appends by {WORKER_WRITERS} writers over "
+        f"{WORKER_CONNECTIONS} connections, WORKERS=N against WORKERS=1 (PostgreSQL), "
+        "alternating for --rounds rounds; raw/s and ratio are WORKERS=1's figure of the round",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds per server with --against or --workers"
+    )
     parser.add_argument(
         "--this",
         type=Path,
@@ -465,6 +564,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     args.backends = ["memory", "postgres"] if args.backend == "both" else [args.backend]
+    if args.workers == 1 or args.workers < 0:
+        parser.error("--workers N compares N (2 or more) worker processes with 1")
     for suite in args.suite.split(","):
         if suite.strip() and suite.strip() not in SUITES:
             parser.error(f"unknown suite {suite!r}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -101,12 +102,11 @@ async def bench_database() -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def server_process(
+async def started_server(
     backend: str, dsn: str = "", *, root: Path = ROOT, **env: str
-) -> AsyncIterator[str]:
+) -> AsyncIterator[ServerProcess]:
     """Run ``python -m server serve`` of the checkout at ``root`` in a child process
-    (an earlier commit's worktree, to measure it beside this one); yields its
-    address."""
+    (an earlier commit's worktree, to measure it beside this one)."""
     with tempfile.TemporaryDirectory() as folder:
         server = await ServerProcess.start(
             {
@@ -119,6 +119,49 @@ async def server_process(
             root=root,
         )
         try:
-            yield server.address
+            yield server
         finally:
             await server.terminate()
+
+
+@contextlib.asynccontextmanager
+async def server_process(
+    backend: str, dsn: str = "", *, root: Path = ROOT, **env: str
+) -> AsyncIterator[str]:
+    """:func:`started_server`, yielding its address."""
+    async with started_server(backend, dsn, root=root, **env) as server:
+        yield server.address
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its children (a supervisor's workers), from /proc (Linux)."""
+    found = [pid]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = (entry / "stat").read_text()
+                if int(stat.rpartition(")")[2].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+def cpu_seconds(pids: Sequence[int]) -> dict[int, float]:
+    """User + system CPU seconds used so far by each of ``pids`` (Linux)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    used: dict[int, float] = {}
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = (Path("/proc") / str(pid) / "stat").read_text().rpartition(")")[2].split()
+            used[pid] = (int(fields[11]) + int(fields[12])) / ticks
+    return used
+
+
+def postgres_pids() -> list[int]:
+    """Every PostgreSQL process of this machine (Linux; others' work included)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().startswith("postgres"):
+                    found.append(int(entry.name))
+    return found
