@@ -431,10 +431,18 @@ WORKER_WRITERS = 64
 WORKER_CONNECTIONS = 16
 
 
+#: Appends of the measured phase and the transactions that wrote them.
+TRANSACTIONS_SQL = """
+SELECT count(*), count(DISTINCT xmin::text) FROM event_streaming.events
+ WHERE global_position > $1
+"""
+
+
 async def workers_run(dsn: str, count: int, per_writer: int, label: str) -> Result:
     """Single-event appends by WORKER_WRITERS writers over WORKER_CONNECTIONS
     connections to a server with WORKERS=count, with the CPU time each process
-    (the server's, PostgreSQL's, the client's) spent on them."""
+    (the server's, PostgreSQL's, the client's) spent on them, and how many appends
+    each transaction carried (group commit)."""
     async with started_server(
         "postgres", dsn, EVENTSTREAMING_WORKERS=str(count), EVENTSTREAMING_LOG_LEVEL="INFO"
     ) as server:
@@ -445,6 +453,11 @@ async def workers_run(dsn: str, count: int, per_writer: int, label: str) -> Resu
             await asyncio.sleep(0.05)
         address = server.address
         await grpc_appends(address, WORKER_WRITERS, 5, 1, connections=WORKER_CONNECTIONS)
+        conn = await asyncpg.connect(dsn)
+        try:
+            last = await conn.fetchval("SELECT max(global_position) FROM event_streaming.events")
+        finally:
+            await conn.close()
         pids = process_tree(server.process.pid)
         server_before, pg_before = cpu_seconds(pids), cpu_seconds(postgres_pids())
         client_before = time.process_time()
@@ -453,6 +466,11 @@ async def workers_run(dsn: str, count: int, per_writer: int, label: str) -> Resu
         )
         client = time.process_time() - client_before
         server_after, pg_after = cpu_seconds(pids), cpu_seconds(postgres_pids())
+    conn = await asyncpg.connect(dsn)
+    try:
+        written, transactions = await conn.fetchrow(TRANSACTIONS_SQL, last)
+    finally:
+        await conn.close()
     calls = WORKER_WRITERS * per_writer
     used = {pid: server_after[pid] - server_before.get(pid, 0.0) for pid in server_after}
     # The supervisor (first) only waits; the rest are the workers (or the one server).
@@ -469,7 +487,8 @@ async def workers_run(dsn: str, count: int, per_writer: int, label: str) -> Resu
         notes=(
             f"{label}: CPU per append: server {sum(serving) * per_call_us:.0f} us "
             f"(per process: {', '.join(f'{u / elapsed:.0%}' for u in serving)} of a core), "
-            f"PostgreSQL {pg * per_call_us:.0f} us, client {client * per_call_us:.0f} us"
+            f"PostgreSQL {pg * per_call_us:.0f} us, client {client * per_call_us:.0f} us; "
+            f"{written / transactions:.1f} appends per transaction"
         ),
     )
 
