@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     #: pages, each page of a subscription's history): a page stops early once its
     #: events' data and metadata add up to this, always holding at least one event.
     page_bytes: int = Field(default=3 * 1024 * 1024, ge=1024, le=2**30)
+    #: Requests an AppendSession may hold read but unanswered; at that many the
+    #: server reads no more of its requests until some are answered.
+    append_session_max_in_flight: int = Field(default=1000, ge=1, le=100_000)
 
     @property
     def auth_token_list(self) -> list[str]:
