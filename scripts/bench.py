@@ -402,7 +402,12 @@ async def log_suite(
     return results
 
 
-SUITES = {"log": None, "queue": "bench_queue", "subscriptions": "bench_subscriptions"}
+SUITES = {
+    "log": None,
+    "queue": "bench_queue",
+    "subscriptions": "bench_subscriptions",
+    "throughput": "bench_throughput",
+}
 
 
 async def compared_log_suite(backend: str, args: argparse.Namespace) -> list[Result]:

@@ -7,6 +7,9 @@ result or the status the unary call would give. Storage applies requests that
 touch the same stream in the order they were handed to it, which is the order
 they were read: they are handed on synchronously, one after the other.
 
+Answers are written with ``context.write`` from one loop, so each costs one
+message on the wire and nothing more.
+
 Flow control: a session holds at most ``max_in_flight`` requests that are read
 but not yet answered (written back to the client). While it holds that many it
 reads no more, so gRPC's flow control stops a client that sends faster than the
@@ -16,7 +19,8 @@ database writes or than it reads its answers.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator
+import functools
+from collections.abc import AsyncIterable, Awaitable, Callable
 
 from server import convert, validation
 from server.errors import ServerShuttingDown
@@ -24,6 +28,7 @@ from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
 from server.interceptors import Undecodable
 from server.status import status_message
 from storage.interface import EventStore
+from storage.records import AppendResult
 
 METHOD = "AppendSession"
 
@@ -49,30 +54,30 @@ class AppendSessions:
             reader.cancel()
 
     async def serve(
-        self, requests: AsyncIterable[pb.AppendSessionRequest | Undecodable]
-    ) -> AsyncIterator[pb.AppendSessionResponse]:
-        """The answers to ``requests``, as their writes complete."""
+        self,
+        requests: AsyncIterable[pb.AppendSessionRequest | Undecodable],
+        write: Callable[[pb.AppendSessionResponse], Awaitable[None]],
+    ) -> None:
+        """Answer ``requests`` with ``write``, as their writes complete."""
         if self.closed:
-            raise ServerShuttingDown("open a new session to continue")
+            raise ServerShuttingDown(_AGAIN)
         session = _Session(self, requests)
         reader = asyncio.create_task(session.read(), name="append-session-reader")
         self._readers.add(reader)
         reader.add_done_callback(self._readers.discard)
         try:
-            while True:
-                answer = await session.answers.get()
-                if answer is None:
-                    break
-                yield answer
-                session.held -= 1
-                session.slots.release()
+            while (answer := await session.answers.get()) is not None:
+                await write(answer)
+                session.answered()
             await reader  # a broken request stream ends the call with its error
         finally:
+            # What storage took it writes (or not) whole; only the answers are lost.
             reader.cancel()
-            for append in list(session.appends):
-                append.cancel()  # storage finishes what it took; only the answer is lost
         if session.stopped:
-            raise ServerShuttingDown("open a new session to continue")
+            raise ServerShuttingDown(_AGAIN)
+
+
+_AGAIN = "open a new session to continue"
 
 
 class _Session:
@@ -85,27 +90,42 @@ class _Session:
         self.requests = requests
         #: Answers ready to be written back; None once the session is over.
         self.answers: asyncio.Queue[pb.AppendSessionResponse | None] = asyncio.Queue()
-        #: One per request read and not yet answered.
-        self.slots = asyncio.Semaphore(owner.max_in_flight)
-        self.appends: set[asyncio.Task[None]] = set()
-        #: Requests read and not yet answered.
+        #: Requests read and not yet answered; the reader waits while there are
+        #: max_in_flight of them.
         self.held = 0
+        self._room = asyncio.Event()
+        self._room.set()
+        #: Appends handed to storage and not yet settled.
+        self.pending: set[asyncio.Future[tuple[AppendResult, ...]]] = set()
         #: True when the server's shutdown ended the reading.
         self.stopped = False
 
+    def answered(self) -> None:
+        self.held -= 1
+        self._room.set()
+
     async def read(self) -> None:
+        owner = self.owner
         try:
             try:
-                async for request in _requests(self.requests, self.slots):
+                iterator = aiter(self.requests)
+                while True:
+                    while self.held >= owner.max_in_flight:
+                        self._room.clear()
+                        await self._room.wait()
+                    try:
+                        request = await anext(iterator)
+                    except StopAsyncIteration:
+                        break
                     self.held += 1
-                    self.owner.peak_in_flight = max(self.owner.peak_in_flight, self.held)
+                    owner.peak_in_flight = max(owner.peak_in_flight, self.held)
                     self._hand_on(request)
             except asyncio.CancelledError:
-                if not self.owner.closed:
+                if not owner.closed:
                     raise
                 self.stopped = True
-            if self.appends:
-                await asyncio.wait(set(self.appends))
+            if self.pending:
+                await asyncio.wait(set(self.pending))
         finally:
             self.answers.put_nowait(None)
 
@@ -113,47 +133,34 @@ class _Session:
         if isinstance(request, Undecodable):
             self._answer_error(0, request.error())
             return
+        request_id = request.request_id
         try:
             args = validation.append_streams_request(request.request)
         except Exception as exc:
-            self._answer_error(request.request_id, exc)
+            self._answer_error(request_id, exc)
             return
-        # Started now, so storage takes the requests in the order they were read.
-        task = asyncio.create_task(self._append(request.request_id, args))
-        self.appends.add(task)
-        task.add_done_callback(self.appends.discard)
+        # Handed on now, so storage takes the requests in the order they were read.
+        pending = self.owner.store.hand_on_append(*args)
+        self.pending.add(pending)
+        pending.add_done_callback(functools.partial(self._settled, request_id))
 
-    async def _append(self, request_id: int, args: validation.AppendStreamsArgs) -> None:
-        try:
-            results = await self.owner.store.append_to_streams(*args)
-        except Exception as exc:
+    def _settled(self, request_id: int, pending: asyncio.Future[tuple[AppendResult, ...]]) -> None:
+        self.pending.discard(pending)
+        if pending.cancelled():
+            return
+        exc = pending.exception()
+        if exc is not None:
             self._answer_error(request_id, exc)
             return
         self.answers.put_nowait(
             pb.AppendSessionResponse(
-                request_id=request_id, result=convert.append_streams_response(results)
+                request_id=request_id, result=convert.append_streams_response(pending.result())
             )
         )
 
-    def _answer_error(self, request_id: int, exc: Exception) -> None:
+    def _answer_error(self, request_id: int, exc: BaseException) -> None:
+        if not isinstance(exc, Exception):
+            raise exc
         self.answers.put_nowait(
             pb.AppendSessionResponse(request_id=request_id, error=status_message(exc, METHOD))
         )
-
-
-async def _requests(
-    requests: AsyncIterable[pb.AppendSessionRequest | Undecodable], slots: asyncio.Semaphore
-) -> AsyncIterator[pb.AppendSessionRequest | Undecodable]:
-    """The requests, each read only once a slot is free for it."""
-    iterator = aiter(requests)
-    while True:
-        await slots.acquire()
-        try:
-            request = await anext(iterator)
-        except StopAsyncIteration:
-            slots.release()
-            return
-        except BaseException:
-            slots.release()
-            raise
-        yield request

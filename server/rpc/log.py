@@ -3,7 +3,7 @@ AppendSession, ReadStream, ReadAll, GetStreamLength, GetStreamMetadata."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable
 
 from server import convert, validation
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
@@ -30,10 +30,9 @@ class LogRpcs(RpcBase):
         self,
         requests: AsyncIterable[pb.AppendSessionRequest | Undecodable],
         context: Context,
-    ) -> AsyncIterator[pb.AppendSessionResponse]:
+    ) -> None:
         """AppendToStreams requests over one stream, each answered by its id."""
-        async for answer in self.sessions.serve(requests):
-            yield answer
+        await self.sessions.serve(requests, context.write)
 
     async def ReadAll(self, request: pb.ReadAllRequest, context: Context) -> pb.ReadAllResponse:
         """Read a page of the global log, forward or backward, optionally filtered."""

@@ -94,6 +94,18 @@ class GroupCommit:
     async def submit(
         self, appends: Sequence[StreamAppend], checkpoint: ConsumerCheckpoint | None
     ) -> tuple[AppendResult, ...]:
+        """The call's results, once its group has committed."""
+        # A caller that gives up leaves its call to be written or dropped: once
+        # its group is on its way nothing can take it back (it commits whole, or
+        # not at all).
+        return await asyncio.shield(self.hand_on(appends, checkpoint))
+
+    def hand_on(
+        self, appends: Sequence[StreamAppend], checkpoint: ConsumerCheckpoint | None
+    ) -> asyncio.Future[tuple[AppendResult, ...]]:
+        """Queue the call and return its future (settled when its group is
+        written); calls handed on one after the other keep their order on each
+        of their keys."""
         keys: set[Hashable] = {a.stream_name for a in appends}
         if checkpoint is not None:
             keys.add((checkpoint.stream_name, checkpoint.consumer_group))
@@ -111,10 +123,7 @@ class GroupCommit:
             self._held |= keys  # behind a held call or one in flight: nothing to start
         else:
             self._start()
-        # A caller that gives up leaves its call to be written or dropped: once
-        # its group is on its way nothing can take it back (it commits whole, or
-        # not at all).
-        return await asyncio.shield(call.done)
+        return call.done
 
     def _start(self) -> None:
         while self._waiting and self._in_flight < self._max_in_flight:
