@@ -27,7 +27,7 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import Result, bench_database, emit, latency_ms, server_process
+from benchlib import ROOT, Result, bench_database, emit, latency_ms, server_process
 
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
 from server.generated.eventstreaming.v1 import event_streaming_pb2_grpc as pb_grpc
@@ -51,6 +51,14 @@ RAW_CREATE_STREAM_SQL = (
     "INSERT INTO event_streaming.streams (stream_name, stream_type) VALUES ($1, 1) "
     "RETURNING stream_id"
 )
+RAW_READ_ALL_SQL = """
+SELECT e.global_position, e.stream_offset, s.stream_name, e.event_id, e.event_type,
+       e.content_type, e.data_json, e.data_bytes, e.metadata, e.correlation_id,
+       e.causation_id, e.created_at
+  FROM event_streaming.events e JOIN event_streaming.streams s ON s.stream_id = e.stream_id
+ WHERE e.global_position >= $1
+ ORDER BY e.global_position LIMIT $2
+"""
 RAW_READ_SQL = """
 SELECT stream_offset, event_id, event_type, content_type, data_json, data_bytes, metadata,
        correlation_id, causation_id, created_at
@@ -175,12 +183,133 @@ async def raw_reads(
     return time.perf_counter() - started, latencies, rows
 
 
-async def log_suite(backend: str, args: argparse.Namespace, dsn: str) -> list[Result]:
+async def grpc_read_all(address: str, passes: int) -> tuple[float, list[float], int]:
+    """Page through the whole global log ``passes`` times."""
+    rows = 0
+    latencies: list[float] = []
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.EventStreamingStub(channel)
+        started = time.perf_counter()
+        for _ in range(passes):
+            position = 0
+            while True:
+                t0 = time.perf_counter()
+                page = await stub.ReadAll(pb.ReadAllRequest(from_position=position, max_count=1000))
+                latencies.append(time.perf_counter() - t0)
+                rows += len(page.events)
+                position = page.next_position
+                if page.end_of_log:
+                    break
+        return time.perf_counter() - started, latencies, rows
+
+
+async def raw_read_all(pool: asyncpg.Pool[Any], passes: int) -> tuple[float, int]:
+    """The same rows with a plain select, decoded as the server decodes them."""
+    rows = 0
+    started = time.perf_counter()
+    for _ in range(passes):
+        position = 0
+        while True:
+            page = await pool.fetch(RAW_READ_ALL_SQL, position, 1000)
+            decoded = [
+                (r["global_position"], r["data_json"].encode(), json.loads(r["metadata"]))
+                for r in page
+            ]
+            rows += len(decoded)
+            if len(page) < 1000:
+                break
+            position = page[-1]["global_position"] + 1
+    return time.perf_counter() - started, rows
+
+
+async def grpc_multi_appends(
+    address: str, workers: int, per_worker: int, *, together: bool
+) -> tuple[float, list[float]]:
+    """One event to each of two streams per iteration: in one AppendToStreams call
+    (``together``), or as two AppendToStream calls one after the other."""
+    channels = [grpc.aio.insecure_channel(address) for _ in range(CHANNELS)]
+    stubs = [pb_grpc.EventStreamingStub(c) for c in channels]
+    prefix = uuid.uuid4().hex[:8]
+    names = [(f"bench-{prefix}-{w}-a", f"bench-{prefix}-{w}-b") for w in range(workers)]
+
+    async def one(w: int, i: int) -> None:
+        stub = stubs[w % CHANNELS]
+        if together:
+            await stub.AppendToStreams(
+                pb.AppendToStreamsRequest(
+                    appends=[pb.StreamAppend(stream_name=n, events=event_data(1)) for n in names[w]]
+                )
+            )
+        else:
+            for name in names[w]:
+                await stub.AppendToStream(
+                    pb.AppendToStreamRequest(stream_name=name, events=event_data(1))
+                )
+
+    try:
+        return await run_workers(workers, per_worker, one)
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
+async def global_log_scenarios(
+    address: str, backend: str, pool: asyncpg.Pool[Any] | None, args: argparse.Namespace, label: str
+) -> list[Result]:
+    """The global log's scenarios; none on a server without it (an earlier build)."""
+    results: list[Result] = []
+    try:
+        elapsed, lat, rows = await grpc_read_all(address, 2)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+            return results
+        raise
+    base = None
+    if pool is not None:
+        raw_elapsed, raw_rows = await raw_read_all(pool, 2)
+        base = raw_rows / raw_elapsed
+    p50, p99 = latency_ms(lat)
+    results.append(
+        Result(
+            "read the global log in pages of 1,000",
+            backend,
+            rows / elapsed,
+            p50,
+            p99,
+            base,
+            notes=f"{label + ': ' if label else ''}{rows // 2} events, 2 passes",
+        )
+    )
+    per_worker = max(1, args.scale * 30)
+    for together, title in (
+        (True, "1 event to each of 2 streams in one AppendToStreams"),
+        (False, "the same as 2 AppendToStream calls"),
+    ):
+        elapsed, lat = await grpc_multi_appends(address, 32, per_worker, together=together)
+        p50, p99 = latency_ms(lat)
+        rate = 32 * per_worker * 2 / elapsed
+        results.append(
+            Result(
+                title,
+                backend,
+                rate,
+                p50,
+                p99,
+                notes=f"{label + ': ' if label else ''}32 writers; {1e6 / rate:.0f} us per event",
+            )
+        )
+    return results
+
+
+async def log_suite(
+    backend: str, args: argparse.Namespace, dsn: str, root: Path = ROOT, label: str = ""
+) -> list[Result]:
+    """The log scenarios against the server of the checkout at ``root``."""
     results: list[Result] = []
     single_per_worker = max(1, args.scale * 60)
     batch_per_worker = max(1, args.scale * 20)
     read_events = args.scale * 50_000
-    async with server_process(backend, dsn) as address:
+    async with server_process(backend, dsn, root=root) as address:
         pool = (
             await asyncpg.create_pool(dsn, min_size=10, max_size=10)
             if backend == "postgres"
@@ -205,6 +334,7 @@ async def log_suite(backend: str, args: argparse.Namespace, dsn: str) -> list[Re
                     p50,
                     p99,
                     base,
+                    notes=label,
                 )
             )
 
@@ -222,6 +352,7 @@ async def log_suite(backend: str, args: argparse.Namespace, dsn: str) -> list[Re
                     p50,
                     p99,
                     base,
+                    notes=label,
                 )
             )
 
@@ -241,9 +372,10 @@ async def log_suite(backend: str, args: argparse.Namespace, dsn: str) -> list[Re
                     p50,
                     p99,
                     base,
-                    notes=f"{read_events} events, 2 passes",
+                    notes=f"{label + ': ' if label else ''}{read_events} events, 2 passes",
                 )
             )
+            results.extend(await global_log_scenarios(address, backend, pool, args, label))
         finally:
             if pool is not None:
                 await pool.close()
@@ -253,6 +385,25 @@ async def log_suite(backend: str, args: argparse.Namespace, dsn: str) -> list[Re
 SUITES = {"log": None, "queue": "bench_queue", "subscriptions": "bench_subscriptions"}
 
 
+async def compared_log_suite(backend: str, args: argparse.Namespace) -> list[Result]:
+    """The log scenarios on this checkout and on ``args.against`` (an earlier
+    commit's worktree), alternating round by round, each on a database of its own
+    (the two may not share a schema); the median round of each."""
+    rounds: dict[str, list[list[Result]]] = {"this": [], "baseline": []}
+    for _ in range(args.rounds):
+        for label, root in (("this", args.this), ("baseline", args.against)):
+            async with bench_database() as dsn:
+                rounds[label].append(await log_suite(backend, args, dsn, root, label))
+    results: list[Result] = []
+    for runs in rounds.values():
+        for i in range(len(runs[0])):
+            rows = sorted((run[i] for run in runs), key=lambda r: r.events_per_s)
+            median = rows[len(rows) // 2]
+            median.notes = f"{median.notes} (median of {len(rows)})"
+            results.append(median)
+    return results
+
+
 async def main_async(args: argparse.Namespace) -> list[Result]:
     results: list[Result] = []
     suites = [s.strip() for s in args.suite.split(",") if s.strip()]
@@ -260,7 +411,10 @@ async def main_async(args: argparse.Namespace) -> list[Result]:
         for suite in suites:
             if suite == "log":
                 for backend in args.backends:
-                    results.extend(await log_suite(backend, args, dsn))
+                    if args.against is None:
+                        results.extend(await log_suite(backend, args, dsn))
+                    else:
+                        results.extend(await compared_log_suite(backend, args))
                 continue
             module = importlib.import_module(SUITES[suite] or suite)
             for row in await module.run(argparse.Namespace(**vars(args), dsn=dsn)):
@@ -276,6 +430,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--suite", default="log", help=f"comma-separated: {', '.join(SUITES)}")
     parser.add_argument("--backend", choices=["memory", "postgres", "both"], default="both")
     parser.add_argument("--scale", type=int, default=1, help="multiply the amount of work")
+    parser.add_argument(
+        "--against",
+        type=Path,
+        help="also run the log suite on the server of this checkout (e.g. `git worktree add "
+        "../baseline <commit>`), alternating with this one, for a before/after in one run",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per server with --against")
+    parser.add_argument(
+        "--this",
+        type=Path,
+        default=ROOT,
+        help="with --against: the checkout measured as 'this' (default: this one)",
+    )
     args = parser.parse_args(argv)
     args.backends = ["memory", "postgres"] if args.backend == "both" else [args.backend]
     for suite in args.suite.split(","):

@@ -53,6 +53,8 @@ MAX_IN_FLIGHT = 256
 CLOSED_LOOP_WRITERS = 64
 CHANNELS_PER_SERVER = 2
 PAYLOAD = json.dumps({"order_id": 12345, "customer": "c-42", "total": 99.5}).encode()
+#: A follower of "$all:<prefix>" subscribes to the global log, filtered to the prefix.
+ALL_MARK = "$all:"
 #: Appends/s of the fan-out run (one stream takes a few hundred at most).
 FAN_OUT_RATE = 200
 #: How long subscribers may take, after the writer stops, to receive the rest.
@@ -112,19 +114,35 @@ async def _follow(
     ready: asyncio.Event,
     latencies: dict[str, list[float]],
 ) -> None:
-    call = stub.SubscribeToStream(
-        pb.SubscribeToStreamRequest(stream_name=state.stream, from_end=True)
-    )
+    global_log = state.stream.startswith(ALL_MARK)
+    call: Any
+    if global_log:
+        # Every stream under the prefix, through the global log.
+        prefix = state.stream[len(ALL_MARK) :]
+        call = stub.SubscribeToAll(
+            pb.SubscribeToAllRequest(from_end=True, filter=pb.AllFilter(stream_prefixes=[prefix]))
+        )
+    else:
+        call = stub.SubscribeToStream(
+            pb.SubscribeToStreamRequest(stream_name=state.stream, from_end=True)
+        )
     try:
         async for item in call:
             if item.HasField("caught_up"):
-                state.last = item.caught_up.next_offset - 1
+                caught_up = item.caught_up
+                state.last = (caught_up.next_position if global_log else caught_up.next_offset) - 1
                 ready.set()
+                continue
+            if global_log and item.HasField("checkpoint"):
                 continue
             arrived = now()
             event = item.event
-            state.in_order = state.in_order and event.offset == state.last + 1
-            state.last = event.offset
+            position = event.global_position if global_log else event.offset
+            # Positions of the global log grow; a stream's offsets grow one by one.
+            state.in_order = state.in_order and (
+                position > state.last if global_log else position == state.last + 1
+            )
+            state.last = position
             state.received += 1
             state.progress.set()
             sent = event.metadata.get("t")
@@ -352,10 +370,14 @@ class Layout:
     label: str
     streams: int
     subscribers_per_stream: int
+    #: Subscribers follow the global log (filtered to the streams), not a stream each.
+    global_log: bool = False
 
     @property
     def description(self) -> str:
         subs = self.streams * self.subscribers_per_stream
+        if self.global_log:
+            return f"{subs} $all subscribers on {SERVERS} servers, {self.streams} stream(s)"
         return f"{subs} subscribers on {SERVERS} servers, {self.streams} stream(s)"
 
 
@@ -365,6 +387,8 @@ class Layout:
 SPREAD = Layout("spread", streams=SUBSCRIBERS, subscribers_per_stream=1)
 #: Fan-out: every subscriber follows the same stream.
 FAN_OUT = Layout("fan-out", streams=1, subscribers_per_stream=SUBSCRIBERS)
+#: The global log: each subscriber follows all ten streams through SubscribeToAll.
+GLOBAL = Layout("all", streams=SUBSCRIBERS, subscribers_per_stream=1, global_log=True)
 
 
 async def scenario(
@@ -390,11 +414,16 @@ async def scenario(
     cpu_alone = (cpu_seconds(pids) - cpu_before) / max(count, 1) * 1000
 
     streams = await create_streams(writer, layout.label, layout.streams)
-    followed = placement(streams, len(addresses), layout.subscribers_per_stream)
+    if layout.global_log:
+        mark = ALL_MARK + streams[0].rsplit("-", 1)[0] + "-"
+        followed = placement([mark] * layout.streams, len(addresses), 1)
+    else:
+        followed = placement(streams, len(addresses), layout.subscribers_per_stream)
     async with subscribers(addresses, followed) as workers:
         cpu_before = cpu_seconds(pids)
         count, elapsed = await appends(streams)
-        found = await workers.results(expected_per_stream(streams, count))
+        expected = {mark: count} if layout.global_log else expected_per_stream(streams, count)
+        found = await workers.results(expected)
         cpu_followed = (cpu_seconds(pids) - cpu_before) / max(count, 1) * 1000
     local, remote, problems = summarize(found)
     p50, p99 = latency_ms(local + remote)
@@ -459,6 +488,12 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 None,
             )
         )
+        for rate in [int(r) for r in str(getattr(args, "all_rates", "500")).split(",") if r]:
+            rows.append(
+                await scenario(
+                    writer, addresses, GLOBAL, f"SubscribeToAll: {rate} appends/s", duration, rate
+                )
+            )
         if fan_out_rate:
             rows.append(
                 await scenario(
@@ -493,6 +528,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=int,
         default=FAN_OUT_RATE,
         help=f"appends/s of the one-stream fan-out run; 0 skips it (default {FAN_OUT_RATE})",
+    )
+    parser.add_argument(
+        "--all-rates",
+        default="500",
+        help="offered append rates of the SubscribeToAll runs; empty skips them (default 500)",
     )
     return parser.parse_args(argv)
 

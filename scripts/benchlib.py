@@ -3,30 +3,24 @@ throwaway database, latency statistics and the result table."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-ROOT = Path(__file__).resolve().parent.parent
-ADMIN_DSN = os.environ.get(
-    "EVENTSTREAMING_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+from tests.support import (
+    ROOT,
+    ServerProcess,
+    create_database,
+    drop_database,
+    dsn_for,
 )
 
 
@@ -96,73 +90,35 @@ def emit(results: Sequence[Result], as_json: bool) -> None:
         print_table(results)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.asynccontextmanager
 async def bench_database() -> AsyncIterator[str]:
-    """DSN of a new database, dropped afterwards."""
-    name = f"es_bench_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(ADMIN_DSN)
+    """DSN of a new database, dropped afterwards (made as the tests make theirs)."""
+    name = await create_database()
     try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
+        yield dsn_for(name)
     finally:
-        await conn.close()
-    try:
-        yield ADMIN_DSN.rpartition("/")[0] + "/" + name
-    finally:
-        conn = await asyncpg.connect(ADMIN_DSN)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
+        await drop_database(name)
 
 
 @contextlib.asynccontextmanager
-async def server_process(backend: str, dsn: str = "", **env: str) -> AsyncIterator[str]:
-    """Run ``python -m server serve`` in a child process; yields its address."""
-    port = free_port()
-    full_env = {
-        **os.environ,
-        "EVENTSTREAMING_STORAGE": backend,
-        "EVENTSTREAMING_HOST": "127.0.0.1",
-        "EVENTSTREAMING_PORT": str(port),
-        "EVENTSTREAMING_LOG_LEVEL": "WARNING",
-        **({"EVENTSTREAMING_DATABASE_URL": dsn} if dsn else {}),
-        **env,
-    }
-    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
-    process = subprocess.Popen(  # noqa: ASYNC220 - returns at once
-        [sys.executable, "-m", "server", "serve"], cwd=ROOT, env=full_env, stdout=log, stderr=log
-    )
-    address = f"127.0.0.1:{port}"
-    try:
-        await _wait_serving(address, process, log)
-        yield address
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        log.close()
-
-
-async def _wait_serving(address: str, process: subprocess.Popen[bytes], log: Any) -> None:
-    deadline = time.monotonic() + 60
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.1)
-    log.seek(0)
-    raise RuntimeError(f"server did not start:\n{log.read().decode(errors='replace')[-3000:]}")
+async def server_process(
+    backend: str, dsn: str = "", *, root: Path = ROOT, **env: str
+) -> AsyncIterator[str]:
+    """Run ``python -m server serve`` of the checkout at ``root`` in a child process
+    (an earlier commit's worktree, to measure it beside this one); yields its
+    address."""
+    with tempfile.TemporaryDirectory() as folder:
+        server = await ServerProcess.start(
+            {
+                "EVENTSTREAMING_STORAGE": backend,
+                "EVENTSTREAMING_LOG_LEVEL": "WARNING",
+                **({"EVENTSTREAMING_DATABASE_URL": dsn} if dsn else {}),
+                **env,
+            },
+            Path(folder) / "server.log",
+            root=root,
+        )
+        try:
+            yield server.address
+        finally:
+            await server.terminate()

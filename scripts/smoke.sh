@@ -225,6 +225,62 @@ check "SubscribeToStream resumes after a consumer group's offset" \
     '[int(d["event"]["offset"]) for d in docs if "event" in d] == [2]
      and any("caught_up" in d for d in docs)'
 
+# -- the global log ---------------------------------------------------------------------
+MULTI="smoke-all-$(date +%s)-$$"  # its own prefix: ListStreams of $RUN sees 2 streams
+call AppendToStreams "{\"appends\":[
+  {\"stream_name\":\"$MULTI-a\",\"expected_last_offset\":\"-1\",
+   \"events\":[{\"event_type\":\"SmokeTested\",\"data\":\"$D0\"}]},
+  {\"stream_name\":\"$MULTI-b\",\"expected_last_offset\":\"-1\",
+   \"events\":[{\"event_type\":\"SmokeTested\",\"data\":\"$D1\"},
+               {\"event_type\":\"SmokeOther\",\"data\":\"$D2\"}]}]}"
+check "AppendToStreams writes both streams at consecutive global positions" \
+    'len(r["results"]) == 2
+     and int(r["results"][1]["first_global_position"])
+         == int(r["results"][0]["last_global_position"]) + 1
+     and int(r["results"][1]["last_offset"]) == 1'
+
+call AppendToStreams "{\"appends\":[
+  {\"stream_name\":\"$MULTI-a\",\"expected_last_offset\":\"-1\",
+   \"events\":[{\"event_type\":\"SmokeTested\",\"data\":\"$D0\"}]},
+  {\"stream_name\":\"$MULTI-c\",\"events\":[{\"event_type\":\"SmokeTested\",\"data\":\"$D0\"}]}]}"
+check "AppendToStreams with one stale expectation is ABORTED and writes nothing" \
+    'r.get("code") == 10'
+
+call ReadAll "{\"filter\":{\"stream_prefixes\":[\"$MULTI-\"]}}"
+check "ReadAll with a prefix filter returns the 3 events in global order" \
+    '[e["stream_name"] for e in r["events"]] == ["'"$MULTI"'-a", "'"$MULTI"'-b", "'"$MULTI"'-b"]
+     and sorted(int(e["global_position"]) for e in r["events"])
+         == [int(e["global_position"]) for e in r["events"]]
+     and r["end_of_log"] is True'
+
+call ReadAll "{\"backward\":true,\"max_count\":1,\"filter\":{\"event_types\":[\"SmokeOther\"],
+  \"stream_prefixes\":[\"$MULTI-\"]}}"
+check "ReadAll backward with filters returns the newest matching event" \
+    '[e["event_type"] for e in r["events"]] == ["SmokeOther"]'
+
+call SubscribeToAll "{\"filter\":{\"stream_prefixes\":[\"$MULTI-\"]}}" -max-time 1.5
+check "SubscribeToAll delivers the prefix's history, then caught_up" \
+    '[d["event"]["stream_name"] for d in docs if "event" in d]
+         == ["'"$MULTI"'-a", "'"$MULTI"'-b", "'"$MULTI"'-b"]
+     and any("caught_up" in d for d in docs)'
+
+call ReadAll "{\"backward\":true,\"max_count\":1}"
+NEWEST="$(printf '%s' "$OUT" | "$PYTHON_BIN" -c 'import json,sys; print(json.load(sys.stdin)["events"][0]["global_position"])' 2>/dev/null || echo 0)"
+call AppendToStreams "{\"appends\":[{\"stream_name\":\"$MULTI-out\",
+   \"events\":[{\"event_type\":\"SmokeTested\",\"data\":\"$D0\"}]}],
+  \"checkpoint\":{\"stream_name\":\"\$all\",\"consumer_group\":\"$RUN-projector\",
+                  \"offset\":\"$NEWEST\"}}"
+check "AppendToStreams commits a \$all checkpoint with its output" 'len(r["results"]) == 1'
+
+call AppendToStreams "{\"appends\":[{\"stream_name\":\"$MULTI-out\",
+   \"events\":[{\"event_type\":\"SmokeTested\",\"data\":\"$D0\"}]}],
+  \"checkpoint\":{\"stream_name\":\"\$all\",\"consumer_group\":\"$RUN-projector\",
+                  \"offset\":\"$NEWEST\"}}"
+check "the same input again is ALREADY_EXISTS (processed exactly once)" 'r.get("code") == 6'
+
+call GetConsumerOffset "{\"stream_name\":\"\$all\",\"consumer_group\":\"$RUN-projector\"}"
+check "GetConsumerOffset on \$all returns the checkpoint" 'int(r["offset"]) == '"$NEWEST"
+
 # -- configuration ---------------------------------------------------------------------
 call ConfigureStream "{\"stream_name\":\"$LOG\",\"configuration\":{
   \"stream_type\":\"STREAM_TYPE_PERSISTENT\",\"retention_max_count\":\"1000\"}}"

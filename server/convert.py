@@ -10,9 +10,10 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
-from server.subscriptions import CaughtUp
+from server.subscriptions import AllCheckpoint, CaughtUp, SubscriptionItem
 from storage.records import (
     AckResult,
+    AllPage,
     AppendResult,
     DeadLetterPage,
     QueueMessage,
@@ -77,6 +78,8 @@ def fill_event(message: pb.Event, record: RecordedEvent) -> pb.Event:
         message.correlation_id = record.correlation_id
     if record.causation_id:
         message.causation_id = record.causation_id
+    if record.global_position:
+        message.global_position = record.global_position
     return message
 
 
@@ -94,8 +97,21 @@ def add_events(target: Any, records: Iterable[RecordedEvent]) -> None:
 # -- persistent streams ---------------------------------------------------------------------
 def append_response(result: AppendResult) -> pb.AppendToStreamResponse:
     return pb.AppendToStreamResponse(
-        first_offset=result.first_offset, last_offset=result.last_offset
+        first_offset=result.first_offset,
+        last_offset=result.last_offset,
+        first_global_position=result.first_global_position,
+        last_global_position=result.last_global_position,
     )
+
+
+def append_streams_response(results: Sequence[AppendResult]) -> pb.AppendToStreamsResponse:
+    return pb.AppendToStreamsResponse(results=[append_response(r) for r in results])
+
+
+def read_all_response(page: AllPage) -> pb.ReadAllResponse:
+    response = pb.ReadAllResponse(next_position=page.next_position, end_of_log=page.end_of_log)
+    add_events(response.events, page.events)
+    return response
 
 
 def read_response(result: ReadResult) -> pb.ReadStreamResponse:
@@ -180,10 +196,23 @@ def list_streams_response(page: StreamPage) -> pb.ListStreamsResponse:
 
 
 # -- subscriptions -------------------------------------------------------------------------
-def subscription_response(item: RecordedEvent | CaughtUp) -> pb.SubscribeToStreamResponse:
+def subscription_response(item: SubscriptionItem) -> pb.SubscribeToStreamResponse:
     response = pb.SubscribeToStreamResponse()
     if isinstance(item, CaughtUp):
-        response.caught_up.next_offset = item.next_offset
+        response.caught_up.next_offset = item.position
+    elif isinstance(item, RecordedEvent):
+        fill_event(response.event, item)
+    else:
+        raise AssertionError("a stream subscription sends no checkpoints")
+    return response
+
+
+def all_subscription_response(item: SubscriptionItem) -> pb.SubscribeToAllResponse:
+    response = pb.SubscribeToAllResponse()
+    if isinstance(item, CaughtUp):
+        response.caught_up.next_position = item.position
+    elif isinstance(item, AllCheckpoint):
+        response.checkpoint.position = item.position
     else:
         fill_event(response.event, item)
     return response

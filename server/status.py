@@ -35,7 +35,9 @@ _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (errors.StreamTypeChange, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.MessageNotHeld, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.WrongExpectedOffset, grpc.StatusCode.ABORTED),
+    (errors.WrongExpectedOffsets, grpc.StatusCode.ABORTED),
     (errors.DuplicateEvent, grpc.StatusCode.ALREADY_EXISTS),
+    (errors.CheckpointExists, grpc.StatusCode.ALREADY_EXISTS),
     (errors.OffsetOutOfRange, grpc.StatusCode.OUT_OF_RANGE),
     (errors.StorageUnavailable, grpc.StatusCode.UNAVAILABLE),
     (ServerShuttingDown, grpc.StatusCode.UNAVAILABLE),
@@ -55,6 +57,12 @@ def _error_info(exc: Exception) -> dict[str, str]:
             "stream_name": exc.stream_name,
             "expected_last_offset": str(exc.expected),
             "actual_last_offset": str(exc.actual),
+        }
+    if isinstance(exc, errors.CheckpointExists):
+        return {
+            "stream_name": exc.stream_name,
+            "consumer_group": exc.consumer_group,
+            "committed_offset": str(exc.committed),
         }
     if isinstance(exc, InvalidArgument):
         return {"field": exc.field}
@@ -80,12 +88,17 @@ def to_status(exc: Exception, method: str) -> grpc.Status:
         )
     if isinstance(exc, errors.StorageUnavailable):
         log.warning("storage unavailable in %s: %s", method, exc, extra={"method": method})
-    detail = any_pb2.Any()
-    detail.Pack(
-        error_details_pb2.ErrorInfo(
-            reason=_reason(exc), domain=ERROR_DOMAIN, metadata=_error_info(exc)
+    # One ErrorInfo per failed expectation of an atomic append to several streams.
+    failures = exc.failures if isinstance(exc, errors.WrongExpectedOffsets) else (exc,)
+    details = []
+    for failure in failures:
+        detail = any_pb2.Any()
+        detail.Pack(
+            error_details_pb2.ErrorInfo(
+                reason=_reason(failure), domain=ERROR_DOMAIN, metadata=_error_info(failure)
+            )
         )
-    )
+        details.append(detail)
     return rpc_status.to_status(
-        status_pb2.Status(code=code.value[0], message=message, details=[detail])
+        status_pb2.Status(code=code.value[0], message=message, details=details)
     )

@@ -21,13 +21,18 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from server.errors import InvalidArgument
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
 from storage.records import (
+    ALL_STREAM,
     DEFAULT_MAX_DELIVERY_ATTEMPTS,
     DEFAULT_VISIBILITY_TIMEOUT,
     JSON_CONTENT_TYPE,
+    NO_ALL_FILTER,
     NO_FILTER,
     STREAM_NAME_RE,
+    AllFilter,
+    ConsumerCheckpoint,
     NewEvent,
     ReadFilter,
+    StreamAppend,
     StreamConfiguration,
     StreamType,
 )
@@ -51,6 +56,12 @@ MAX_DELIVERY_ATTEMPTS = 1000
 MAX_RETENTION_AGE = timedelta(days=36500)
 #: Event types a read or subscription may filter on.
 MAX_FILTER_TYPES = 1000
+#: Stream-name prefixes a read or subscription of the global log may filter on.
+MAX_FILTER_PREFIXES = 100
+#: Streams one AppendToStreams call may write to.
+MAX_APPENDS = 100
+#: SubscribeToAll: checkpoint_interval 0 means this.
+DEFAULT_CHECKPOINT_INTERVAL = 1000
 #: JSON payloads: nesting depth, and PostgreSQL numeric's range (what jsonb stores
 #: a number as): at most 131,072 digits before the point and 16,383 after it.
 MAX_JSON_DEPTH = 512
@@ -88,6 +99,11 @@ def stream_prefix(value: str, field: str = "prefix") -> str:
             field, f"{_shown(value, 220)} cannot start a stream name: {_NAME_HELP}"
         )
     return value
+
+
+def stream_or_all(value: str, field: str = "stream_name") -> str:
+    """A stream name, or the reserved name of the global log (consumer groups)."""
+    return value if value == ALL_STREAM else stream_name(value, field)
 
 
 def _text(value: str, field: str, *, limit: int = MAX_NAME_LENGTH) -> str:
@@ -179,16 +195,19 @@ def timestamp(value: Timestamp, field: str) -> datetime:
         ) from None
 
 
+def _event_types(values: Sequence[str], field: str) -> frozenset[str]:
+    if len(values) > MAX_FILTER_TYPES:
+        raise InvalidArgument(field, f"has {len(values)} types; at most {MAX_FILTER_TYPES}")
+    for i, event_type in enumerate(values):
+        if not event_type:
+            raise InvalidArgument(f"{field}[{i}]", "must not be empty")
+        _text(event_type, f"{field}[{i}]")
+    return frozenset(values)
+
+
 def read_filter(request: pb.ReadStreamRequest | pb.SubscribeToStreamRequest) -> ReadFilter:
     """The replay options of a read or subscription request."""
-    if len(request.event_types) > MAX_FILTER_TYPES:
-        raise InvalidArgument(
-            "event_types", f"has {len(request.event_types)} types; at most {MAX_FILTER_TYPES}"
-        )
-    for i, event_type in enumerate(request.event_types):
-        if not event_type:
-            raise InvalidArgument(f"event_types[{i}]", "must not be empty")
-        _text(event_type, f"event_types[{i}]")
+    _event_types(request.event_types, "event_types")
     if not request.event_types and not request.HasField("from_timestamp"):
         return NO_FILTER
     return ReadFilter(
@@ -364,16 +383,21 @@ class AppendArgs(NamedTuple):
     expected_last_offset: int | None
 
 
+def _expected_last_offset(
+    request: pb.AppendToStreamRequest | pb.StreamAppend, field: str = "expected_last_offset"
+) -> int | None:
+    if not request.HasField("expected_last_offset"):
+        return None
+    expected = request.expected_last_offset
+    if expected < -1:
+        raise InvalidArgument(field, f"is {expected}; use -1 (no events) or an offset >= 0")
+    return expected
+
+
 def append_request(request: pb.AppendToStreamRequest) -> AppendArgs:
-    name = stream_name(request.stream_name)
-    expected: int | None = None
-    if request.HasField("expected_last_offset"):
-        expected = request.expected_last_offset
-        if expected < -1:
-            raise InvalidArgument(
-                "expected_last_offset", f"is {expected}; use -1 (no events) or an offset >= 0"
-            )
-    return AppendArgs(name, new_events(request.events), expected)
+    return AppendArgs(
+        stream_name(request.stream_name), new_events(request.events), _expected_last_offset(request)
+    )
 
 
 class ReadArgs(NamedTuple):
@@ -381,15 +405,82 @@ class ReadArgs(NamedTuple):
     from_offset: int
     max_count: int
     read_filter: ReadFilter
+    backward: bool
 
 
 def read_request(request: pb.ReadStreamRequest) -> ReadArgs:
+    start = request.from_offset
+    if request.backward:
+        if start < -1:
+            raise InvalidArgument(
+                "from_offset", f"is {start}; backward, use -1 (the last) or an offset >= 0"
+            )
+    else:
+        offset(start, "from_offset")
     return ReadArgs(
         stream_name(request.stream_name),
-        offset(request.from_offset, "from_offset"),
+        start,
         page_size(request.max_count, "max_count"),
         read_filter(request),
+        request.backward,
     )
+
+
+class ReadAllArgs(NamedTuple):
+    from_position: int
+    max_count: int
+    read_filter: AllFilter
+    backward: bool
+
+
+def read_all_request(request: pb.ReadAllRequest) -> ReadAllArgs:
+    return ReadAllArgs(
+        offset(request.from_position, "from_position"),
+        page_size(request.max_count, "max_count"),
+        all_filter(request.filter),
+        request.backward,
+    )
+
+
+class AppendStreamsArgs(NamedTuple):
+    appends: list[StreamAppend]
+    checkpoint: ConsumerCheckpoint | None
+
+
+def checkpoint(message: pb.ConsumerCheckpoint, field: str = "checkpoint") -> ConsumerCheckpoint:
+    return ConsumerCheckpoint(
+        stream_or_all(message.stream_name, f"{field}.stream_name"),
+        identifier(message.consumer_group, f"{field}.consumer_group"),
+        offset(message.offset, f"{field}.offset"),
+    )
+
+
+def append_streams_request(request: pb.AppendToStreamsRequest) -> AppendStreamsArgs:
+    has_checkpoint = request.HasField("checkpoint")
+    if not request.appends and not has_checkpoint:
+        raise InvalidArgument("appends", "at least one append (or a checkpoint) is required")
+    if len(request.appends) > MAX_APPENDS:
+        raise InvalidArgument(
+            "appends", f"has {len(request.appends)} appends; at most {MAX_APPENDS}"
+        )
+    appends: list[StreamAppend] = []
+    seen: set[str] = set()
+    for i, item in enumerate(request.appends):
+        where = f"appends[{i}]"
+        name = stream_name(item.stream_name, f"{where}.stream_name")
+        if name in seen:
+            raise InvalidArgument(
+                f"{where}.stream_name", f"'{name}' is named twice; one append per stream"
+            )
+        seen.add(name)
+        appends.append(
+            StreamAppend(
+                name,
+                new_events(item.events, f"{where}.events"),
+                _expected_last_offset(item, f"{where}.expected_last_offset"),
+            )
+        )
+    return AppendStreamsArgs(appends, checkpoint(request.checkpoint) if has_checkpoint else None)
 
 
 class EnqueueArgs(NamedTuple):
@@ -399,6 +490,24 @@ class EnqueueArgs(NamedTuple):
 
 def enqueue_request(request: pb.EnqueueRequest) -> EnqueueArgs:
     return EnqueueArgs(stream_name(request.stream_name), new_events(request.events))
+
+
+def all_filter(message: pb.AllFilter, field: str = "filter") -> AllFilter:
+    """Which events of the global log a request wants."""
+    prefixes = message.stream_prefixes
+    if len(prefixes) > MAX_FILTER_PREFIXES:
+        raise InvalidArgument(
+            f"{field}.stream_prefixes",
+            f"has {len(prefixes)} prefixes; at most {MAX_FILTER_PREFIXES}",
+        )
+    for i, prefix in enumerate(prefixes):
+        if not prefix:
+            raise InvalidArgument(f"{field}.stream_prefixes[{i}]", "must not be empty")
+        stream_prefix(prefix, f"{field}.stream_prefixes[{i}]")
+    types = _event_types(message.event_types, f"{field}.event_types")
+    if not prefixes and not types:
+        return NO_ALL_FILTER
+    return AllFilter(stream_prefixes=tuple(dict.fromkeys(prefixes)), event_types=types)
 
 
 def _visibility_timeout(value: Duration, field: str = "visibility_timeout") -> timedelta:
@@ -520,7 +629,7 @@ class CommitArgs(NamedTuple):
 
 def commit_request(request: pb.CommitOffsetRequest) -> CommitArgs:
     return CommitArgs(
-        stream_name(request.stream_name),
+        stream_or_all(request.stream_name),
         identifier(request.consumer_group, "consumer_group"),
         offset(request.offset, "offset"),
     )
@@ -533,7 +642,7 @@ class GroupArgs(NamedTuple):
 
 def consumer_offset_request(request: pb.GetConsumerOffsetRequest) -> GroupArgs:
     return GroupArgs(
-        stream_name(request.stream_name), identifier(request.consumer_group, "consumer_group")
+        stream_or_all(request.stream_name), identifier(request.consumer_group, "consumer_group")
     )
 
 
@@ -559,6 +668,36 @@ def subscribe_request(request: pb.SubscribeToStreamRequest) -> SubscribeArgs:
     # from_end=false says nothing about where to start: from the beginning.
     from_end = start == "from_end" and request.from_end
     return SubscribeArgs(name, None if from_end else 0, from_end, None, replay)
+
+
+class SubscribeAllArgs(NamedTuple):
+    #: Where to start: a position, the end, or after a consumer group's position.
+    from_position: int | None
+    from_end: bool
+    consumer_group: str | None
+    read_filter: AllFilter
+    checkpoint_interval: int
+
+
+def subscribe_all_request(request: pb.SubscribeToAllRequest) -> SubscribeAllArgs:
+    replay = all_filter(request.filter)
+    interval = request.checkpoint_interval
+    if interval < 0:
+        raise InvalidArgument(
+            "checkpoint_interval",
+            f"is {interval}; must be >= 0 (0 means {DEFAULT_CHECKPOINT_INTERVAL})",
+        )
+    interval = interval or DEFAULT_CHECKPOINT_INTERVAL
+    start = request.WhichOneof("start")
+    if start == "from_position":
+        position = offset(request.from_position, "from_position")
+        return SubscribeAllArgs(position, False, None, replay, interval)
+    if start == "consumer_group":
+        group = identifier(request.consumer_group, "consumer_group")
+        return SubscribeAllArgs(None, False, group, replay, interval)
+    if start == "from_end" and request.from_end:
+        return SubscribeAllArgs(None, True, None, replay, interval)
+    return SubscribeAllArgs(1, False, None, replay, interval)
 
 
 class ConfigureArgs(NamedTuple):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from uuid import UUID
 
 from storage.records import StreamType
@@ -53,6 +53,35 @@ class WrongExpectedOffset(StorageError):
         self.stream_name = stream_name
         self.expected = expected
         self.actual = actual
+
+
+class WrongExpectedOffsets(StorageError):
+    """The expectations of one or more streams of an atomic append to several
+    streams failed; nothing was written."""
+
+    def __init__(self, failures: Sequence[WrongExpectedOffset]) -> None:
+        super().__init__(
+            "nothing was written: "
+            + "; ".join(
+                f"stream '{f.stream_name}' expected_last_offset {f.expected}, actual {f.actual}"
+                for f in failures
+            )
+        )
+        self.failures = tuple(failures)
+
+
+class CheckpointExists(StorageError):
+    """The consumer group's committed offset is already at or past the checkpoint:
+    that input was processed before, and nothing was written."""
+
+    def __init__(self, stream_name: str, consumer_group: str, committed: int) -> None:
+        super().__init__(
+            f"consumer group '{consumer_group}' has already committed offset {committed} on "
+            f"'{stream_name}': the input was processed before; nothing was written"
+        )
+        self.stream_name = stream_name
+        self.consumer_group = consumer_group
+        self.committed = committed
 
 
 class DuplicateEvent(StorageError):

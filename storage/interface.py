@@ -12,10 +12,15 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from uuid import UUID
 
+from storage.errors import WrongExpectedOffset, WrongExpectedOffsets
 from storage.records import (
+    NO_ALL_FILTER,
     NO_FILTER,
     AckResult,
+    AllFilter,
+    AllPage,
     AppendResult,
+    ConsumerCheckpoint,
     DeadLetterPage,
     NewEvent,
     PoolUsage,
@@ -23,6 +28,7 @@ from storage.records import (
     ReadFilter,
     ReadResult,
     RetentionReport,
+    StreamAppend,
     StreamConfiguration,
     StreamMetadata,
     StreamPage,
@@ -56,16 +62,37 @@ class EventStore(abc.ABC):
 
     # -- persistent streams ------------------------------------------------------
     @abc.abstractmethod
+    async def append_to_streams(
+        self, appends: Sequence[StreamAppend], checkpoint: ConsumerCheckpoint | None = None
+    ) -> tuple[AppendResult, ...]:
+        """Append to every stream of ``appends`` (distinct names) and commit the
+        checkpoint, all or nothing; one result per append. The events of one call
+        take consecutive global positions, in the order given.
+
+        Raises WrongStreamType, WrongExpectedOffsets (every failing stream),
+        DuplicateEvent, and for the checkpoint CheckpointExists, StreamNotFound,
+        OffsetOutOfRange.
+        """
+
     async def append_to_stream(
         self,
         stream_name: str,
         events: Sequence[NewEvent],
         expected_last_offset: int | None = None,
     ) -> AppendResult:
-        """Append atomically; see the contract for expected offsets and idempotency.
+        """Append atomically (the one-stream case of append_to_streams); see the
+        contract for expected offsets and idempotency.
 
         Raises WrongStreamType, WrongExpectedOffset, DuplicateEvent.
         """
+        try:
+            (result,) = await self.append_to_streams(
+                [StreamAppend(stream_name, events, expected_last_offset)]
+            )
+        except WrongExpectedOffsets as exc:
+            failure: WrongExpectedOffset = exc.failures[0]
+            raise failure from None
+        return result
 
     @abc.abstractmethod
     async def read_stream(
@@ -74,11 +101,29 @@ class EventStore(abc.ABC):
         from_offset: int,
         max_count: int,
         read_filter: ReadFilter = NO_FILTER,
+        *,
+        backward: bool = False,
     ) -> ReadResult:
-        """Events from the first retained offset >= from_offset, ascending.
+        """Events from the first retained offset >= from_offset, ascending; or,
+        backward, from the last retained offset <= from_offset (-1: the last),
+        descending, with next_offset -1 once the start is reached.
 
         Raises StreamNotFound, WrongStreamType.
         """
+
+    @abc.abstractmethod
+    async def read_all(
+        self,
+        from_position: int,
+        max_count: int,
+        read_filter: AllFilter = NO_ALL_FILTER,
+        *,
+        backward: bool = False,
+    ) -> AllPage:
+        """The global log: events of every persistent stream in position order,
+        from the first position >= from_position; backward from the last position
+        <= from_position (0: the end), descending. Gap-safe: a position below one
+        already returned never appears later."""
 
     @abc.abstractmethod
     async def get_stream_length(self, stream_name: str) -> int:
@@ -145,11 +190,13 @@ class EventStore(abc.ABC):
     # -- consumers ---------------------------------------------------------------
     @abc.abstractmethod
     async def commit_offset(self, stream_name: str, consumer_group: str, offset: int) -> None:
-        """Raises StreamNotFound, OffsetOutOfRange, WrongStreamType."""
+        """On a log, or on ALL_STREAM (``offset`` a global position).
+
+        Raises StreamNotFound, OffsetOutOfRange, WrongStreamType."""
 
     @abc.abstractmethod
     async def get_consumer_offset(self, stream_name: str, consumer_group: str) -> int:
-        """Raises ConsumerOffsetNotFound."""
+        """On a log, or on ALL_STREAM. Raises ConsumerOffsetNotFound."""
 
     # -- administration ----------------------------------------------------------
     @abc.abstractmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from uuid import UUID
@@ -13,6 +13,9 @@ from uuid import UUID
 #: a digit (so no name can start with "$", which is kept for names of the service's own).
 STREAM_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}", re.ASCII)
 JSON_CONTENT_TYPE = "application/json"
+#: The reserved name of the global log in consumer-group calls (no stream name can
+#: start with "$").
+ALL_STREAM = "$all"
 DEFAULT_MAX_DELIVERY_ATTEMPTS = 5
 DEFAULT_VISIBILITY_TIMEOUT = timedelta(seconds=30)
 
@@ -59,8 +62,11 @@ class NewEvent:
         budgets count; ids, names and timestamps are small and bounded)."""
         return payload_size(self.data, self.metadata)
 
-    def recorded(self, stream_name: str, offset: int, timestamp: datetime) -> RecordedEvent:
-        """This event as stored at ``offset`` of ``stream_name``."""
+    def recorded(
+        self, stream_name: str, offset: int, timestamp: datetime, global_position: int = 0
+    ) -> RecordedEvent:
+        """This event as stored at ``offset`` of ``stream_name`` (and at
+        ``global_position`` of the global log, for a persistent stream)."""
         return RecordedEvent(
             stream_name=stream_name,
             offset=offset,
@@ -72,6 +78,7 @@ class NewEvent:
             correlation_id=self.correlation_id,
             causation_id=self.causation_id,
             timestamp=timestamp,
+            global_position=global_position,
         )
 
 
@@ -89,6 +96,9 @@ class RecordedEvent:
     correlation_id: str
     causation_id: str
     timestamp: datetime
+    #: Its place in the global log (1 for the first event ever appended); 0 for
+    #: queue messages.
+    global_position: int = 0
 
     @property
     def size(self) -> int:
@@ -100,6 +110,57 @@ class RecordedEvent:
 class AppendResult:
     first_offset: int
     last_offset: int
+    first_global_position: int = 0
+    last_global_position: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StreamAppend:
+    """One stream's part of an atomic append to several streams."""
+
+    stream_name: str
+    events: Sequence[NewEvent]
+    expected_last_offset: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerCheckpoint:
+    """A consumer group's offset on a log (or position on ALL_STREAM), committed in
+    the same transaction as the appends it goes with."""
+
+    stream_name: str
+    consumer_group: str
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class AllFilter:
+    """Which events of the global log a read or subscription wants; empty: all."""
+
+    stream_prefixes: tuple[str, ...] = ()
+    event_types: frozenset[str] = frozenset()
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.stream_prefixes and not self.event_types
+
+    def matches(self, event: RecordedEvent) -> bool:
+        if self.event_types and event.event_type not in self.event_types:
+            return False
+        return not self.stream_prefixes or event.stream_name.startswith(self.stream_prefixes)
+
+
+NO_ALL_FILTER = AllFilter()
+
+
+@dataclass(frozen=True, slots=True)
+class AllPage:
+    """A page of the global log. ``next_position`` is where to continue: forward,
+    one past the last position examined; backward, one below it (0 at the start)."""
+
+    events: tuple[RecordedEvent, ...]
+    next_position: int
+    end_of_log: bool
 
 
 @dataclass(frozen=True, slots=True)

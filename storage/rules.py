@@ -14,7 +14,14 @@ from typing import TypeVar
 from uuid import UUID
 
 from storage.errors import WrongStreamType
-from storage.records import AckFailure, AckFailureReason, AckResult, StreamType
+from storage.records import (
+    AckFailure,
+    AckFailureReason,
+    AckResult,
+    AllPage,
+    RecordedEvent,
+    StreamType,
+)
 
 T = TypeVar("T")
 
@@ -25,6 +32,13 @@ NACKED_REASON = "nacked"
 
 #: The default byte budget of one response's events (see :func:`within_budget`).
 DEFAULT_PAGE_BYTES = 3 * 1024 * 1024
+
+#: A read of the global log filtered by stream prefixes looks into each matching
+#: stream when at most this many match; when more do, it examines at most
+#: ALL_SCAN_WINDOW positions of the log per call (a page may then hold few events
+#: or none, with next_position further on), so no call's cost follows the log.
+MAX_PROBED_STREAMS = 200
+ALL_SCAN_WINDOW = 20_000
 
 
 def check_stream_type(stream_name: str, actual: int | None, wanted: StreamType) -> None:
@@ -78,3 +92,39 @@ def classify_acks(
         else:
             failed.append(AckFailure(event_id, AckFailureReason.NOT_FOUND))
     return AckResult(tuple(done), tuple(failed))
+
+
+def all_page(
+    events: tuple[RecordedEvent, ...],
+    left_out: int | None,
+    *,
+    start: int,
+    max_count: int,
+    backward: bool,
+    head: int,
+    oldest: int | None,
+    window: int | None,
+) -> AllPage:
+    """How a page of the global log read from ``start`` goes on.
+
+    ``left_out``: the position of the first event the byte budget left out (the
+    next page starts there). ``head``: the newest position ever given; ``oldest``:
+    the oldest still stored (None: the log is empty). ``window``: how far this read
+    looked when it examined a bounded window of the log (None: to the end)."""
+    if left_out is not None:
+        return AllPage(events, left_out, False)
+    full = len(events) == max_count
+    if backward:
+        top = min(start, head)
+        if full:
+            last = events[-1].global_position
+            return AllPage(events, 0, True) if last == oldest else AllPage(events, last - 1, False)
+        if window is not None and oldest is not None and top - window >= oldest:
+            return AllPage(events, top - window, False)
+        return AllPage(events, 0, True)
+    if full:
+        last = events[-1].global_position
+        return AllPage(events, last + 1, last >= head)
+    if window is not None and start + window <= head:
+        return AllPage(events, start + window, False)
+    return AllPage(events, max(start, head + 1), True)

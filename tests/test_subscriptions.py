@@ -27,7 +27,7 @@ def subscriptions_on(server: RunningServer, name: str) -> list[subscriptions.Sub
     return [s for s in list(server.app.subscriptions.active) if s.stream_name == name]
 
 
-def tails_of(server: RunningServer) -> dict[str, subscriptions.StreamTail]:
+def tails_of(server: RunningServer) -> dict[str, subscriptions.Tail]:
     assert server.app.subscriptions is not None
     return server.app.subscriptions.tails
 

@@ -1,4 +1,4 @@
-"""Consumer RPCs: CommitOffset, GetConsumerOffset, SubscribeToStream."""
+"""Consumer RPCs: CommitOffset, GetConsumerOffset, SubscribeToStream, SubscribeToAll."""
 
 from __future__ import annotations
 
@@ -30,3 +30,12 @@ class ConsumerRpcs(RpcBase):
         """History from the chosen start, one CaughtUp, then live events."""
         async for item in self.subscriptions.follow(validation.subscribe_request(request)):
             yield convert.subscription_response(item)
+
+    async def SubscribeToAll(
+        self, request: pb.SubscribeToAllRequest, context: Context
+    ) -> AsyncIterator[pb.SubscribeToAllResponse]:
+        """The global log from the chosen start, one CaughtUp, then live events, with
+        checkpoints for a filter that rarely matches."""
+        args = validation.subscribe_all_request(request)
+        async for item in self.subscriptions.follow_all(args):
+            yield convert.all_subscription_response(item)

@@ -1,4 +1,5 @@
-"""Persistent stream RPCs: AppendToStream, ReadStream, GetStreamLength, GetStreamMetadata."""
+"""Persistent stream and global log RPCs: AppendToStream, AppendToStreams, ReadStream,
+ReadAll, GetStreamLength, GetStreamMetadata."""
 
 from __future__ import annotations
 
@@ -15,11 +16,27 @@ class LogRpcs(RpcBase):
         result = await self.store.append_to_stream(*validation.append_request(request))
         return convert.append_response(result)
 
+    async def AppendToStreams(
+        self, request: pb.AppendToStreamsRequest, context: Context
+    ) -> pb.AppendToStreamsResponse:
+        """Append to several streams (and commit a checkpoint), all or nothing."""
+        results = await self.store.append_to_streams(*validation.append_streams_request(request))
+        return convert.append_streams_response(results)
+
+    async def ReadAll(self, request: pb.ReadAllRequest, context: Context) -> pb.ReadAllResponse:
+        """Read a page of the global log, forward or backward, optionally filtered."""
+        from_position, max_count, read_filter, backward = validation.read_all_request(request)
+        page = await self.store.read_all(from_position, max_count, read_filter, backward=backward)
+        return convert.read_all_response(page)
+
     async def ReadStream(
         self, request: pb.ReadStreamRequest, context: Context
     ) -> pb.ReadStreamResponse:
         """Read a page of events from an offset, optionally filtered."""
-        result = await self.store.read_stream(*validation.read_request(request))
+        name, from_offset, max_count, read_filter, backward = validation.read_request(request)
+        result = await self.store.read_stream(
+            name, from_offset, max_count, read_filter, backward=backward
+        )
         return convert.read_response(result)
 
     async def GetStreamLength(

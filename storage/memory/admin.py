@@ -52,8 +52,10 @@ class MemoryAdmin(MemoryBase):
         return StreamPage(summaries, token)
 
     async def delete_stream(self, stream_name: str) -> None:
-        self._find(stream_name)
+        stream = self._find(stream_name)
         del self._streams[stream_name]
+        # Its events leave the global log; the others keep their positions.
+        self._forget(stream.events)
         # Subscribers and long polls on it wake up and find it gone.
         self.signals.notify(stream_name)
         log.info("deleted stream %s", stream_name, extra={"stream_name": stream_name})
@@ -71,9 +73,11 @@ class MemoryAdmin(MemoryBase):
             count = _expired_prefix(stream, now)
             if not count:
                 continue
-            for event in stream.events[:count]:
+            expired = stream.events[:count]
+            for event in expired:
                 stream.offsets_by_id.pop(event.event_id, None)
             del stream.events[:count]
+            self._forget(expired)
             deleted += count
             log.info(
                 "retention deleted %d event(s) of %s; oldest offset now %d",

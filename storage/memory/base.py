@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from storage.errors import StreamNotFound
 from storage.memory.state import MemoryStream, utc_now
-from storage.records import StreamConfiguration, StreamType
+from storage.records import RecordedEvent, StreamConfiguration, StreamType
 from storage.rules import DEFAULT_PAGE_BYTES, check_stream_type
 from storage.signals import StreamSignals
 
@@ -17,6 +19,19 @@ class MemoryBase:
         self._streams: dict[str, MemoryStream] = {}
         self.signals = StreamSignals()
         self.page_bytes = page_bytes
+        #: The global log: every retained event of every log, in position order.
+        self._log: list[RecordedEvent] = []
+        #: The position of the newest event ever appended (positions never return).
+        self._last_position = 0
+        #: Consumer groups' committed positions in the global log.
+        self._all_offsets: dict[str, int] = {}
+
+    def _forget(self, events: Iterable[RecordedEvent]) -> None:
+        """Take deleted events (a deleted stream, a retention prefix) out of the
+        global log; the rest keep their positions."""
+        gone = {e.global_position for e in events}
+        if gone:
+            self._log = [e for e in self._log if e.global_position not in gone]
 
     def _find(self, stream_name: str, wanted: StreamType | None = None) -> MemoryStream:
         stream = self._streams.get(stream_name)

@@ -13,7 +13,7 @@ from storage.errors import StorageUnavailable
 from storage.postgres.connect import ConnectOptions, create_pool
 from storage.postgres.database import Database
 from storage.postgres.notifier import PostgresNotifier
-from storage.records import PoolUsage
+from storage.records import ALL_STREAM, PoolUsage
 from storage.rules import DEFAULT_PAGE_BYTES
 from storage.signals import StreamSignals
 
@@ -122,13 +122,16 @@ class PostgresBase:
         if db is not None:
             await db.close()
 
-    def _announce(self, stream_name: str) -> None:
-        """Report a committed write to ``stream_name``: wakes local waiters at once,
-        and waiters on every other replica within a few milliseconds (the notifier
-        batches the names and sends them outside any write's transaction)."""
-        self.signals.notify(stream_name)
-        if self._notifier is not None:
-            self._notifier.announce(stream_name)
+    def _announce(self, *stream_names: str, log: bool = False) -> None:
+        """Report a committed write to ``stream_names`` (and, for a log append, to
+        the global log): wakes local waiters at once, and waiters on every other
+        replica within a few milliseconds (the notifier batches the names and sends
+        them outside any write's transaction)."""
+        names = (*stream_names, ALL_STREAM) if log else stream_names
+        for name in names:
+            self.signals.notify(name)
+            if self._notifier is not None:
+                self._notifier.announce(name)
 
     async def _start_notifier(self) -> None:
         self._notifier = PostgresNotifier(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from storage.errors import ConsumerOffsetNotFound, OffsetOutOfRange, StreamNotFound
 from storage.postgres.base import PostgresBase
-from storage.records import StreamType
+from storage.records import ALL_STREAM, StreamType
 from storage.rules import check_stream_type
 
 # One statement: the upsert happens only when the stream is a log and the offset
@@ -23,6 +23,11 @@ WITH s AS (
 SELECT s.stream_type, s.next_offset, EXISTS (SELECT 1 FROM upsert) AS committed FROM s
 """
 
+COMMIT_ALL_OFFSET_SQL = "SELECT * FROM event_streaming.commit_all_offset($1, $2)"
+GET_ALL_OFFSET_SQL = (
+    "SELECT committed_position FROM event_streaming.all_consumer_offsets WHERE consumer_group = $1"
+)
+
 GET_OFFSET_SQL = """
 SELECT s.stream_type, c.committed_offset
   FROM event_streaming.streams s
@@ -34,6 +39,12 @@ SELECT s.stream_type, c.committed_offset
 
 class PostgresConsumers(PostgresBase):
     async def commit_offset(self, stream_name: str, consumer_group: str, offset: int) -> None:
+        if stream_name == ALL_STREAM:
+            row = await self.db.fetchrow(COMMIT_ALL_OFFSET_SQL, consumer_group, offset)
+            assert row is not None
+            if not row["committed"]:
+                raise OffsetOutOfRange(stream_name, offset, row["newest"])
+            return
         # A DeleteStream committing between the lookup and the upsert fails the
         # upsert's foreign key: StreamDeletedDuringCall, a StreamNotFound.
         row = await self.db.fetchrow(COMMIT_OFFSET_SQL, stream_name, consumer_group, offset)
@@ -44,6 +55,11 @@ class PostgresConsumers(PostgresBase):
             raise OffsetOutOfRange(stream_name, offset, row["next_offset"] - 1)
 
     async def get_consumer_offset(self, stream_name: str, consumer_group: str) -> int:
+        if stream_name == ALL_STREAM:
+            position: int | None = await self.db.fetchval(GET_ALL_OFFSET_SQL, consumer_group)
+            if position is None:
+                raise ConsumerOffsetNotFound(stream_name, consumer_group)
+            return position
         row = await self.db.fetchrow(GET_OFFSET_SQL, stream_name, consumer_group)
         if row is None:
             raise StreamNotFound(stream_name)

@@ -1,4 +1,4 @@
-"""Persistent streams (append-only logs) on PostgreSQL."""
+"""Persistent streams (append-only logs) and the global log on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -6,7 +6,14 @@ import enum
 from collections.abc import Sequence
 from typing import Any
 
-from storage.errors import DuplicateEvent, StreamNotFound, WrongExpectedOffset
+from storage.errors import (
+    CheckpointExists,
+    DuplicateEvent,
+    OffsetOutOfRange,
+    StreamNotFound,
+    WrongExpectedOffset,
+    WrongExpectedOffsets,
+)
 from storage.postgres.base import PostgresBase
 from storage.postgres.rows import (
     EVENT_COLUMNS,
@@ -17,64 +24,193 @@ from storage.postgres.rows import (
     within_budget,
 )
 from storage.records import (
+    ALL_STREAM,
+    NO_ALL_FILTER,
     NO_FILTER,
+    AllFilter,
+    AllPage,
     AppendResult,
-    NewEvent,
+    ConsumerCheckpoint,
     ReadFilter,
     ReadResult,
+    StreamAppend,
     StreamMetadata,
     StreamType,
 )
-from storage.rules import check_stream_type
+from storage.rules import ALL_SCAN_WINDOW, MAX_PROBED_STREAMS, all_page, check_stream_type
+
+#: The largest bigint: "from the last offset" for backward reads.
+_LAST = 2**63 - 1
 
 
 class AppendOutcome(enum.StrEnum):
-    """What event_streaming.append_events (migrations/004_clean_writes.sql) did."""
+    """What event_streaming.append_to_streams (migrations/005_global_log.sql) did."""
 
     APPENDED = "appended"
-    #: An exact repeat of an earlier batch: nothing written, its offsets returned.
+    #: The whole call is already in: nothing written, its original results.
     REPEAT = "repeat"
-    #: The expectation failed; last_offset is the actual last offset.
+    #: One row per append whose expectation failed; last_offset is the actual one.
     WRONG_OFFSET = "wrong_offset"
-    #: Some ids (conflict_event_id the first) are already in the stream.
+    #: Some ids (conflict_event_id the first) are already in their streams.
     DUPLICATE = "duplicate"
-    #: The stream is not a log (actual_type).
+    #: An append's stream is not a log (actual_type).
     WRONG_TYPE = "wrong_type"
+    #: The checkpoint's group is already at or past it (last_offset: committed).
+    CHECKPOINT_EXISTS = "checkpoint_exists"
+    CHECKPOINT_NOT_FOUND = "checkpoint_not_found"
+    #: The checkpoint is beyond the newest offset or position (last_offset: newest).
+    CHECKPOINT_OUT_OF_RANGE = "checkpoint_out_of_range"
+    CHECKPOINT_WRONG_TYPE = "checkpoint_wrong_type"
 
 
 APPEND_SQL = (
-    "SELECT * FROM event_streaming.append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+    "SELECT * FROM event_streaming.append_to_streams("
+    "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
 )
 
-_PAGE_COLUMNS = ("stream_offset", "created_at", *(c.strip() for c in EVENT_COLUMNS.split(",")))
+_EVENT_NAMES = tuple(c.strip() for c in EVENT_COLUMNS.split(","))
+_PAGE_COLUMNS = ("stream_offset", "global_position", "created_at", *_EVENT_NAMES)
 
-_READ_PAGE = f"""
-SELECT ev.stream_offset, ev.created_at, {EVENT_COLUMNS}, {payload_size("ev")} AS size
+
+def _stream_read(*, filtered: bool, backward: bool) -> str:
+    """A page of one stream in one statement: no row when the stream does not exist,
+    one row of NULL events for an empty page; cut at the byte budget ($4)."""
+    condition = "ev.stream_offset <= $2" if backward else "ev.stream_offset >= $2"
+    direction = "DESC" if backward else ""
+    filters = (
+        "AND ($5::timestamptz IS NULL OR ev.created_at >= $5) "
+        "AND ($6::text[] IS NULL OR ev.event_type = ANY($6))"
+        if filtered
+        else ""
+    )
+    page = f"""
+SELECT ev.stream_offset, ev.global_position, ev.created_at, {EVENT_COLUMNS},
+       {payload_size("ev")} AS size
   FROM event_streaming.events ev
- WHERE ev.stream_id = s.stream_id AND ev.stream_offset >= $2 {{filters}}
- ORDER BY ev.stream_offset
+ WHERE ev.stream_id = s.stream_id AND {condition} {filters}
+ ORDER BY ev.stream_offset {direction}
  LIMIT $3
 """
-
-# One statement: no row when the stream does not exist, one row of NULL events for
-# an empty page; the page is cut at the byte budget ($4), see rows.within_budget.
-_READ_SELECT = f"""
+    budgeted = within_budget(page, _PAGE_COLUMNS, "stream_offset", "$4", descending=backward)
+    # Backward reads also learn the oldest retained offset (the start they stop at).
+    oldest = (
+        "(SELECT o.stream_offset FROM event_streaming.events o WHERE o.stream_id = s.stream_id"
+        " ORDER BY o.stream_offset LIMIT 1)"
+        if backward
+        else "NULL::bigint"
+    )
+    return f"""
 WITH s AS (
     SELECT stream_id, stream_type, next_offset
       FROM event_streaming.streams WHERE stream_name = $1
 )
-SELECT s.stream_type, s.next_offset, e.*
-  FROM s LEFT JOIN LATERAL ({within_budget(_READ_PAGE, _PAGE_COLUMNS, "stream_offset", "$4")}
+SELECT s.stream_type, s.next_offset, {oldest} AS oldest, e.*
+  FROM s LEFT JOIN LATERAL ({budgeted}
   ) e ON true
- ORDER BY e.stream_offset
+ ORDER BY e.stream_offset {direction}
 """
-# Two statements rather than one with "$5 IS NULL OR ...": the plain read, the hot
-# path, keeps a plan that walks the primary key and nothing else.
-READ_SQL = _READ_SELECT.format(filters="")
-READ_FILTERED_SQL = _READ_SELECT.format(
-    filters="AND ($5::timestamptz IS NULL OR ev.created_at >= $5) "
-    "AND ($6::text[] IS NULL OR ev.event_type = ANY($6))"
-)
+
+
+# Separate statements rather than one with "$5 IS NULL OR ...": the plain forward
+# read, the hot path, keeps a plan that walks the primary key and nothing else.
+READ_SQL = _stream_read(filtered=False, backward=False)
+READ_FILTERED_SQL = _stream_read(filtered=True, backward=False)
+READ_BACKWARD_SQL = _stream_read(filtered=False, backward=True)
+READ_BACKWARD_FILTERED_SQL = _stream_read(filtered=True, backward=True)
+
+# -- the global log ----------------------------------------------------------------
+_ALL_COLUMNS = ("global_position", "stream_offset", "created_at", "stream_name", *_EVENT_NAMES)
+_ALL_SELECT = f"""
+SELECT e.global_position, e.stream_offset, e.created_at, s.stream_name,
+       {", ".join(f"e.{c}" for c in _EVENT_NAMES)}, {payload_size("e")} AS size
+"""
+
+
+def _prefix_streams(prefixes: str) -> str:
+    """The logs whose names start with one of the text[] ``prefixes`` (each found by
+    a range of the name index)."""
+    return f"""
+    SELECT s.stream_id, s.stream_name
+      FROM unnest({prefixes}::text[]) AS p(prefix)
+      JOIN event_streaming.streams s
+        ON s.stream_name ~>=~ p.prefix AND left(s.stream_name, char_length(p.prefix)) = p.prefix
+     WHERE s.stream_type = 1
+"""
+
+
+COUNT_PREFIX_STREAMS_SQL = f"SELECT count(*) FROM ({_prefix_streams('$1')} LIMIT $2) m"
+
+
+def _all_read(kind: str, *, backward: bool) -> str:
+    """A page of the global log: $1 the position to start from (inclusive), $2 the
+    page size, $3 the byte budget, then by ``kind``:
+
+    - "all": no filter; the log in order.
+    - "types": $4 event types; each type's own run of the type index.
+    - "streams": $4 event types (NULL: any), $5 stream prefixes; each matching
+      stream's own run of the stream index (when few streams match).
+    - "window": the same filters over a bounded window of the log (when many
+      streams match a prefix): at most ALL_SCAN_WINDOW positions per call.
+    """
+    op, direction = ("<=", "DESC") if backward else (">=", "")
+    joined = (
+        "FROM event_streaming.events e JOIN event_streaming.streams s ON s.stream_id = e.stream_id"
+    )
+    if kind == "all":
+        page = f"""{_ALL_SELECT} {joined}
+ WHERE e.global_position {op} $1
+ ORDER BY e.global_position {direction} LIMIT $2"""
+    elif kind == "types":
+        page = f"""{_ALL_SELECT}
+  FROM unnest($4::text[]) AS t(event_type)
+  CROSS JOIN LATERAL (
+    SELECT * FROM event_streaming.events x
+     WHERE x.event_type = t.event_type AND x.global_position {op} $1
+     ORDER BY x.global_position {direction} LIMIT $2) e
+  JOIN event_streaming.streams s ON s.stream_id = e.stream_id
+ ORDER BY e.global_position {direction} LIMIT $2"""
+    elif kind == "streams":
+        page = f"""{_ALL_SELECT}
+  FROM ({_prefix_streams("$5")}) s
+  CROSS JOIN LATERAL (
+    SELECT * FROM event_streaming.events x
+     WHERE x.stream_id = s.stream_id AND x.global_position {op} $1
+       AND ($4::text[] IS NULL OR x.event_type = ANY($4))
+     ORDER BY x.global_position {direction} LIMIT $2) e
+ ORDER BY e.global_position {direction} LIMIT $2"""
+    else:
+        bound = (
+            f"e.global_position > least($1, h.last_position) - {ALL_SCAN_WINDOW}"
+            if backward
+            else f"e.global_position < $1 + {ALL_SCAN_WINDOW}"
+        )
+        page = f"""{_ALL_SELECT} {joined}
+ WHERE e.global_position {op} $1 AND {bound}
+   AND ($4::text[] IS NULL OR e.event_type = ANY($4))
+   AND EXISTS (SELECT 1 FROM unnest($5::text[]) AS p(prefix)
+                WHERE starts_with(s.stream_name, p.prefix))
+ ORDER BY e.global_position {direction} LIMIT $2"""
+    budgeted = within_budget(page, _ALL_COLUMNS, "global_position", "$3", descending=backward)
+    # Backward reads also learn the oldest position (the start they stop at).
+    oldest = (
+        "(SELECT o.global_position FROM event_streaming.events o "
+        "ORDER BY o.global_position LIMIT 1)"
+        if backward
+        else "NULL::bigint"
+    )
+    return f"""
+SELECT h.last_position AS head, {oldest} AS oldest, p.*
+  FROM event_streaming.log_head h LEFT JOIN LATERAL ({budgeted}
+  ) p ON true
+ ORDER BY p.global_position {direction}
+"""
+
+
+READ_ALL_SQL = {
+    (kind, backward): _all_read(kind, backward=backward)
+    for kind in ("all", "types", "streams", "window")
+    for backward in (False, True)
+}
 
 LENGTH_SQL = "SELECT stream_type, next_offset FROM event_streaming.streams WHERE stream_name = $1"
 
@@ -93,27 +229,72 @@ SELECT s.stream_name, s.stream_type, s.next_offset, s.created_at,
 
 
 class PostgresLog(PostgresBase):
-    async def append_to_stream(
-        self,
-        stream_name: str,
-        events: Sequence[NewEvent],
-        expected_last_offset: int | None = None,
-    ) -> AppendResult:
-        row = await self.db.fetchrow(
-            APPEND_SQL, stream_name, expected_last_offset, *event_arrays(events)
+    async def append_to_streams(
+        self, appends: Sequence[StreamAppend], checkpoint: ConsumerCheckpoint | None = None
+    ) -> tuple[AppendResult, ...]:
+        rows = await self.db.fetch(
+            APPEND_SQL,
+            [a.stream_name for a in appends],
+            [a.expected_last_offset for a in appends],
+            [i for i, a in enumerate(appends, 1) for _ in a.events],
+            *event_arrays(e for a in appends for e in a.events),
+            None if checkpoint is None else checkpoint.stream_name,
+            None if checkpoint is None else checkpoint.consumer_group,
+            None if checkpoint is None else checkpoint.offset,
         )
-        assert row is not None
-        outcome = AppendOutcome(row["outcome"])
+        outcome = AppendOutcome(rows[0]["outcome"]) if rows else AppendOutcome.APPENDED
+        if outcome in (AppendOutcome.APPENDED, AppendOutcome.REPEAT):
+            if outcome is AppendOutcome.APPENDED:
+                self._announce(*(a.stream_name for a in appends if a.events), log=True)
+            return tuple(
+                AppendResult(
+                    r["first_offset"], r["last_offset"], r["first_position"], r["last_position"]
+                )
+                for r in rows
+            )
+        self._refused(outcome, rows, appends, checkpoint)
+        raise AssertionError(f"unhandled outcome {outcome}")
+
+    @staticmethod
+    def _refused(
+        outcome: AppendOutcome,
+        rows: Sequence[Any],
+        appends: Sequence[StreamAppend],
+        checkpoint: ConsumerCheckpoint | None,
+    ) -> None:
+        """Raise the storage error a refused append_to_streams stands for."""
+        row = rows[0]
         if outcome is AppendOutcome.WRONG_TYPE:
-            check_stream_type(stream_name, row["actual_type"], StreamType.PERSISTENT)
+            name = appends[row["append_index"] - 1].stream_name
+            check_stream_type(name, row["actual_type"], StreamType.PERSISTENT)
         if outcome is AppendOutcome.WRONG_OFFSET:
-            assert expected_last_offset is not None
-            raise WrongExpectedOffset(stream_name, expected_last_offset, row["last_offset"])
+            failures = []
+            for r in rows:
+                append = appends[r["append_index"] - 1]
+                assert append.expected_last_offset is not None
+                failures.append(
+                    WrongExpectedOffset(
+                        append.stream_name, append.expected_last_offset, r["last_offset"]
+                    )
+                )
+            raise WrongExpectedOffsets(failures)
         if outcome is AppendOutcome.DUPLICATE:
-            raise DuplicateEvent(stream_name, row["conflict_event_id"])
-        if outcome is AppendOutcome.APPENDED:
-            self._announce(stream_name)
-        return AppendResult(row["first_offset"], row["last_offset"])
+            conflict = row["conflict_event_id"]
+            name = next(
+                a.stream_name for a in appends if any(e.event_id == conflict for e in a.events)
+            )
+            raise DuplicateEvent(name, conflict)
+        assert checkpoint is not None
+        if outcome is AppendOutcome.CHECKPOINT_EXISTS:
+            raise CheckpointExists(
+                checkpoint.stream_name, checkpoint.consumer_group, row["last_offset"]
+            )
+        if outcome is AppendOutcome.CHECKPOINT_NOT_FOUND:
+            raise StreamNotFound(checkpoint.stream_name)
+        if outcome is AppendOutcome.CHECKPOINT_OUT_OF_RANGE:
+            raise OffsetOutOfRange(checkpoint.stream_name, checkpoint.offset, row["last_offset"])
+        if outcome is AppendOutcome.CHECKPOINT_WRONG_TYPE:
+            check_stream_type(checkpoint.stream_name, row["actual_type"], StreamType.PERSISTENT)
 
     async def read_stream(
         self,
@@ -121,35 +302,83 @@ class PostgresLog(PostgresBase):
         from_offset: int,
         max_count: int,
         read_filter: ReadFilter = NO_FILTER,
+        *,
+        backward: bool = False,
     ) -> ReadResult:
+        start = _LAST if backward and from_offset < 0 else from_offset
+        arguments: list[Any] = [stream_name, start, max_count, self.page_bytes]
         if read_filter.is_empty:
-            rows = await self.db.fetch(
-                READ_SQL, stream_name, from_offset, max_count, self.page_bytes
-            )
+            sql = READ_BACKWARD_SQL if backward else READ_SQL
         else:
-            rows = await self.db.fetch(
-                READ_FILTERED_SQL,
-                stream_name,
-                from_offset,
-                max_count,
-                self.page_bytes,
-                read_filter.from_timestamp,
-                sorted(read_filter.event_types) or None,
-            )
+            sql = READ_BACKWARD_FILTERED_SQL if backward else READ_FILTERED_SQL
+            arguments += [read_filter.from_timestamp, sorted(read_filter.event_types) or None]
+        rows = await self.db.fetch(sql, *arguments)
         if not rows:
             raise StreamNotFound(stream_name)
         check_stream_type(stream_name, rows[0]["stream_type"], StreamType.PERSISTENT)
         stream_next = rows[0]["next_offset"]
         page, left_out = split_cut([r for r in rows if r["stream_offset"] is not None])
-        events = tuple(event_from_row(stream_name, r["stream_offset"], r) for r in page)
+        events = tuple(
+            event_from_row(stream_name, r["stream_offset"], r, global_position=r["global_position"])
+            for r in page
+        )
         if left_out is not None:
             # Cut at the byte budget: the next page starts at the event left out.
             return ReadResult(events, left_out["stream_offset"], False)
+        if backward:
+            oldest = rows[0]["oldest"]
+            if len(events) == max_count and events[-1].offset != oldest:
+                return ReadResult(events, events[-1].offset - 1, False)
+            return ReadResult(events, -1, True)
         if len(events) == max_count:
             next_offset = events[-1].offset + 1
         else:
             next_offset = max(from_offset, stream_next)
         return ReadResult(events, next_offset, next_offset >= stream_next)
+
+    async def read_all(
+        self,
+        from_position: int,
+        max_count: int,
+        read_filter: AllFilter = NO_ALL_FILTER,
+        *,
+        backward: bool = False,
+    ) -> AllPage:
+        start = _LAST if backward and from_position <= 0 else from_position
+        types = sorted(read_filter.event_types) or None
+        prefixes = list(read_filter.stream_prefixes) or None
+        filters: tuple[Any, ...] = ()
+        kind = "all"
+        if prefixes is not None:
+            matching = await self.db.fetchval(
+                COUNT_PREFIX_STREAMS_SQL, prefixes, MAX_PROBED_STREAMS + 1
+            )
+            kind = "streams" if matching <= MAX_PROBED_STREAMS else "window"
+            filters = (types, prefixes)
+        elif types is not None:
+            kind, filters = "types", (types,)
+        rows = await self.db.fetch(
+            READ_ALL_SQL[kind, backward], start, max_count, self.page_bytes, *filters
+        )
+        head: int = rows[0]["head"]
+        page, left_out = split_cut([r for r in rows if r["global_position"] is not None])
+        events = tuple(
+            event_from_row(
+                r["stream_name"], r["stream_offset"], r, global_position=r["global_position"]
+            )
+            for r in page
+        )
+        window = ALL_SCAN_WINDOW if kind == "window" else None
+        return all_page(
+            events,
+            left_out["global_position"] if left_out is not None else None,
+            start=start,
+            max_count=max_count,
+            backward=backward,
+            head=head,
+            oldest=rows[0]["oldest"],
+            window=window,
+        )
 
     async def get_stream_length(self, stream_name: str) -> int:
         row = await self.db.fetchrow(LENGTH_SQL, stream_name)
@@ -174,3 +403,6 @@ class PostgresLog(PostgresBase):
             newest_event_timestamp=row["newest_at"],
             created_at=row["created_at"],
         )
+
+
+__all__ = ["ALL_STREAM", "METADATA_SQL", "PostgresLog"]

@@ -42,9 +42,12 @@ CHANNEL = "event_streaming"
 NOTIFY_SQL = "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload"
 PING_SQL = "SELECT 1"
 #: Per waited stream: its next offset (NULL: gone), and for a queue whether one of
-#: the first rows at its head is visible (bounded: never a walk of the queue).
+#: the first rows at its head is visible (bounded: never a walk of the queue). For
+#: the global log ("$all", no stream row): its head position.
 WATCH_SQL = """
-SELECT w.name, s.next_offset,
+SELECT w.name,
+       CASE WHEN w.name = '$all' THEN (SELECT last_position FROM event_streaming.log_head)
+            ELSE s.next_offset END AS next_offset,
        s.stream_type = 2 AND EXISTS (
            SELECT 1 FROM (SELECT m.visible_at FROM event_streaming.queue_messages m
                            WHERE m.stream_id = s.stream_id

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
@@ -30,7 +30,9 @@ def payload_size(alias: str) -> str:
     )
 
 
-def within_budget(page_sql: str, columns: Sequence[str], order: str, budget: str) -> str:
+def within_budget(
+    page_sql: str, columns: Sequence[str], order: str, budget: str, *, descending: bool = False
+) -> str:
     """Wrap ``page_sql`` (a page of rows in ``order``, selecting ``columns`` and a
     ``size``) so that it returns the rows that fit a byte budget (storage.rules.
     within_budget: a prefix of the page whose sizes add up to at most ``budget``,
@@ -42,18 +44,19 @@ def within_budget(page_sql: str, columns: Sequence[str], order: str, budget: str
         f"CASE WHEN w.included THEN w.{c} END AS {c}" if c in _PAYLOAD_COLUMNS else f"w.{c}"
         for c in columns
     )
+    direction = "DESC" if descending else ""
     return f"""
 SELECT {projection}, w.included
   FROM (
     SELECT r.*, (r.rn = 1 OR r.running <= {budget}) AS included
       FROM (
-        SELECT p.*, sum(p.size) OVER (ORDER BY p.{order}) AS running,
-               row_number() OVER (ORDER BY p.{order}) AS rn
+        SELECT p.*, sum(p.size) OVER (ORDER BY p.{order} {direction}) AS running,
+               row_number() OVER (ORDER BY p.{order} {direction}) AS rn
           FROM ({page_sql}) p
       ) r
      WHERE r.rn <= 2 OR r.running - r.size <= {budget}
   ) w
- ORDER BY w.{order}
+ ORDER BY w.{order} {direction}
 """
 
 
@@ -65,7 +68,7 @@ def split_cut(rows: Sequence[T]) -> tuple[Sequence[T], T | None]:
     return rows, None
 
 
-def event_arrays(events: Sequence[NewEvent]) -> tuple[list[Any], ...]:
+def event_arrays(events: Iterable[NewEvent]) -> tuple[list[Any], ...]:
     """Column arrays for ``unnest(...)``: one element per event, in batch order (the
     last holds the payload sizes)."""
     ids: list[Any] = []
@@ -103,6 +106,7 @@ def event_from_row(
     offset: int,
     row: asyncpg.Record | Mapping[str, Any],
     timestamp_column: str = "created_at",
+    global_position: int = 0,
 ) -> RecordedEvent:
     json_text = row["data_json"]
     return RecordedEvent(
@@ -116,4 +120,5 @@ def event_from_row(
         correlation_id=row["correlation_id"] or "",
         causation_id=row["causation_id"] or "",
         timestamp=row[timestamp_column],
+        global_position=global_position,
     )

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
-from storage.records import JSON_CONTENT_TYPE, NewEvent, RecordedEvent
+from storage.records import JSON_CONTENT_TYPE, AppendResult, NewEvent, RecordedEvent
 
 
 def new_event(
@@ -72,3 +72,8 @@ def assert_recorded_as_written(
     assert recorded.correlation_id == written.correlation_id
     assert recorded.causation_id == written.causation_id
     assert recorded.timestamp.tzinfo is not None, "timestamps are timezone-aware"
+
+
+def appended_offsets(result: AppendResult) -> tuple[int, int]:
+    """The first and last offset an append answered."""
+    return result.first_offset, result.last_offset
