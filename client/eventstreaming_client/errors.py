@@ -45,6 +45,9 @@ class EventStreamingError(Exception):
             self.code = code
         self.reason = reason
         self.details: dict[str, str] = dict(details or {})
+        #: The metadata of every ErrorInfo sent (several when an append to several
+        #: streams failed on more than one).
+        self.failures: list[dict[str, str]] = [self.details] if details else []
 
     @property
     def stream_name(self) -> str:
@@ -128,10 +131,8 @@ class WrongExpectedOffset(EventStreamingError):
 
     @property
     def actual_last_offset(self) -> int | None:
-        value = _int_or_none(self.details.get("actual_last_offset"))
-        if value is None and len(self.actual_last_offsets) == 1:
-            return next(iter(self.actual_last_offsets.values()))
-        return value
+        """The last offset of the (first) stream whose expectation failed."""
+        return _int_or_none(self.details.get("actual_last_offset"))
 
     @property
     def expected_last_offset(self) -> int | None:
@@ -140,15 +141,10 @@ class WrongExpectedOffset(EventStreamingError):
     @property
     def actual_last_offsets(self) -> dict[str, int]:
         found: dict[str, int] = {}
-        single = _int_or_none(self.details.get("actual_last_offset"))
-        if single is not None and self.stream_name:
-            found[self.stream_name] = single
-        for key, value in self.details.items():
-            # Several streams: "actual_last_offset:<stream>" (one key per stream).
-            name = key.partition(":")[2]
-            number = _int_or_none(value)
-            if key.startswith("actual_last_offset:") and name and number is not None:
-                found[name] = number
+        for info in self.failures or [self.details]:
+            number = _int_or_none(info.get("actual_last_offset"))
+            if number is not None and info.get("stream_name"):
+                found[info["stream_name"]] = number
         return found
 
 
@@ -247,7 +243,7 @@ _BY_REASON: dict[str, type[EventStreamingError]] = {
     "CONSUMER_OFFSET_NOT_FOUND": ConsumerOffsetNotFound,
     "DUPLICATE_EVENT": DuplicateEvent,
     "DUPLICATE_MESSAGE": DuplicateEvent,
-    "CHECKPOINT_ALREADY_COMMITTED": CheckpointAlreadyCommitted,
+    "CHECKPOINT_EXISTS": CheckpointAlreadyCommitted,
     "WRONG_STREAM_TYPE": WrongStreamType,
     "STREAM_TYPE_CHANGE": StreamTypeChange,
     "MESSAGE_NOT_HELD": MessageNotHeld,
@@ -262,12 +258,12 @@ def _int_or_none(value: str | None) -> int | None:
         return None
 
 
-def _error_info(
-    metadata: object,
-) -> tuple[str, dict[str, str]]:
-    """The ErrorInfo (reason, metadata) in a call's trailing metadata, if any."""
+def _error_infos(metadata: object) -> list[tuple[str, dict[str, str]]]:
+    """Every ErrorInfo (reason, metadata) in a call's trailing metadata: one, or one
+    per failed stream of an atomic append to several streams."""
+    found: list[tuple[str, dict[str, str]]] = []
     if not metadata:
-        return "", {}
+        return found
     for item in metadata:  # type: ignore[attr-defined]
         key, value = item[0], item[1]
         if key != STATUS_DETAILS_KEY or not isinstance(value, bytes):
@@ -276,8 +272,8 @@ def _error_info(
         for detail in status.details:
             info = error_details_pb2.ErrorInfo()
             if detail.Unpack(info):
-                return info.reason, dict(info.metadata)
-    return "", {}
+                found.append((info.reason, dict(info.metadata)))
+    return found
 
 
 def handle_rpc_error(exc: grpc.RpcError) -> EventStreamingError:
@@ -289,14 +285,15 @@ def handle_rpc_error(exc: grpc.RpcError) -> EventStreamingError:
         code = grpc.StatusCode.UNKNOWN
     message = exc.details() if hasattr(exc, "details") else ""
     trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
-    reason, details = _error_info(trailing)
+    infos = _error_infos(trailing)
+    reason, details = infos[0] if infos else ("", {})
     kind = _BY_REASON.get(reason)
     if kind is None or kind.code != code:
         kind = _BY_CODE.get(code, EventStreamingError)
-        if code is grpc.StatusCode.ABORTED and any(
-            key.startswith("actual_last_offset") for key in details
-        ):
+        if code is grpc.StatusCode.ABORTED and "actual_last_offset" in details:
             kind = WrongExpectedOffset
         if code is grpc.StatusCode.ALREADY_EXISTS and "committed_offset" in details:
             kind = CheckpointAlreadyCommitted
-    return kind(message or "", code=code, reason=reason, details=details)
+    error = kind(message or "", code=code, reason=reason, details=details)
+    error.failures = [info for _, info in infos]
+    return error
