@@ -26,6 +26,7 @@ from eventsourcing.persistence import (
     ProcessRecorder,
     TrackingRecorder,
 )
+
 # Imported as modules: their abstract cases must not be collected here themselves.
 from eventsourcing.tests import application as app_cases
 from eventsourcing.tests import persistence as cases

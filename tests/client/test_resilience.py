@@ -106,9 +106,7 @@ def test_a_subscription_resumes_through_dropped_connections_without_gap_or_dupli
     assert subscription.reconnects >= 1
 
 
-async def test_subscriptions_resume_across_a_server_restart(
-    pg_dsn: str, tmp_path: Path
-) -> None:
+async def test_subscriptions_resume_across_a_server_restart(pg_dsn: str, tmp_path: Path) -> None:
     """A stream and a $all subscription follow a PostgreSQL-backed server that is
     killed and started again on the same port: every event once, in order."""
     port = free_port()
