@@ -51,6 +51,35 @@ CREATE UNIQUE INDEX events_global_position_idx ON event_streaming.events (global
 CREATE INDEX events_type_position_idx ON event_streaming.events (event_type, global_position);
 CREATE INDEX events_stream_position_idx ON event_streaming.events (stream_id, global_position);
 
+-- One event type's run of the global log from p_from (inclusive), up or down, at
+-- most p_limit events: for ReadAll and SubscribeToAll filtered by type. Planned
+-- afresh each time (EXECUTE) with the actual type, so that a rare type walks
+-- events_type_position_idx while a common one may walk the log itself: a plan
+-- made for any type cannot tell them apart, and walking the whole log to find a
+-- rare type costs what the log holds, not what the read returns.
+CREATE FUNCTION event_streaming.events_of_type(
+    p_type      text,
+    p_from      bigint,
+    p_limit     integer,
+    p_backward  boolean
+) RETURNS SETOF event_streaming.events LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF p_backward THEN
+        RETURN QUERY EXECUTE
+            'SELECT * FROM event_streaming.events
+              WHERE event_type = $1 AND global_position <= $2
+              ORDER BY global_position DESC LIMIT $3'
+            USING p_type, p_from, p_limit;
+    ELSE
+        RETURN QUERY EXECUTE
+            'SELECT * FROM event_streaming.events
+              WHERE event_type = $1 AND global_position >= $2
+              ORDER BY global_position LIMIT $3'
+            USING p_type, p_from, p_limit;
+    END IF;
+END
+$$;
+
 -- Consumer groups' committed positions in the global log (CommitOffset on "$all").
 CREATE TABLE event_streaming.all_consumer_offsets (
     consumer_group      text        PRIMARY KEY,

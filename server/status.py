@@ -41,6 +41,9 @@ _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (errors.OffsetOutOfRange, grpc.StatusCode.OUT_OF_RANGE),
     (errors.StorageUnavailable, grpc.StatusCode.UNAVAILABLE),
     (ServerShuttingDown, grpc.StatusCode.UNAVAILABLE),
+    # An RPC of the proto this build does not serve yet (the generated servicer's
+    # default raises NotImplementedError).
+    (NotImplementedError, grpc.StatusCode.UNIMPLEMENTED),
 )
 
 INTERNAL_MESSAGE = "internal error; the server log has the details"

@@ -161,12 +161,11 @@ def _all_read(kind: str, *, backward: bool) -> str:
  WHERE e.global_position {op} $1
  ORDER BY e.global_position {direction} LIMIT $2"""
     elif kind == "types":
+        # Each type's run, planned for that very type (see events_of_type).
+        backward_flag = "true" if backward else "false"
         page = f"""{_ALL_SELECT}
   FROM unnest($4::text[]) AS t(event_type)
-  CROSS JOIN LATERAL (
-    SELECT * FROM event_streaming.events x
-     WHERE x.event_type = t.event_type AND x.global_position {op} $1
-     ORDER BY x.global_position {direction} LIMIT $2) e
+  CROSS JOIN LATERAL event_streaming.events_of_type(t.event_type, $1, $2, {backward_flag}) e
   JOIN event_streaming.streams s ON s.stream_id = e.stream_id
  ORDER BY e.global_position {direction} LIMIT $2"""
     elif kind == "streams":
@@ -176,7 +175,7 @@ def _all_read(kind: str, *, backward: bool) -> str:
     SELECT * FROM event_streaming.events x
      WHERE x.stream_id = s.stream_id AND x.global_position {op} $1
        AND ($4::text[] IS NULL OR x.event_type = ANY($4))
-     ORDER BY x.global_position {direction} LIMIT $2) e
+     ORDER BY x.stream_id {direction}, x.global_position {direction} LIMIT $2) e
  ORDER BY e.global_position {direction} LIMIT $2"""
     else:
         bound = (
