@@ -108,11 +108,10 @@ class Worker:
             threading.Thread(target=self._slot, name=f"worker-slot-{i}", daemon=True)
             for i in range(self.settings.concurrency)
         ]
-        self._threads.append(
-            threading.Thread(target=self._heartbeats, name="worker-heartbeat", daemon=True)
-        )
         for thread in self._threads:
             thread.start()
+        # Beats until the worker has stopped (also while stop() drains).
+        threading.Thread(target=self._heartbeats, name="worker-heartbeat", daemon=True).start()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the worker has stopped (True) or ``timeout`` passed (False)."""
