@@ -132,12 +132,14 @@ $$;
 -- Which of a call's events are already stored (by id, each in the stream of its
 -- append): matches (how many), exact (all of them, at consecutive global
 -- positions in the call's order: an earlier run of the same call) and
--- conflict_event_id (the first id found). Planned afresh each time (EXECUTE), as
--- 001's repeated_batch: only called when something conflicted.
+-- conflict_event_id (the first id found). p_stream_ids are the call's appends'
+-- streams; p_event_append numbers appends from p_base + 1. Planned afresh each
+-- time (EXECUTE), as 001's repeated_batch: only called when something conflicted.
 CREATE FUNCTION event_streaming.repeated_call(
     p_stream_ids          bigint[],
     p_event_append        integer[],
     p_event_ids           uuid[],
+    p_base                integer,
     OUT matches           integer,
     OUT exact             boolean,
     OUT conflict_event_id uuid
@@ -149,21 +151,32 @@ BEGIN
     EXECUTE 'SELECT count(*)::integer, min(e.global_position - (b.ord - 1)),
                     max(e.global_position - (b.ord - 1)), (array_agg(b.id ORDER BY b.ord))[1]
                FROM unnest($2, $3) WITH ORDINALITY AS b(app, id, ord)
-               JOIN event_streaming.events e ON e.stream_id = ($1)[b.app] AND e.event_id = b.id'
+               JOIN event_streaming.events e
+                 ON e.stream_id = ($1)[b.app - $4] AND e.event_id = b.id'
        INTO matches, v_min_base, v_max_base, conflict_event_id
-      USING p_stream_ids, p_event_append, p_event_ids;
+      USING p_stream_ids, p_event_append, p_event_ids, p_base;
     exact := matches = cardinality(p_event_ids) AND v_min_base = v_max_base;
 END
 $$;
 
--- Append to one or more streams (and optionally commit a consumer checkpoint), all
--- or nothing, in one round trip. Appends are given in request order: p_stream_names
--- and p_expected (NULL: any; -1: no events; N: last offset N) per append, and the
--- events' columns with p_event_append naming each event's append (1-based, events
--- of an append in order). The checkpoint: p_checkpoint_stream (a log, or '$all'),
--- p_checkpoint_group, p_checkpoint_offset; all NULL for none.
+-- Append calls, each to one or more streams and optionally with a consumer
+-- checkpoint, each all or nothing, in one transaction and one round trip (group
+-- commit: calls that arrive while another write is in flight go together). A
+-- call's failure writes nothing of it and does not touch the others; calls are
+-- applied in the order given, each seeing what the earlier ones wrote.
 --
--- Answers one row per append, or rows saying why nothing was written:
+-- Appends, in order: p_call (the call each belongs to, 1-based, a call's appends
+-- together), p_stream_names and p_expected (NULL: any; -1: no events; N: last
+-- offset N). Events, in order: p_event_append (their append, 1-based) and their
+-- columns. Checkpoints, one per call (NULL when the call has none):
+-- p_checkpoint_streams (a log, or '$all'), p_checkpoint_groups, p_checkpoint_offsets.
+--
+-- Every stream of the group is locked (or made) in name order before anything is
+-- written, and the head last: no two groups deadlock. Streams made for calls that
+-- all failed are removed again.
+--
+-- Answers, per call (call_index), one row per append or rows saying why nothing
+-- of it was written:
 --   'appended'                  first/last offset and global position, per append
 --   'repeat'                    the whole call is already in (same ids, streams and
 --                               order): nothing written, its original results
@@ -178,25 +191,25 @@ $$;
 --   'checkpoint_out_of_range'   the checkpoint is beyond the newest offset or
 --                               position (last_offset: the newest)
 --   'checkpoint_wrong_type'     the checkpoint's stream is not a log (actual_type)
--- Only 'appended' changes anything: streams this call made for a refused write are
--- removed again before it answers.
-CREATE FUNCTION event_streaming.append_to_streams(
-    p_stream_names        text[],
-    p_expected            bigint[],
-    p_event_append        integer[],
-    p_event_ids           uuid[],
-    p_event_types         text[],
-    p_content_types       text[],
-    p_data_json           jsonb[],
-    p_data_bytes          bytea[],
-    p_metadata            jsonb[],
-    p_correlation_ids     text[],
-    p_causation_ids       text[],
-    p_payload_bytes       integer[],
-    p_checkpoint_stream   text,
-    p_checkpoint_group    text,
-    p_checkpoint_offset   bigint
+CREATE FUNCTION event_streaming.append_calls(
+    p_call                  integer[],
+    p_stream_names          text[],
+    p_expected              bigint[],
+    p_event_append          integer[],
+    p_event_ids             uuid[],
+    p_event_types           text[],
+    p_content_types         text[],
+    p_data_json             jsonb[],
+    p_data_bytes            bytea[],
+    p_metadata              jsonb[],
+    p_correlation_ids       text[],
+    p_causation_ids         text[],
+    p_payload_bytes         integer[],
+    p_checkpoint_streams    text[],
+    p_checkpoint_groups     text[],
+    p_checkpoint_offsets    bigint[]
 ) RETURNS TABLE (
+    call_index         integer,
     outcome            text,
     append_index       integer,
     first_offset       bigint,
@@ -206,226 +219,301 @@ CREATE FUNCTION event_streaming.append_to_streams(
     conflict_event_id  uuid,
     actual_type        smallint
 ) LANGUAGE plpgsql AS $$
+#variable_conflict use_column
 DECLARE
-    v_appends    integer := coalesce(cardinality(p_stream_names), 0);
-    v_total      integer := coalesce(cardinality(p_event_ids), 0);
+    v_calls      integer := coalesce(cardinality(p_checkpoint_groups), 0);
+    v_names      text[];
     v_ids        bigint[];
     v_types      smallint[];
     v_next       bigint[];
     v_made       bigint[] := '{}';
-    v_counts     integer[];
     v_lock       record;
+    v_i          integer;
+    v_c          integer;
     v_k          integer;
-    v_wrong      boolean := false;
+    v_first      integer;
+    v_last       integer;
+    v_ev_first   integer;
+    v_ev_last    integer;
+    v_count      integer;
+    v_stream     integer;
+    v_wrong      boolean;
+    v_failed     text;
+    v_fail_app   integer;
+    v_fail_type  smallint;
+    v_fail_off   bigint;
     v_repeat     record;
-    v_base       bigint;
+    v_head       bigint;
     v_inserted   integer;
     v_now        timestamptz;
     v_cp_id      bigint;
     v_cp_type    smallint;
     v_newest     bigint;
     v_committed  bigint;
+    v_app_ids    bigint[];
+    v_app_next   bigint[];
 BEGIN
-    v_ids := array_fill(NULL::bigint, ARRAY[v_appends]);
-    v_types := array_fill(NULL::smallint, ARRAY[v_appends]);
-    v_next := array_fill(0::bigint, ARRAY[v_appends]);
-    SELECT array_agg(c ORDER BY a) INTO v_counts
-      FROM (SELECT a, count(e.app)::integer AS c
-              FROM generate_series(1, v_appends) AS a
-              LEFT JOIN unnest(p_event_append) AS e(app) ON e.app = a
-             GROUP BY a) t;
-
-    -- Lock (or make) each stream in name order, so no two calls deadlock. A
-    -- missing stream whose expectation already fails is not made.
-    FOR v_k IN SELECT u.ord FROM unnest(p_stream_names) WITH ORDINALITY AS u(name, ord)
-                ORDER BY u.name COLLATE "C" LOOP
-        IF p_expected[v_k] IS NOT NULL AND p_expected[v_k] <> -1 THEN
-            SELECT s.stream_id, s.stream_type, s.next_offset INTO v_lock
-              FROM event_streaming.streams s
-             WHERE s.stream_name = p_stream_names[v_k] FOR NO KEY UPDATE;
-            IF NOT FOUND THEN
-                v_wrong := true;
-                CONTINUE;
-            END IF;
+    -- Lock (or make) every stream of the group, once each, in name order.
+    SELECT array_agg(d.n ORDER BY d.n COLLATE "C") INTO v_names
+      FROM (SELECT DISTINCT n FROM unnest(p_stream_names) AS n) d;
+    v_names := coalesce(v_names, '{}');
+    v_ids := array_fill(NULL::bigint, ARRAY[cardinality(v_names)]);
+    v_types := array_fill(NULL::smallint, ARRAY[cardinality(v_names)]);
+    v_next := array_fill(0::bigint, ARRAY[cardinality(v_names)]);
+    FOR v_i IN 1 .. cardinality(v_names) LOOP
+        SELECT l.stream_id, l.stream_type, l.next_offset, l.made INTO v_lock
+          FROM event_streaming.lock_stream_for_write(v_names[v_i], 1::smallint) l;
+        IF v_lock.made THEN
+            v_made := v_made || v_lock.stream_id;
+            v_types[v_i] := NULL;  -- made for the group: typed only by a write
         ELSE
-            SELECT l.stream_id, l.stream_type, l.next_offset, l.made INTO v_lock
-              FROM event_streaming.lock_stream_for_write(p_stream_names[v_k], 1::smallint) l;
-            IF v_lock.made THEN
-                v_made := v_made || v_lock.stream_id;
-            END IF;
+            v_types[v_i] := v_lock.stream_type;
         END IF;
-        v_ids[v_k] := v_lock.stream_id;
-        v_types[v_k] := v_lock.stream_type;
-        v_next[v_k] := v_lock.next_offset;
+        v_ids[v_i] := v_lock.stream_id;
+        v_next[v_i] := v_lock.next_offset;
     END LOOP;
 
-    FOR v_k IN 1 .. v_appends LOOP
-        IF v_types[v_k] IS DISTINCT FROM 1 AND v_types[v_k] IS NOT NULL THEN
-            DELETE FROM event_streaming.streams WHERE stream_id = ANY (v_made);
-            RETURN QUERY SELECT 'wrong_type'::text, v_k, NULL::bigint, NULL::bigint,
-                                NULL::bigint, NULL::bigint, NULL::uuid, v_types[v_k];
-            RETURN;
-        END IF;
-    END LOOP;
+    v_first := 1;
+    v_ev_first := 1;
+    FOR v_c IN 1 .. v_calls LOOP
+        -- This call's appends are v_first .. v_last, its events v_ev_first .. v_ev_last.
+        v_last := v_first - 1;
+        WHILE v_last < coalesce(cardinality(p_call), 0) AND p_call[v_last + 1] = v_c LOOP
+            v_last := v_last + 1;
+        END LOOP;
+        v_ev_last := v_ev_first - 1;
+        WHILE v_ev_last < coalesce(cardinality(p_event_append), 0)
+              AND p_event_append[v_ev_last + 1] <= v_last LOOP
+            v_ev_last := v_ev_last + 1;
+        END LOOP;
+        v_count := v_ev_last - v_ev_first + 1;
+        v_failed := NULL;
+        v_app_ids := '{}';
+        v_app_next := '{}';
+        FOR v_k IN v_first .. v_last LOOP
+            v_stream := array_position(v_names, p_stream_names[v_k]);
+            v_app_ids := v_app_ids || v_ids[v_stream];
+            v_app_next := v_app_next || v_next[v_stream];
+        END LOOP;
 
-    -- The checkpoint: writers of one group's checkpoint take turns (a lock on the
-    -- group, since its row may not exist yet); the input must not be processed yet.
-    IF p_checkpoint_group IS NOT NULL THEN
-        PERFORM pg_advisory_xact_lock(hashtext(p_checkpoint_stream), hashtext(p_checkpoint_group));
-        IF p_checkpoint_stream = '$all' THEN
-            SELECT h.last_position INTO v_newest FROM event_streaming.log_head h;
-            SELECT o.committed_position INTO v_committed
-              FROM event_streaming.all_consumer_offsets o
-             WHERE o.consumer_group = p_checkpoint_group;
-        ELSE
-            SELECT s.stream_id, s.stream_type, s.next_offset - 1 INTO v_cp_id, v_cp_type, v_newest
-              FROM event_streaming.streams s WHERE s.stream_name = p_checkpoint_stream
-               FOR KEY SHARE;
-            IF NOT FOUND THEN
-                DELETE FROM event_streaming.streams WHERE stream_id = ANY (v_made);
-                RETURN QUERY SELECT 'checkpoint_not_found'::text, NULL::integer, NULL::bigint,
-                                    NULL::bigint, NULL::bigint, NULL::bigint, NULL::uuid,
-                                    NULL::smallint;
-                RETURN;
+        -- Types, in request order.
+        FOR v_k IN v_first .. v_last LOOP
+            v_stream := array_position(v_names, p_stream_names[v_k]);
+            IF v_types[v_stream] IS DISTINCT FROM 1 AND v_types[v_stream] IS NOT NULL THEN
+                v_failed := 'wrong_type';
+                v_fail_app := v_k - v_first + 1;
+                v_fail_type := v_types[v_stream];
+                EXIT;
             END IF;
-            IF v_cp_type IS DISTINCT FROM 1 AND v_cp_type IS NOT NULL THEN
-                DELETE FROM event_streaming.streams WHERE stream_id = ANY (v_made);
-                RETURN QUERY SELECT 'checkpoint_wrong_type'::text, NULL::integer, NULL::bigint,
-                                    NULL::bigint, NULL::bigint, NULL::bigint, NULL::uuid, v_cp_type;
-                RETURN;
-            END IF;
-            SELECT o.committed_offset INTO v_committed FROM event_streaming.consumer_offsets o
-             WHERE o.stream_id = v_cp_id AND o.consumer_group = p_checkpoint_group;
-        END IF;
-        IF v_committed >= p_checkpoint_offset THEN
-            DELETE FROM event_streaming.streams WHERE stream_id = ANY (v_made);
-            RETURN QUERY SELECT 'checkpoint_exists'::text, NULL::integer, NULL::bigint,
-                                v_committed, NULL::bigint, NULL::bigint, NULL::uuid,
-                                NULL::smallint;
-            RETURN;
-        END IF;
-        IF p_checkpoint_offset > v_newest THEN
-            DELETE FROM event_streaming.streams WHERE stream_id = ANY (v_made);
-            RETURN QUERY SELECT 'checkpoint_out_of_range'::text, NULL::integer, NULL::bigint,
-                                v_newest, NULL::bigint, NULL::bigint, NULL::uuid, NULL::smallint;
-            RETURN;
-        END IF;
-    END IF;
+        END LOOP;
 
-    FOR v_k IN 1 .. v_appends LOOP
-        IF p_expected[v_k] IS NOT NULL AND p_expected[v_k] <> v_next[v_k] - 1 THEN
-            v_wrong := true;
-        END IF;
-    END LOOP;
-    IF v_wrong THEN
-        -- A retry of a call that went in still succeeds, whatever came after it.
-        IF v_total > 0 THEN
-            SELECT * INTO v_repeat
-              FROM event_streaming.repeated_call(v_ids, p_event_append, p_event_ids);
-        END IF;
-        DELETE FROM event_streaming.streams WHERE stream_id = ANY (v_made);
-        IF v_total > 0 AND v_repeat.exact THEN
-            RETURN QUERY SELECT * FROM event_streaming.call_results(
-                'repeat', v_ids, p_event_append, p_event_ids);
-        ELSIF v_total > 0 AND v_repeat.matches > 0 THEN
-            RETURN QUERY SELECT 'duplicate'::text, NULL::integer, NULL::bigint, NULL::bigint,
-                                NULL::bigint, NULL::bigint, v_repeat.conflict_event_id,
-                                NULL::smallint;
-        ELSE
-            RETURN QUERY SELECT 'wrong_offset'::text, k::integer, NULL::bigint,
-                                v_next[k] - 1, NULL::bigint, NULL::bigint, NULL::uuid,
-                                NULL::smallint
-                           FROM generate_series(1, v_appends) AS k
-                          WHERE p_expected[k] IS NOT NULL AND p_expected[k] <> v_next[k] - 1;
-        END IF;
-        RETURN;
-    END IF;
-
-    IF v_total > 0 THEN
-        -- The head last: from here to the commit, appends go one at a time.
-        UPDATE event_streaming.log_head h SET last_position = h.last_position + v_total
-        RETURNING h.last_position - v_total INTO v_base;
-        -- Taken after the locks: timestamps never go backwards in offset order.
-        v_now := clock_timestamp();
-        WITH inserted AS (
-            INSERT INTO event_streaming.events (
-                stream_id, stream_offset, event_id, event_type, content_type, data_json,
-                data_bytes, metadata, correlation_id, causation_id, created_at, payload_bytes,
-                global_position)
-            SELECT v_ids[t.app],
-                   v_next[t.app] + row_number() OVER (PARTITION BY t.app ORDER BY t.ord) - 1,
-                   t.id, t.event_type, t.content_type, t.data_json, t.data_bytes, t.metadata,
-                   t.correlation_id, t.causation_id, v_now, t.payload_bytes, v_base + t.ord
-              FROM unnest(p_event_append, p_event_ids, p_event_types, p_content_types,
-                          p_data_json, p_data_bytes, p_metadata, p_correlation_ids,
-                          p_causation_ids, p_payload_bytes)
-                   WITH ORDINALITY AS t(app, id, event_type, content_type, data_json, data_bytes,
-                                        metadata, correlation_id, causation_id, payload_bytes,
-                                        ord)
-            ON CONFLICT (stream_id, event_id) DO NOTHING
-            RETURNING 1
-        )
-        SELECT count(*) INTO v_inserted FROM inserted;
-        IF v_inserted < v_total THEN
-            -- Some id was already there: take back what this call wrote (nobody else
-            -- can see it yet) and its positions (we still hold the head), then tell
-            -- an exact repeat from a partial one.
-            DELETE FROM event_streaming.events
-             WHERE global_position > v_base AND global_position <= v_base + v_total;
-            UPDATE event_streaming.log_head SET last_position = v_base;
-            DELETE FROM event_streaming.streams WHERE stream_id = ANY (v_made);
-            SELECT * INTO v_repeat
-              FROM event_streaming.repeated_call(v_ids, p_event_append, p_event_ids);
-            IF v_repeat.exact THEN
-                RETURN QUERY SELECT * FROM event_streaming.call_results(
-                    'repeat', v_ids, p_event_append, p_event_ids);
+        -- The checkpoint: the input must not have been processed yet.
+        IF v_failed IS NULL AND p_checkpoint_groups[v_c] IS NOT NULL THEN
+            PERFORM pg_advisory_xact_lock(
+                hashtext(p_checkpoint_streams[v_c]), hashtext(p_checkpoint_groups[v_c]));
+            v_committed := NULL;
+            v_cp_id := NULL;
+            IF p_checkpoint_streams[v_c] = '$all' THEN
+                v_newest := coalesce(v_head,
+                                     (SELECT h.last_position FROM event_streaming.log_head h));
+                SELECT o.committed_position INTO v_committed
+                  FROM event_streaming.all_consumer_offsets o
+                 WHERE o.consumer_group = p_checkpoint_groups[v_c];
             ELSE
-                RETURN QUERY SELECT 'duplicate'::text, NULL::integer, NULL::bigint,
-                                    NULL::bigint, NULL::bigint, NULL::bigint,
-                                    v_repeat.conflict_event_id, NULL::smallint;
+                v_stream := array_position(v_names, p_checkpoint_streams[v_c]);
+                IF v_stream IS NOT NULL THEN
+                    -- A stream of the group: as the group's earlier calls left it.
+                    v_cp_id := v_ids[v_stream];
+                    v_cp_type := v_types[v_stream];
+                    v_newest := v_next[v_stream] - 1;
+                ELSE
+                    SELECT s.stream_id, s.stream_type, s.next_offset - 1
+                      INTO v_cp_id, v_cp_type, v_newest
+                      FROM event_streaming.streams s
+                     WHERE s.stream_name = p_checkpoint_streams[v_c] FOR KEY SHARE;
+                END IF;
+                IF v_cp_id IS NULL OR (v_cp_id = ANY (v_made) AND v_newest < 0) THEN
+                    v_failed := 'checkpoint_not_found';
+                ELSIF v_cp_type IS DISTINCT FROM 1 AND v_cp_type IS NOT NULL THEN
+                    v_failed := 'checkpoint_wrong_type';
+                    v_fail_type := v_cp_type;
+                ELSE
+                    SELECT o.committed_offset INTO v_committed
+                      FROM event_streaming.consumer_offsets o
+                     WHERE o.stream_id = v_cp_id
+                       AND o.consumer_group = p_checkpoint_groups[v_c];
+                END IF;
             END IF;
-            RETURN;
+            IF v_failed IS NULL AND v_committed >= p_checkpoint_offsets[v_c] THEN
+                v_failed := 'checkpoint_exists';
+                v_fail_off := v_committed;
+            ELSIF v_failed IS NULL AND p_checkpoint_offsets[v_c] > v_newest THEN
+                v_failed := 'checkpoint_out_of_range';
+                v_fail_off := v_newest;
+            END IF;
         END IF;
-        -- The writes and the streams' types (when they had none yet) go together.
-        UPDATE event_streaming.streams s
-           SET next_offset = s.next_offset + c.n, stream_type = 1
-          FROM unnest(v_ids, v_counts) AS c(id, n)
-         WHERE s.stream_id = c.id AND c.n > 0;
-    END IF;
 
-    IF p_checkpoint_group IS NOT NULL THEN
-        IF p_checkpoint_stream = '$all' THEN
-            INSERT INTO event_streaming.all_consumer_offsets (consumer_group, committed_position)
-            VALUES (p_checkpoint_group, p_checkpoint_offset)
-            ON CONFLICT (consumer_group) DO UPDATE
-               SET committed_position = EXCLUDED.committed_position,
-                   committed_at = clock_timestamp();
+        IF v_failed IS NULL THEN
+            v_wrong := false;
+            FOR v_k IN v_first .. v_last LOOP
+                IF p_expected[v_k] IS NOT NULL
+                   AND p_expected[v_k] <> v_app_next[v_k - v_first + 1] - 1 THEN
+                    v_wrong := true;
+                END IF;
+            END LOOP;
+            IF v_wrong THEN
+                -- A retry of a call that went in still succeeds, whatever came after.
+                IF v_count > 0 THEN
+                    SELECT * INTO v_repeat FROM event_streaming.repeated_call(
+                        v_app_ids, p_event_append[v_ev_first : v_ev_last], p_event_ids[v_ev_first : v_ev_last],
+                        v_first - 1);
+                END IF;
+                IF v_count > 0 AND v_repeat.exact THEN
+                    v_failed := 'repeat';
+                ELSIF v_count > 0 AND v_repeat.matches > 0 THEN
+                    v_failed := 'duplicate';
+                ELSE
+                    v_failed := 'wrong_offset';
+                END IF;
+            END IF;
+        END IF;
+
+        IF v_failed IS NULL AND v_count > 0 THEN
+            IF v_head IS NULL THEN
+                -- The head, once for the group, last of the locks: from here to the
+                -- commit, appends go one group at a time.
+                SELECT h.last_position INTO v_head FROM event_streaming.log_head h FOR UPDATE;
+            END IF;
+            -- Taken after the locks: timestamps never go backwards in offset order.
+            v_now := clock_timestamp();
+            WITH inserted AS (
+                INSERT INTO event_streaming.events (
+                    stream_id, stream_offset, event_id, event_type, content_type, data_json,
+                    data_bytes, metadata, correlation_id, causation_id, created_at,
+                    payload_bytes, global_position)
+                SELECT v_app_ids[t.app - v_first + 1],
+                       v_app_next[t.app - v_first + 1]
+                           + row_number() OVER (PARTITION BY t.app ORDER BY t.ord) - 1,
+                       t.id, t.event_type, t.content_type, t.data_json, t.data_bytes,
+                       t.metadata, t.correlation_id, t.causation_id, v_now, t.payload_bytes,
+                       v_head + t.ord
+                  FROM unnest(p_event_append[v_ev_first : v_ev_last],
+                              p_event_ids[v_ev_first : v_ev_last],
+                              p_event_types[v_ev_first : v_ev_last],
+                              p_content_types[v_ev_first : v_ev_last],
+                              p_data_json[v_ev_first : v_ev_last],
+                              p_data_bytes[v_ev_first : v_ev_last],
+                              p_metadata[v_ev_first : v_ev_last],
+                              p_correlation_ids[v_ev_first : v_ev_last],
+                              p_causation_ids[v_ev_first : v_ev_last],
+                              p_payload_bytes[v_ev_first : v_ev_last])
+                       WITH ORDINALITY AS t(app, id, event_type, content_type, data_json,
+                                            data_bytes, metadata, correlation_id,
+                                            causation_id, payload_bytes, ord)
+                ON CONFLICT (stream_id, event_id) DO NOTHING
+                RETURNING 1
+            )
+            SELECT count(*) INTO v_inserted FROM inserted;
+            IF v_inserted < v_count THEN
+                -- Some id was already there: take back what this call wrote (nobody
+                -- else can see it yet); its positions were never taken.
+                DELETE FROM event_streaming.events
+                 WHERE global_position > v_head AND global_position <= v_head + v_count;
+                SELECT * INTO v_repeat FROM event_streaming.repeated_call(
+                    v_app_ids, p_event_append[v_ev_first : v_ev_last],
+                    p_event_ids[v_ev_first : v_ev_last], v_first - 1);
+                v_failed := CASE WHEN v_repeat.exact THEN 'repeat' ELSE 'duplicate' END;
+            END IF;
+        END IF;
+
+        IF v_failed = 'repeat' THEN
+            RETURN QUERY SELECT v_c, r.* FROM event_streaming.call_results(
+                'repeat', v_app_ids, p_event_append[v_ev_first : v_ev_last],
+                p_event_ids[v_ev_first : v_ev_last], v_first - 1) r;
+        ELSIF v_failed = 'duplicate' THEN
+            RETURN QUERY SELECT v_c, 'duplicate'::text, NULL::integer, NULL::bigint,
+                                NULL::bigint, NULL::bigint, NULL::bigint,
+                                v_repeat.conflict_event_id, NULL::smallint;
+        ELSIF v_failed = 'wrong_offset' THEN
+            RETURN QUERY SELECT v_c, 'wrong_offset'::text, (k - v_first + 1)::integer,
+                                NULL::bigint, v_app_next[k - v_first + 1] - 1, NULL::bigint,
+                                NULL::bigint, NULL::uuid, NULL::smallint
+                           FROM generate_series(v_first, v_last) AS k
+                          WHERE p_expected[k] IS NOT NULL
+                            AND p_expected[k] <> v_app_next[k - v_first + 1] - 1;
+        ELSIF v_failed IS NOT NULL THEN
+            RETURN QUERY SELECT v_c, v_failed, v_fail_app, NULL::bigint, v_fail_off,
+                                NULL::bigint, NULL::bigint, NULL::uuid, v_fail_type;
         ELSE
-            INSERT INTO event_streaming.consumer_offsets (stream_id, consumer_group, committed_offset)
-            VALUES (v_cp_id, p_checkpoint_group, p_checkpoint_offset)
-            ON CONFLICT (stream_id, consumer_group) DO UPDATE
-               SET committed_offset = EXCLUDED.committed_offset, committed_at = clock_timestamp();
+            -- Written: the streams move on (in memory until the group ends), the
+            -- checkpoint is committed with the writes.
+            RETURN QUERY SELECT v_c, 'appended'::text, (k - v_first + 1)::integer,
+                                v_app_next[k - v_first + 1],
+                                v_app_next[k - v_first + 1] + c.n - 1,
+                                v_head + c.lo, v_head + c.hi, NULL::uuid, 1::smallint
+                           FROM generate_series(v_first, v_last) AS k
+                           CROSS JOIN LATERAL (
+                               SELECT count(*)::bigint AS n, min(o.ord) AS lo, max(o.ord) AS hi
+                                 FROM unnest(p_event_append[v_ev_first : v_ev_last])
+                                      WITH ORDINALITY AS o(app, ord)
+                                WHERE o.app = k) c;
+            FOR v_k IN v_first .. v_last LOOP
+                v_stream := array_position(v_names, p_stream_names[v_k]);
+                v_next[v_stream] := v_next[v_stream]
+                    + (SELECT count(*) FROM unnest(p_event_append[v_ev_first : v_ev_last]) a
+                        WHERE a = v_k);
+                IF v_next[v_stream] > 0 THEN
+                    v_types[v_stream] := 1;
+                END IF;
+            END LOOP;
+            IF v_count > 0 THEN
+                v_head := v_head + v_count;
+            END IF;
+            IF p_checkpoint_groups[v_c] IS NOT NULL THEN
+                IF p_checkpoint_streams[v_c] = '$all' THEN
+                    INSERT INTO event_streaming.all_consumer_offsets AS o
+                           (consumer_group, committed_position)
+                    VALUES (p_checkpoint_groups[v_c], p_checkpoint_offsets[v_c])
+                    ON CONFLICT (consumer_group) DO UPDATE
+                       SET committed_position = EXCLUDED.committed_position,
+                           committed_at = clock_timestamp();
+                ELSE
+                    INSERT INTO event_streaming.consumer_offsets AS o
+                           (stream_id, consumer_group, committed_offset)
+                    VALUES (v_cp_id, p_checkpoint_groups[v_c], p_checkpoint_offsets[v_c])
+                    ON CONFLICT (stream_id, consumer_group) DO UPDATE
+                       SET committed_offset = EXCLUDED.committed_offset,
+                           committed_at = clock_timestamp();
+                END IF;
+            END IF;
         END IF;
-    END IF;
+        v_first := v_last + 1;
+        v_ev_first := v_ev_last + 1;
+    END LOOP;
 
-    RETURN QUERY SELECT 'appended'::text, k::integer,
-                        v_next[k], v_next[k] + v_counts[k] - 1,
-                        v_base + (SELECT min(o.ord) FROM unnest(p_event_append)
-                                    WITH ORDINALITY AS o(app, ord) WHERE o.app = k),
-                        v_base + (SELECT max(o.ord) FROM unnest(p_event_append)
-                                    WITH ORDINALITY AS o(app, ord) WHERE o.app = k),
-                        NULL::uuid, 1::smallint
-                   FROM generate_series(1, v_appends) AS k;
+    -- The group's writes: the head, each stream's next offset and type (when it
+    -- had none yet), and the streams made for calls that all failed, gone again.
+    IF v_head IS NOT NULL THEN
+        UPDATE event_streaming.log_head SET last_position = v_head;
+    END IF;
+    UPDATE event_streaming.streams s
+       SET next_offset = w.next_offset, stream_type = 1
+      FROM unnest(v_ids, v_next) AS w(id, next_offset)
+     WHERE s.stream_id = w.id AND w.next_offset > s.next_offset;
+    DELETE FROM event_streaming.streams s
+     WHERE s.stream_id = ANY (v_made) AND s.next_offset = 0;
 END
 $$;
 
 -- The results of an earlier run of a call (offsets and positions of its events,
--- per append), for an exact repeat.
+-- per append, numbered from 1), for an exact repeat. Appends are numbered from
+-- p_base + 1 in p_event_append.
 CREATE FUNCTION event_streaming.call_results(
     p_outcome       text,
     p_stream_ids    bigint[],
     p_event_append  integer[],
-    p_event_ids     uuid[]
+    p_event_ids     uuid[],
+    p_base          integer
 ) RETURNS TABLE (
     outcome            text,
     append_index       integer,
@@ -436,15 +524,16 @@ CREATE FUNCTION event_streaming.call_results(
     conflict_event_id  uuid,
     actual_type        smallint
 ) LANGUAGE sql AS $$
-    SELECT p_outcome, b.app::integer, min(e.stream_offset), max(e.stream_offset),
+    SELECT p_outcome, (b.app - p_base)::integer, min(e.stream_offset), max(e.stream_offset),
            min(e.global_position), max(e.global_position), NULL::uuid, 1::smallint
       FROM unnest(p_event_append, p_event_ids) AS b(app, id)
-      JOIN event_streaming.events e ON e.stream_id = p_stream_ids[b.app] AND e.event_id = b.id
+      JOIN event_streaming.events e
+        ON e.stream_id = p_stream_ids[b.app - p_base] AND e.event_id = b.id
      GROUP BY b.app
      ORDER BY b.app
 $$;
 
--- 004's single-stream append is now the one-stream case of append_to_streams.
+-- 004's single-stream append is now the one-stream case of append_calls.
 DROP FUNCTION event_streaming.append_events(
     text, bigint, uuid[], text[], text[], jsonb[], bytea[], jsonb[], text[], text[], integer[]);
 

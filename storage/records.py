@@ -7,6 +7,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import NamedTuple
 from uuid import UUID
 
 #: A stream name: 1-200 characters of A-Z a-z 0-9 . _ : -, starting with a letter or
@@ -82,9 +83,11 @@ class NewEvent:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class RecordedEvent:
-    """An event as stored in a stream (or a message as stored in a queue)."""
+class RecordedEvent(NamedTuple):
+    """An event as stored in a stream (or a message as stored in a queue).
+
+    A named tuple rather than a frozen dataclass: reads build thousands per page,
+    and a tuple is built in a fifth of the time, as immutable."""
 
     stream_name: str
     offset: int

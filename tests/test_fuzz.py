@@ -19,7 +19,13 @@ are certainly invalid and which are doubtful, and every answer is checked:
 - a call that writes nothing leaves no stream behind (checked after every such
   call that names a stream of the run), and at the end every stream under the
   run's prefix was written by a successful call, a log holding exactly the events
-  that the successful appends reported.
+  that the successful appends reported, and every consumer group the corpus
+  committed for holds the offset of its last successful commit or checkpoint;
+- an accepted call of the global log answers what the contract allows:
+  AppendToStreams one result per append, at consecutive global positions;
+  ReadAll a page in global order, within max_count, from_position and the
+  filter, with a next_position that goes on; SubscribeToAll no first event
+  that the filter or from_position leaves out.
 
 Offending cases are collected and reported once, grouped by the mutation at
 fault, so one run lists every defect. A second test compares the backends: a case
@@ -76,6 +82,14 @@ PREFIX = f"fuzz-{SEED}"
 LOG = f"{PREFIX}-log"
 QUEUE = f"{PREFIX}-queue"
 FRESH_NAMES = 30
+#: The reserved name of the global log (consumer groups on $all).
+ALL = "$all"
+#: Consumer groups of the run, on its logs and on the global log.
+RUN_GROUPS = [f"{PREFIX}-g{i}" for i in range(4)]
+#: Logs of one event each that the setup writes: more streams under one prefix
+#: than PostgreSQL looks up one by one (so a filtered global read scans instead).
+WIDE = f"{PREFIX}-w"
+WIDE_STREAMS = 240
 
 JSON_MAX_DEPTH = 512
 PG_NUMERIC_INTEGER_DIGITS = 131_072
@@ -85,6 +99,10 @@ PG_NUMERIC_EXPONENT = 2**31 // 2 - 1
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_DETAILS = 1_000
 MAX_NAME = 200
+#: Limits the contract leaves open (the service may refuse more, or not).
+MAX_APPENDS = 100
+MAX_FILTER_PREFIXES = 100
+MAX_FILTER_TYPES = 1000
 MAX_DURATION_SECONDS = 315_576_000_000
 MIN_TIMESTAMP = -62_135_596_800  # 0001-01-01T00:00:00Z
 MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z
@@ -99,7 +117,7 @@ REQUEST_TYPES: dict[str, type[Message]] = {
     method.name: getattr(pb, method.input_type.name) for method in SERVICE.methods
 }
 STREAMING = frozenset(method.name for method in SERVICE.methods if method.server_streaming)
-WRITES = frozenset({"AppendToStream", "Enqueue", "ConfigureStream"})
+WRITES = frozenset({"AppendToStream", "AppendToStreams", "Enqueue", "ConfigureStream"})
 
 #: Codes the service answers bad or unlucky requests with.
 EXPECTED_CODES = frozenset(
@@ -339,12 +357,12 @@ def token_level(token: str, kind: str) -> int:
     return level
 
 
-def _events(verdict: Verdict, events: Sequence[pb.EventData]) -> None:
+def _events(verdict: Verdict, events: Sequence[pb.EventData], field: str = "events") -> None:
     if not events:
-        verdict.check("events", INVALID)
+        verdict.check(field, INVALID)
     seen: set[str] = set()
     for i, item in enumerate(events):
-        where = f"events[{i}]"
+        where = f"{field}[{i}]"
         level = uuid_level(item.event_id, required=False)
         if level == VALID and item.event_id:
             if item.event_id.lower() in seen:
@@ -369,6 +387,8 @@ def _event_ids(verdict: Verdict, ids: Sequence[str], *, minimum: int) -> None:
 
 
 def _filters(verdict: Verdict, request: Any) -> None:
+    if len(request.event_types) > MAX_FILTER_TYPES:
+        verdict.check("event_types", DOUBTFUL)
     for i, value in enumerate(request.event_types):
         verdict.check(f"event_types[{i}]", filter_level(value))
     if request.HasField("from_timestamp"):
@@ -377,6 +397,57 @@ def _filters(verdict: Verdict, request: Any) -> None:
 
 def _not_negative(verdict: Verdict, path: str, value: int) -> None:
     verdict.check(path, INVALID if value < 0 else VALID)
+
+
+def _expected(verdict: Verdict, request: Any, field: str = "expected_last_offset") -> None:
+    """-1 (no events) or an offset; absent: any."""
+    if request.HasField("expected_last_offset"):
+        verdict.check(field, INVALID if request.expected_last_offset < -1 else VALID)
+
+
+def group_stream_level(value: str) -> int:
+    """Where a consumer group commits: a stream, or the global log."""
+    return VALID if value == ALL else name_level(value)
+
+
+def _all_filter(verdict: Verdict, message: pb.AllFilter, field: str = "filter") -> None:
+    """Prefixes that can start a stream name (an empty one, the start of every name,
+    is left open), and event types as in the other filters."""
+    if len(message.stream_prefixes) > MAX_FILTER_PREFIXES:
+        verdict.check(f"{field}.stream_prefixes", DOUBTFUL)
+    for i, prefix in enumerate(message.stream_prefixes):
+        level = name_level(prefix) if prefix else DOUBTFUL
+        verdict.check(f"{field}.stream_prefixes[{i}]", level)
+    if len(message.event_types) > MAX_FILTER_TYPES:
+        verdict.check(f"{field}.event_types", DOUBTFUL)
+    for i, value in enumerate(message.event_types):
+        verdict.check(f"{field}.event_types[{i}]", filter_level(value))
+
+
+def _several_appends(verdict: Verdict, request: pb.AppendToStreamsRequest) -> None:
+    """Each append as an AppendToStream, to a stream no other append names; at least
+    one append or a checkpoint."""
+    check = verdict.check
+    if not request.appends and not request.HasField("checkpoint"):
+        check("appends", INVALID)
+    if len(request.appends) > MAX_APPENDS:
+        check("appends", DOUBTFUL)
+    seen: set[str] = set()
+    for i, item in enumerate(request.appends):
+        where = f"appends[{i}]"
+        level = name_level(item.stream_name)
+        if level == VALID:
+            if item.stream_name in seen:
+                level = INVALID  # named twice
+            seen.add(item.stream_name)
+        check(f"{where}.stream_name", level)
+        _events(verdict, item.events, f"{where}.events")
+        _expected(verdict, item, f"{where}.expected_last_offset")
+    if request.HasField("checkpoint"):
+        checkpoint = request.checkpoint
+        check("checkpoint.stream_name", group_stream_level(checkpoint.stream_name))
+        check("checkpoint.consumer_group", identifier_level(checkpoint.consumer_group))
+        _not_negative(verdict, "checkpoint.offset", checkpoint.offset)
 
 
 def violations(rpc: str, request: Any) -> Verdict:
@@ -388,15 +459,28 @@ def violations(rpc: str, request: Any) -> Verdict:
         _not_negative(verdict, "page_size", request.page_size)
         check("page_token", token_level(request.page_token, "streams-after"))
         return verdict
-    check("stream_name", name_level(request.stream_name))
+    if rpc in ("CommitOffset", "GetConsumerOffset"):
+        check("stream_name", group_stream_level(request.stream_name))
+    elif "stream_name" in REQUEST_TYPES[rpc].DESCRIPTOR.fields_by_name:
+        check("stream_name", name_level(request.stream_name))
     if rpc in ("AppendToStream", "Enqueue"):
         _events(verdict, request.events)
-        if rpc == "AppendToStream" and request.HasField("expected_last_offset"):
-            check("expected_last_offset", INVALID if request.expected_last_offset < -1 else VALID)
+        if rpc == "AppendToStream":
+            _expected(verdict, request)
+    elif rpc == "AppendToStreams":
+        _several_appends(verdict, request)
     elif rpc == "ReadStream":
-        _not_negative(verdict, "from_offset", request.from_offset)
+        if request.backward:
+            # Backward, -1 is the last offset.
+            check("from_offset", INVALID if request.from_offset < -1 else VALID)
+        else:
+            _not_negative(verdict, "from_offset", request.from_offset)
         _not_negative(verdict, "max_count", request.max_count)
         _filters(verdict, request)
+    elif rpc == "ReadAll":
+        _not_negative(verdict, "from_position", request.from_position)
+        _not_negative(verdict, "max_count", request.max_count)
+        _all_filter(verdict, request.filter)
     elif rpc in ("Dequeue", "Acknowledge", "Nack", "ExtendVisibility"):
         check("consumer_id", identifier_level(request.consumer_id))
         if rpc == "Dequeue":
@@ -439,6 +523,14 @@ def violations(rpc: str, request: Any) -> Verdict:
         elif start == "consumer_group":
             check("consumer_group", identifier_level(request.consumer_group))
         _filters(verdict, request)
+    elif rpc == "SubscribeToAll":
+        start = request.WhichOneof("start")
+        if start == "from_position":
+            _not_negative(verdict, "from_position", request.from_position)
+        elif start == "consumer_group":
+            check("consumer_group", identifier_level(request.consumer_group))
+        _all_filter(verdict, request.filter)
+        _not_negative(verdict, "checkpoint_interval", request.checkpoint_interval)
     elif rpc == "ConfigureStream":
         config = request.configuration
         where = "configuration"
@@ -554,8 +646,46 @@ def stream_name_pick(rng: random.Random, current: str) -> Pick:
         ("accent", current + "\u00e9"),
         ("arabic-digits", "\u0661\u0662\u0663"),
         ("fullwidth", "\uff46\uff55\uff5a\uff5a"),
+        # The global log's name: a consumer group's stream, never a stream's.
+        ("all", ALL),
+        ("all-upper", "$ALL"),
+        ("all-suffixed", ALL + "-x"),
     ]
     if rng.random() < 0.2:
+        label, text = weird_text(rng)
+        return f"text:{label}", text
+    return rng.choice(options)
+
+
+def prefix_pick(rng: random.Random) -> Pick:
+    """A stream-name prefix of a global-log filter."""
+    long_prefix = (PREFIX + "-" + "p" * MAX_NAME)[: MAX_NAME + 1]
+    options: list[Pick] = [
+        ("run", PREFIX),
+        ("log", LOG),
+        ("wide", WIDE),
+        ("fresh", f"{PREFIX}-n"),
+        ("matches-nothing", f"{PREFIX}-zz"),
+        ("underscores", PREFIX.replace("-", "_")),
+        ("trailing-colon", PREFIX + ":"),
+        ("f", "f"),
+        ("digit", "9"),
+        ("len200", long_prefix[:MAX_NAME]),
+        ("len201", long_prefix),
+        ("empty", ""),
+        ("all", ALL),
+        ("dollar", "$"),
+        ("leading-dot", "." + PREFIX),
+        ("leading-dash", "-"),
+        ("percent", PREFIX + "%"),
+        ("star", PREFIX + "*"),
+        ("backslash", PREFIX + "\\"),
+        ("space", PREFIX + " "),
+        ("nul", PREFIX + "\x00"),
+        ("accent", "\u00e9"),
+        ("fullwidth", "\uff46"),
+    ]
+    if rng.random() < 0.15:
         label, text = weird_text(rng)
         return f"text:{label}", text
     return rng.choice(options)
@@ -1037,21 +1167,175 @@ def _expected_last_offset(rng: random.Random, request: Any, world: World) -> str
     return f"expected_last_offset={label}"
 
 
-def _start(rng: random.Random, request: Any, world: World) -> str:
-    choice = rng.randrange(4)
+def _start(position: str) -> Mutator:
+    """The start oneof of a subscription: ``position`` (from_offset, from_position),
+    from_end or consumer_group, or none."""
+
+    def mutate(rng: random.Random, request: Any, world: World) -> str:
+        choice = rng.randrange(5)
+        if choice == 0:
+            label, value = int64_pick(rng)
+            setattr(request, position, value)
+            return f"{position}={label}"
+        if choice == 1:
+            request.from_end = rng.random() < 0.5
+            return f"from_end={request.from_end}"
+        if choice == 2:
+            label, value = identifier_pick(rng)
+            request.consumer_group = value
+            return f"consumer_group={label}"
+        if choice == 3:
+            request.consumer_group = rng.choice(["g", *RUN_GROUPS])
+            return "consumer_group=known"
+        request.ClearField(request.WhichOneof("start") or position)
+        return "start=absent"
+
+    return mutate
+
+
+def _flag(attr: str) -> Mutator:
+    def mutate(rng: random.Random, request: Any, world: World) -> str:
+        setattr(request, attr, rng.random() < 0.5)
+        return f"{attr}={getattr(request, attr)}"
+
+    return mutate
+
+
+def _filter(rng: random.Random, request: Any, world: World) -> str:
+    """One change to a global-log filter: a prefix, a type, their counts, or none."""
+    found = request.filter
+    choice = rng.randrange(10)
     if choice == 0:
-        label, value = int64_pick(rng)
-        request.from_offset = value
-        return f"from_offset={label}"
+        request.ClearField("filter")
+        return "filter=absent"
     if choice == 1:
-        request.from_end = rng.random() < 0.5
-        return f"from_end={request.from_end}"
+        count = rng.choice([MAX_FILTER_PREFIXES, MAX_FILTER_PREFIXES + 1, 1000])
+        del found.stream_prefixes[:]
+        found.stream_prefixes.extend(f"{PREFIX}-p{i}" for i in range(count))
+        return f"filter.stream_prefixes=count({count})"
     if choice == 2:
-        label, value = identifier_pick(rng)
-        request.consumer_group = value
-        return f"consumer_group={label}"
-    request.ClearField(request.WhichOneof("start") or "from_offset")
-    return "start=absent"
+        count = rng.choice([MAX_FILTER_TYPES, MAX_FILTER_TYPES + 1])
+        del found.event_types[:]
+        found.event_types.extend(f"T{i}" for i in range(count))
+        return f"filter.event_types=count({count})"
+    if choice <= 6:
+        label, value = prefix_pick(rng)
+        values: Any = found.stream_prefixes
+        path = "filter.stream_prefixes[]"
+    else:
+        label, value = rng.choice(
+            [
+                ("A", "A"),
+                ("W", "W"),
+                ("empty", ""),
+                ("nul", "A\x00"),
+                ("len200", "t" * 200),
+                ("len201", "t" * 201),
+                weird_text(rng),
+            ]
+        )
+        values = found.event_types
+        path = "filter.event_types[]"
+    if choice in (3, 7) or not values:
+        values.append(value)
+    else:
+        values[rng.randrange(len(values))] = value
+    return f"{path}={label}"
+
+
+def _in_append(mutator: Mutator) -> Mutator:
+    """A mutator of AppendToStream's fields, applied to one append of several."""
+
+    def mutate(rng: random.Random, request: Any, world: World) -> str:
+        if not request.appends:
+            request.appends.append(_stream_append(rng, _fresh_name(rng)))
+        i = rng.randrange(len(request.appends))
+        return f"appends[{i}].{mutator(rng, request.appends[i], world)}"
+
+    return mutate
+
+
+def _appends(rng: random.Random, request: Any, world: World) -> str:
+    """The shape of AppendToStreams' appends: none, many, a stream named twice, an
+    event id shared by two streams, one more append."""
+    appends = request.appends
+    choice = rng.randrange(12)
+    if choice == 0:
+        del appends[:]
+        request.ClearField("checkpoint")
+        return "appends=none-and-no-checkpoint"
+    if choice == 1:
+        del appends[:]
+        return "appends=none"
+    if choice == 2:
+        count = rng.choice([MAX_APPENDS, MAX_APPENDS + 1])
+        del appends[:]
+        names = (f"{PREFIX}-m{k}" for k in rng.sample(range(1000), count))
+        appends.extend(
+            pb.StreamAppend(stream_name=name, events=[_event(rng, with_id=False)]) for name in names
+        )
+        return f"appends=count({count})"
+    if not appends:
+        appends.append(_stream_append(rng, LOG))
+    if choice <= 6:
+        twin = _stream_append(rng, rng.choice(appends).stream_name)
+        items = list(appends)
+        items.insert(rng.randrange(len(items) + 1), twin)
+        del appends[:]
+        appends.extend(items)
+        return "appends=named-twice"
+    if choice <= 8:
+        if len(appends) < 2:
+            appends.append(_stream_append(rng, _fresh_name(rng)))
+        first, second = rng.sample(range(len(appends)), 2)
+        for i in (first, second):
+            if not appends[i].events:
+                appends[i].events.append(_event(rng))
+        shared = appends[first].events[0].event_id or _ids(rng, 1)[0]
+        appends[first].events[0].event_id = shared
+        appends[second].events[-1].event_id = shared
+        return "appends=event-id-in-two-streams"
+    label, name = rng.choice([("log", LOG), ("queue", QUEUE), ("fresh", _fresh_name(rng))])
+    appends.append(_stream_append(rng, name))
+    return f"appends=one-more({label})"
+
+
+def _checkpoint(rng: random.Random, request: Any, world: World) -> str:
+    """One field of AppendToStreams' checkpoint (set up valid first), or none."""
+    choice = rng.randrange(9)
+    if choice == 0:
+        request.ClearField("checkpoint")
+        return "checkpoint=absent"
+    if choice == 1:
+        request.checkpoint.Clear()
+        request.checkpoint.SetInParent()
+        return "checkpoint=empty"
+    if not request.HasField("checkpoint"):
+        request.checkpoint.CopyFrom(_run_checkpoint(rng))
+    checkpoint = request.checkpoint
+    if choice <= 4:
+        label, value = rng.choice(
+            [
+                ("all", ALL),
+                ("log", LOG),
+                ("queue", QUEUE),
+                ("fresh", _fresh_name(rng)),
+                ("all-upper", "$ALL"),
+                ("all-trailing-space", ALL + " "),
+                ("all-nul", ALL + "\x00"),
+                ("dollar", "$"),
+                stream_name_pick(rng, checkpoint.stream_name),
+            ]
+        )
+        checkpoint.stream_name = value
+        return f"checkpoint.stream_name={label}"
+    if choice <= 6:
+        label, value = identifier_pick(rng) if choice == 5 else ("run", rng.choice(RUN_GROUPS))
+        checkpoint.consumer_group = value
+        return f"checkpoint.consumer_group={label}"
+    label, offset = int64_pick(rng)
+    checkpoint.offset = offset
+    return f"checkpoint.offset={label}"
 
 
 def _stream_type(rng: random.Random, request: Any, world: World) -> str:
@@ -1073,6 +1357,7 @@ MUTATORS: dict[str, list[Mutator]] = {
         _set_int("max_count", int32_pick),
         _set_timestamp,
         _event_types,
+        _flag("backward"),
     ],
     "GetStreamLength": [_stream_name],
     "GetStreamMetadata": [_stream_name],
@@ -1110,7 +1395,7 @@ MUTATORS: dict[str, list[Mutator]] = {
         _set_int("offset", int64_pick),
     ],
     "GetConsumerOffset": [_stream_name, _set_text("consumer_group", identifier_pick)],
-    "SubscribeToStream": [_stream_name, _start, _set_timestamp, _event_types],
+    "SubscribeToStream": [_stream_name, _start("from_offset"), _set_timestamp, _event_types],
     "ConfigureStream": [
         _stream_name,
         _stream_type,
@@ -1132,6 +1417,31 @@ MUTATORS: dict[str, list[Mutator]] = {
         _set_text("page_token", streams_token_pick),
     ],
     "DeleteStream": [_stream_name],
+    "AppendToStreams": [
+        _in_append(_stream_name),
+        _in_append(_event_field),
+        _in_append(_event_field),
+        _in_append(_batch),
+        _in_append(_expected_last_offset),
+        _appends,
+        _appends,
+        _checkpoint,
+        _checkpoint,
+    ],
+    "ReadAll": [
+        _set_int("from_position", int64_pick),
+        _set_int("max_count", int32_pick),
+        _flag("backward"),
+        _filter,
+        _filter,
+    ],
+    "SubscribeToAll": [
+        _start("from_position"),
+        _start("from_position"),
+        _filter,
+        _filter,
+        _set_int("checkpoint_interval", int32_pick),
+    ],
 }
 
 
@@ -1147,6 +1457,36 @@ def _event(rng: random.Random, *, data: bytes = b'{"n": 1}', with_id: bool = Tru
     return item
 
 
+def _fresh_name(rng: random.Random) -> str:
+    """A name of the run that the corpus may write first (as a log or a queue)."""
+    return f"{PREFIX}-n{rng.randrange(FRESH_NAMES)}"
+
+
+def _stream_append(rng: random.Random, name: str) -> pb.StreamAppend:
+    item = pb.StreamAppend(stream_name=name, events=[_event(rng) for _ in range(rng.randint(1, 2))])
+    if rng.random() < 0.15:
+        item.expected_last_offset = rng.choice([-1, 0, 5])
+    return item
+
+
+def _run_checkpoint(rng: random.Random) -> pb.ConsumerCheckpoint:
+    """A group of the run on the run's log or on the global log (either may be past
+    the offset already, or not yet so far: ALREADY_EXISTS, OUT_OF_RANGE)."""
+    group = rng.choice(RUN_GROUPS)
+    if rng.random() < 0.5:
+        return pb.ConsumerCheckpoint(
+            stream_name=ALL, consumer_group=group, offset=rng.randint(1, 3000)
+        )
+    return pb.ConsumerCheckpoint(stream_name=LOG, consumer_group=group, offset=rng.randrange(40))
+
+
+def _run_filter(rng: random.Random) -> pb.AllFilter:
+    """Streams of the run only, so that a read or subscription stays small."""
+    prefixes = rng.choice([[PREFIX], [LOG], [WIDE], [LOG, WIDE]])
+    types = ["A"] if rng.random() < 0.3 else []
+    return pb.AllFilter(stream_prefixes=prefixes, event_types=types)
+
+
 def base_request(rpc: str, rng: random.Random, world: World) -> Any:
     """A request of ``rpc`` that the contract accepts."""
     held = rng.choice(world.held_ids)
@@ -1158,8 +1498,50 @@ def base_request(rpc: str, rng: random.Random, world: World) -> Any:
     if rpc == "Enqueue":
         events = [_event(rng) for _ in range(rng.randint(1, 3))]
         return pb.EnqueueRequest(stream_name=fresh or QUEUE, events=events)
+    if rpc == "AppendToStreams":
+        # The run's logs, sometimes streams the corpus has not written yet.
+        names = [
+            LOG,
+            f"{WIDE}{rng.randrange(WIDE_STREAMS)}",
+            f"{WIDE}{rng.randrange(WIDE_STREAMS)}",
+        ]
+        if rng.random() < 0.3:
+            names[rng.randrange(len(names))] = _fresh_name(rng)
+        names = list(dict.fromkeys(names))
+        rng.shuffle(names)
+        appends = [_stream_append(rng, name) for name in names[: rng.randint(2, 3)]]
+        request = pb.AppendToStreamsRequest(appends=appends)
+        if rng.random() < 0.4:
+            request.checkpoint.CopyFrom(_run_checkpoint(rng))
+        return request
     if rpc == "ReadStream":
-        return pb.ReadStreamRequest(stream_name=LOG, max_count=10, event_types=["A"])
+        backward = rng.random() < 0.3
+        return pb.ReadStreamRequest(
+            stream_name=LOG,
+            from_offset=-1 if backward and rng.random() < 0.5 else 0,
+            max_count=10,
+            event_types=["A"],
+            backward=backward,
+        )
+    if rpc == "ReadAll":
+        return pb.ReadAllRequest(
+            from_position=rng.choice([0, 1, 100]),
+            max_count=10,
+            backward=rng.random() < 0.3,
+            filter=_run_filter(rng),
+        )
+    if rpc == "SubscribeToAll":
+        request = pb.SubscribeToAllRequest(
+            filter=_run_filter(rng), checkpoint_interval=rng.choice([0, 0, 10])
+        )
+        start = rng.randrange(4)
+        if start == 0:
+            request.from_position = rng.choice([0, 1, 100])
+        elif start == 1:
+            request.from_end = True
+        elif start == 2:
+            request.consumer_group = rng.choice(RUN_GROUPS)
+        return request
     if rpc in ("GetStreamLength", "GetStreamMetadata", "GetStreamConfiguration"):
         return REQUEST_TYPES[rpc](stream_name=rng.choice([LOG, QUEUE]))
     if rpc == "Dequeue":
@@ -1180,8 +1562,17 @@ def base_request(rpc: str, rng: random.Random, world: World) -> Any:
     if rpc == "RedriveDeadLetters":
         return pb.RedriveDeadLettersRequest(stream_name=QUEUE, event_ids=world.dead_ids[:1])
     if rpc == "CommitOffset":
+        if rng.random() < 0.3:
+            position = rng.randint(1, 200)
+            return pb.CommitOffsetRequest(
+                stream_name=ALL, consumer_group=rng.choice(RUN_GROUPS), offset=position
+            )
         return pb.CommitOffsetRequest(stream_name=LOG, consumer_group="g", offset=1)
     if rpc == "GetConsumerOffset":
+        if rng.random() < 0.3:
+            return pb.GetConsumerOffsetRequest(
+                stream_name=ALL, consumer_group=rng.choice(RUN_GROUPS)
+            )
         return pb.GetConsumerOffsetRequest(stream_name=LOG, consumer_group="g")
     if rpc == "SubscribeToStream":
         return pb.SubscribeToStreamRequest(stream_name=LOG, from_offset=0)
@@ -1201,8 +1592,17 @@ def base_request(rpc: str, rng: random.Random, world: World) -> Any:
 
 
 def setup_requests(world: World) -> list[tuple[str, Message]]:
-    """What the run writes before the corpus: a log, and a queue with two dead
-    letters, four messages leased to c1 for 12 h and six visible ones."""
+    """What the run writes before the corpus: a log, WIDE_STREAMS logs of one event
+    under WIDE, and a queue with two dead letters, four messages leased to c1 for
+    12 h and six visible ones."""
+    wide = [
+        pb.StreamAppend(stream_name=f"{WIDE}{k}", events=[pb.EventData(event_type="W", data=b"{}")])
+        for k in range(WIDE_STREAMS)
+    ]
+    wide_appends: list[tuple[str, Message]] = [
+        ("AppendToStreams", pb.AppendToStreamsRequest(appends=wide[i : i + MAX_APPENDS]))
+        for i in range(0, WIDE_STREAMS, MAX_APPENDS)
+    ]
     log_events = [
         pb.EventData(event_id=eid, event_type="AB"[i % 2], data=b'{"i": %d}' % i)
         for i, eid in enumerate(world.log_ids)
@@ -1216,6 +1616,7 @@ def setup_requests(world: World) -> list[tuple[str, Message]]:
     ]
     return [
         ("AppendToStream", pb.AppendToStreamRequest(stream_name=LOG, events=log_events)),
+        *wide_appends,
         (
             "ConfigureStream",
             pb.ConfigureStreamRequest(
@@ -1268,14 +1669,25 @@ def decode(rpc: str, payload: bytes) -> Any:
         return None
 
 
+def named_streams(rpc: str, request: Any) -> list[str]:
+    """The streams a request names: to write, read, or commit a group's offset on."""
+    if rpc == "AppendToStreams":
+        names = [item.stream_name for item in request.appends]
+        if request.HasField("checkpoint"):
+            names.append(request.checkpoint.stream_name)
+        return names
+    if "stream_name" in request.DESCRIPTOR.fields_by_name:
+        return [request.stream_name]
+    return []
+
+
 def admissible(rpc: str, request: Any) -> bool:
     """Whether the corpus may send this: it writes and deletes only under the run's
     prefix, leaves the setup's streams alone where it could wreck them, and waits
     no longer than a moment."""
     if request is None:
         return True
-    if rpc != "ListStreams":
-        name = request.stream_name
+    for name in named_streams(rpc, request):
         if NAME_RE.fullmatch(name) and not name.startswith(PREFIX):
             return False
         if rpc in ("DeleteStream", "ConfigureStream") and name in (LOG, QUEUE):
@@ -1377,7 +1789,14 @@ def corpus() -> Corpus:
     rng = random.Random(SEED)
     world = World(log_ids=_ids(rng, 6), queue_ids=_ids(rng, 12))
     rpcs = sorted(REQUEST_TYPES)
-    weights = [3 if rpc in ("AppendToStream", "Enqueue") else 1 for rpc in rpcs]
+    heavy = {
+        "AppendToStream": 3,
+        "AppendToStreams": 3,
+        "Enqueue": 3,
+        "ReadAll": 2,
+        "SubscribeToAll": 2,
+    }
+    weights = [heavy.get(rpc, 1) for rpc in rpcs]
     cases = [_field_case(rng, rng.choices(rpcs, weights)[0], world) for _ in range(FIELD_CASES)] + [
         _byte_case(rng, rng.choice(rpcs), world) for _ in range(BYTE_CASES)
     ]
@@ -1391,7 +1810,8 @@ def corpus() -> Corpus:
 class Outcome:
     code: grpc.StatusCode
     details: str
-    #: The unary response's bytes (OK only).
+    #: The response's bytes (OK only): a unary call's answer, a subscription's
+    #: first item.
     response: bytes = b""
 
 
@@ -1401,9 +1821,9 @@ async def send(channel: grpc.aio.Channel, rpc: str, payload: bytes) -> Outcome:
         if rpc in STREAMING:
             # Bad requests fail before the first item; history can be long.
             call = channel.unary_stream(method, None, None)(payload, timeout=CALL_TIMEOUT)
-            async for _ in call:
+            async for item in call:
                 call.cancel()
-                return Outcome(grpc.StatusCode.OK, "")
+                return Outcome(grpc.StatusCode.OK, "", item)
             return Outcome(grpc.StatusCode.OK, "the subscription ended without an item")
         response = await channel.unary_unary(method, None, None)(payload, timeout=CALL_TIMEOUT)
         return Outcome(grpc.StatusCode.OK, "", response)
@@ -1438,6 +1858,71 @@ def _related(named: str, path: str) -> bool:
     )
 
 
+def _wanted(found: pb.AllFilter, event: pb.Event) -> bool:
+    prefixes, types = found.stream_prefixes, found.event_types
+    if prefixes and not any(event.stream_name.startswith(p) for p in prefixes):
+        return False
+    return not types or event.event_type in types
+
+
+def answer_problem(rpc: str, request: Any, response: bytes) -> str | None:
+    """What the contract rules out in an accepted global call's answer: results not
+    one per append, or not at consecutive positions; events of the global log out
+    of order, beyond the page or the start, or left out by the filter."""
+    if rpc == "AppendToStreams":
+        results = pb.AppendToStreamsResponse.FromString(response).results
+        if len(results) != len(request.appends):
+            return f"{len(results)} results for {len(request.appends)} appends"
+        position = results[0].first_global_position if results else 0
+        for item, result in zip(request.appends, results, strict=True):
+            count = len(item.events)
+            if (
+                result.last_offset - result.first_offset + 1 != count
+                or result.first_global_position != position
+                or result.last_global_position != position + count - 1
+            ):
+                return "results are not the appends' events at consecutive positions"
+            position += count
+        return None
+    if rpc == "SubscribeToAll":
+        item = pb.SubscribeToAllResponse.FromString(response)
+        if item.WhichOneof("content") != "event":
+            return None
+        event = item.event
+        if not _wanted(request.filter, event):
+            return "the first event is one the filter leaves out"
+        if request.WhichOneof("start") == "from_position" and (
+            event.global_position < request.from_position
+        ):
+            return "the first event is before from_position"
+        return None
+    if rpc != "ReadAll":
+        return None
+    page = pb.ReadAllResponse.FromString(response)
+    positions = [event.global_position for event in page.events]
+    if len(positions) > min(request.max_count or 100, 1000):
+        return f"{len(positions)} events for max_count {request.max_count}"
+    if any(p < 1 for p in positions) or positions != sorted(
+        set(positions), reverse=request.backward
+    ):
+        return "events not in global order"
+    if any(not _wanted(request.filter, event) for event in page.events):
+        return "an event the filter leaves out"
+    if not positions:
+        return None
+    if request.backward:
+        if 0 < request.from_position < positions[0]:
+            return "an event above from_position"
+        if page.next_position >= positions[-1]:
+            return "next_position does not continue downward"
+    else:
+        if positions[0] < request.from_position:
+            return "an event below from_position"
+        if page.next_position <= positions[-1]:
+            return "next_position does not continue upward"
+    return None
+
+
 def judge(case: Case, outcome: Outcome) -> str | None:
     """What is wrong with the answer to a case (None: nothing)."""
     code, details = outcome.code, outcome.details
@@ -1461,6 +1946,8 @@ def judge(case: Case, outcome: Outcome) -> str | None:
     if code != grpc.StatusCode.INVALID_ARGUMENT:
         if verdict.invalid:
             return f"not INVALID_ARGUMENT although {', '.join(sorted(verdict.invalid))} is invalid"
+        if code == grpc.StatusCode.OK and case.request is not None:
+            return answer_problem(case.rpc, case.request, outcome.response)
         return None
     named = named_field(details)
     descriptor = REQUEST_TYPES[case.rpc].DESCRIPTOR
@@ -1537,35 +2024,78 @@ async def fuzz_channel(address: str) -> AsyncIterator[grpc.aio.Channel]:
         yield channel
 
 
+def _of_run(name: str) -> bool:
+    return bool(NAME_RE.fullmatch(name)) and name.startswith(PREFIX)
+
+
 class Ledger:
-    """The streams that successful calls wrote, and how long each log should be."""
+    """The streams that successful calls wrote, how long each log should be, and
+    the offsets consumer groups committed (on the run's streams and on $all)."""
 
     def __init__(self) -> None:
         self.streams: dict[str, int | None] = {}
+        #: (stream, group) of every commit sent: the offset successful calls left,
+        #: None where none did.
+        self.offsets: dict[tuple[str, str], int | None] = {}
+
+    def _appended(self, name: str, last_offset: int) -> None:
+        self.streams[name] = max(self.streams.get(name) or 0, last_offset + 1)
+
+    def _commit(self, name: str, group: str, offset: int | None) -> None:
+        if (name == ALL or _of_run(name)) and identifier_level(group) == VALID:
+            key = (name, group)
+            self.offsets[key] = offset if offset is not None else self.offsets.get(key)
 
     def record(self, rpc: str, request: Any, outcome: Outcome) -> None:
-        if request is None or rpc == "ListStreams" or outcome.code != grpc.StatusCode.OK:
+        if request is None:
+            return
+        ok = outcome.code == grpc.StatusCode.OK
+        if rpc == "CommitOffset":
+            self._commit(
+                request.stream_name, request.consumer_group, request.offset if ok else None
+            )
+        if rpc == "AppendToStreams":
+            self._append_streams(request, outcome)
+        if not ok or "stream_name" not in request.DESCRIPTOR.fields_by_name:
             return
         name = request.stream_name
         if rpc == "AppendToStream":
-            last = pb.AppendToStreamResponse.FromString(outcome.response).last_offset
-            self.streams[name] = max(self.streams.get(name) or 0, last + 1)
+            self._appended(name, pb.AppendToStreamResponse.FromString(outcome.response).last_offset)
         elif rpc in WRITES:
             self.streams.setdefault(name, None)
         elif rpc == "DeleteStream":
             self.streams.pop(name, None)
+            for key in self.offsets:
+                if key[0] == name:
+                    self.offsets[key] = None
 
-    def unwritten(self, rpc: str, request: Any) -> str | None:
-        """The run's stream a call named, if no successful call has written it."""
-        if request is None or rpc == "ListStreams":
-            return None
-        name: str = request.stream_name
-        if not NAME_RE.fullmatch(name) or not name.startswith(PREFIX):
-            return None
-        return None if name in self.streams else name
+    def _append_streams(self, request: pb.AppendToStreamsRequest, outcome: Outcome) -> None:
+        """Every append of a successful call, and its checkpoint unless the call was
+        a retry of one already in (that writes nothing)."""
+        checkpoint = request.checkpoint if request.HasField("checkpoint") else None
+        if outcome.code != grpc.StatusCode.OK:
+            if checkpoint is not None:
+                self._commit(checkpoint.stream_name, checkpoint.consumer_group, None)
+            return
+        results = pb.AppendToStreamsResponse.FromString(outcome.response).results
+        wrote = not request.appends
+        for item, result in zip(request.appends, results, strict=False):
+            wrote = wrote or result.first_offset >= (self.streams.get(item.stream_name) or 0)
+            self._appended(item.stream_name, result.last_offset)
+        if checkpoint is not None:
+            offset = checkpoint.offset if wrote else None
+            self._commit(checkpoint.stream_name, checkpoint.consumer_group, offset)
+
+    def unwritten(self, rpc: str, request: Any) -> list[str]:
+        """The run's streams a call named that no successful call has written."""
+        if request is None:
+            return []
+        names = dict.fromkeys(named_streams(rpc, request))
+        return [name for name in names if _of_run(name) and name not in self.streams]
 
     async def traces(self, stub: Stub) -> list[Finding]:
-        """Streams under the prefix, at the end, that no successful call explains."""
+        """Streams under the prefix, and committed offsets, at the end, that no
+        successful call explains."""
         found: dict[str, int] = {}
         token = ""
         while True:
@@ -1587,6 +2117,22 @@ class Ledger:
             else:
                 continue
             findings.append(Finding("-", name, "-", "", problem, "streams after the corpus"))
+        for (name, group), expected in sorted(self.offsets.items()):
+            request = pb.GetConsumerOffsetRequest(stream_name=name, consumer_group=group)
+            try:
+                found_offset: int | None = (await stub.GetConsumerOffset(request)).offset
+            except grpc.aio.AioRpcError as exc:
+                # No offset: the group never committed, or the stream is gone or a queue.
+                if exc.code() not in (
+                    grpc.StatusCode.NOT_FOUND,
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                ):
+                    raise
+                found_offset = None
+            if found_offset != expected:
+                problem = f"offset {found_offset}, but successful calls committed {expected}"
+                label = f"{name} {group}"
+                findings.append(Finding("-", label, "-", "", problem, "offsets after the corpus"))
         return findings
 
 
@@ -1617,14 +2163,14 @@ async def run_corpus(address: str, backend: str) -> CorpusRun:
                 if problem is not None:
                     findings.append(finding(case, outcome, problem))
                 # A call that wrote nothing must leave no stream behind.
-                name = ledger.unwritten(case.rpc, case.request)
-                if name is not None and await exists(channel, name):
-                    ledger.streams[name] = None
-                    trace = finding(case, outcome, f"{name[len(PREFIX) :]} exists after it")
-                    findings.append(
-                        replace(trace, kind=f"{case.rpc} {outcome.code.name} leaves a stream")
-                    )
-        findings.extend(await ledger.traces(Stub(channel)))
+                for name in ledger.unwritten(case.rpc, case.request):
+                    if await exists(channel, name):
+                        ledger.streams[name] = None
+                        trace = finding(case, outcome, f"{name[len(PREFIX) :]} exists after it")
+                        findings.append(
+                            replace(trace, kind=f"{case.rpc} {outcome.code.name} leaves a stream")
+                        )
+            findings.extend(await ledger.traces(Stub(channel)))
     return CorpusRun(backend, outcomes, findings, loop.time() - started)
 
 
@@ -1661,11 +2207,51 @@ def report(findings: Sequence[Finding], limit: int = 120) -> str:
 # ------------------------------------------------------------------ the tests
 
 
+def field_paths(descriptor: Any, prefix: str = "") -> set[str]:
+    """Every field of a message, as a path without indices (``appends.events.data``),
+    into the service's own messages."""
+    paths = set()
+    for item in descriptor.fields:
+        path = prefix + item.name
+        paths.add(path)
+        nested = item.message_type
+        if (
+            nested is not None
+            and nested.file is pb.DESCRIPTOR
+            and not nested.GetOptions().map_entry
+        ):
+            paths |= field_paths(nested, path + ".")
+    return paths
+
+
+def mutated_paths(cases: Sequence[Case]) -> dict[str, set[str]]:
+    """Per RPC, the fields (and their enclosing fields) the field mutations changed."""
+    mutated: dict[str, set[str]] = {}
+    for case in cases:
+        if case.label.startswith("bytes:"):
+            continue
+        for part in case.label.split("; "):
+            path = re.sub(r"\[[^\]]*\]", "", part.partition("=")[0])
+            steps = path.split(".")
+            mutated.setdefault(case.rpc, set()).update(
+                ".".join(steps[: i + 1]) for i in range(len(steps))
+            )
+    return mutated
+
+
 def test_corpus_covers_every_rpc_and_is_deterministic() -> None:
     cases = corpus().cases
     counts = Counter(case.rpc for case in cases)
     assert set(counts) == set(REQUEST_TYPES), "an RPC has no cases"
     assert min(counts.values()) >= 100, counts
+    mutated = mutated_paths(cases)
+    unmutated = {
+        rpc: sorted(field_paths(request_type.DESCRIPTOR) - mutated.get(rpc, set()))
+        for rpc, request_type in REQUEST_TYPES.items()
+    }
+    assert not any(unmutated.values()), {rpc: p for rpc, p in unmutated.items() if p}
+    accepted = {c.rpc for c in cases if c.request is not None and not c.verdict.invalid}
+    assert accepted == set(REQUEST_TYPES), "an RPC has no case the contract accepts"
     refused = sum(1 for case in cases if case.verdict.invalid)
     assert refused > len(cases) // 2, "most cases should be invalid requests"
     assert sum(1 for case in cases if case.request is None) > 100, "few undecodable cases"
@@ -1895,6 +2481,44 @@ async def test_nul_in_event_types_filter_is_invalid(
     assert_names(await rpc_error(subscribe), where)
 
 
+async def wide_prefix(stub: Stub, stream_name: str) -> pb.AllFilter:
+    """A filter on WIDE_STREAMS logs of one event each: more streams than PostgreSQL
+    looks up one by one, so a global read scans the log under it instead."""
+    appends = [
+        pb.StreamAppend(
+            stream_name=f"{stream_name}-{k}", events=[pb.EventData(event_type="T", data=b"{}")]
+        )
+        for k in range(WIDE_STREAMS)
+    ]
+    for i in range(0, WIDE_STREAMS, MAX_APPENDS):
+        await stub.AppendToStreams(pb.AppendToStreamsRequest(appends=appends[i : i + MAX_APPENDS]))
+    return pb.AllFilter(stream_prefixes=[f"{stream_name}-"])
+
+
+@pytest.mark.parametrize("position", [INT64_MAX - 1, INT64_MAX])
+async def test_read_all_from_the_largest_positions_under_a_wide_prefix(
+    stub: Stub, stream_name: str, position: int
+) -> None:
+    wanted = await wide_prefix(stub, stream_name)
+    page = await stub.ReadAll(pb.ReadAllRequest(from_position=position, filter=wanted))
+    assert list(page.events) == []
+
+
+@pytest.mark.parametrize("position", [INT64_MAX - 1, INT64_MAX])
+async def test_subscribe_to_all_from_the_largest_positions_under_a_wide_prefix(
+    stub: Stub, stream_name: str, position: int
+) -> None:
+    wanted = await wide_prefix(stub, stream_name)
+    call = stub.SubscribeToAll(
+        pb.SubscribeToAllRequest(from_position=position, filter=wanted), timeout=CALL_TIMEOUT
+    )
+    try:
+        item = await anext(aiter(call))
+    finally:
+        call.cancel()
+    assert item.WhichOneof("content") != "event", item
+
+
 def _streams_token(after: str) -> str:
     return _b64("streams-after:" + after)
 
@@ -1982,14 +2606,40 @@ UNDECODABLE = {
 }
 
 
+def invalid_utf8(descriptor: Any) -> bytes | None:
+    """A request whose first string field (nested if need be) is not UTF-8."""
+    for item in descriptor.fields:
+        if item.type == item.TYPE_STRING:
+            return _varint(item.number << 3 | 2) + b"\x01\xff"
+    for item in descriptor.fields:
+        if item.type == item.TYPE_MESSAGE and item.message_type.file is pb.DESCRIPTOR:
+            inner = invalid_utf8(item.message_type)
+            if inner is not None:
+                return _varint(item.number << 3 | 2) + _varint(len(inner)) + inner
+    return None
+
+
+def undecodable(rpc: str, payload: str) -> bytes:
+    """UNDECODABLE[payload], with the invalid string where ``rpc``'s request has one
+    (field 1 of ReadAll or SubscribeToAll is an int64: the bytes would be an unknown
+    field there, not an error)."""
+    if payload == "invalid-utf8-string":
+        data = invalid_utf8(REQUEST_TYPES[rpc].DESCRIPTOR)
+        assert data is not None, f"{rpc} has no string field"
+        return data
+    return UNDECODABLE[payload]
+
+
 @pytest.mark.parametrize("payload", sorted(UNDECODABLE))
 @pytest.mark.parametrize("rpc", sorted(REQUEST_TYPES))
 async def test_bytes_that_are_not_the_request_are_invalid_argument(
     server: RunningServer, rpc: str, payload: str
 ) -> None:
     method = METHOD_PREFIX + rpc
+    data = undecodable(rpc, payload)
+    assert decode(rpc, data) is None, "the bytes are a request"
     if rpc in STREAMING:
-        call: Any = server.channel.unary_stream(method, None, None)(UNDECODABLE[payload], timeout=5)
+        call: Any = server.channel.unary_stream(method, None, None)(data, timeout=5)
 
         async def drain() -> None:
             async for _ in call:
@@ -1997,9 +2647,7 @@ async def test_bytes_that_are_not_the_request_are_invalid_argument(
 
         exc = await rpc_error(drain())
     else:
-        exc = await rpc_error(
-            server.channel.unary_unary(method, None, None)(UNDECODABLE[payload], timeout=5)
-        )
+        exc = await rpc_error(server.channel.unary_unary(method, None, None)(data, timeout=5))
     assert_names(exc, "request")
 
 

@@ -17,6 +17,7 @@ RELEASED = {
     "002_queues.sql": "315630c720b9b0e9e70d66c9960447918e2a9a231d460f65c00291dff68243dd",
     "003_consumers.sql": "285f6ba4d9bb2e4e7251c977fe858db4f8d0a20e45586040db7e600e222c4db4",
     "004_clean_writes.sql": "86e16e62ddff89f6413f086645f00a225bbc21c4c56adb747509a9c16fe989d5",
+    "005_global_log.sql": "6e64bdd6fac1196c269382567af5d88d9150604a60bd82cf61f359a96e7a8fa1",
 }
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import datetime, timedelta
 from uuid import UUID
 
@@ -277,7 +276,7 @@ class MemoryQueue(MemoryBase):
             del queue.dead_letters[letter.event.event_id]
             event = letter.event
             # Back at the end of the queue: a new position, the original timestamp.
-            entry = QueueEntry(event=replace(event, offset=stream.next_offset), visible_at=now)
+            entry = QueueEntry(event=event._replace(offset=stream.next_offset), visible_at=now)
             stream.next_offset += 1
             queue.messages[event.event_id] = entry
             _schedule(queue, entry, now)

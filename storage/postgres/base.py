@@ -12,6 +12,7 @@ import asyncpg
 from storage.errors import StorageUnavailable
 from storage.postgres.connect import ConnectOptions, create_pool
 from storage.postgres.database import Database
+from storage.postgres.group_commit import GroupCommit
 from storage.postgres.notifier import PostgresNotifier
 from storage.records import ALL_STREAM, PoolUsage
 from storage.rules import DEFAULT_PAGE_BYTES
@@ -93,6 +94,8 @@ class PostgresBase:
         #: The byte budget of one response's events (storage.rules.within_budget).
         self.page_bytes = page_bytes
         self._db: Database | None = None
+        #: Appends written in groups (made on the first append).
+        self._appends: GroupCommit | None = None
         self.signals = StreamSignals()
         #: Tells the other replicas of committed writes (set while started).
         self._notifier: PostgresNotifier | None = None

@@ -10,11 +10,13 @@ from storage.errors import (
     CheckpointExists,
     DuplicateEvent,
     OffsetOutOfRange,
+    StorageError,
     StreamNotFound,
     WrongExpectedOffset,
     WrongExpectedOffsets,
 )
 from storage.postgres.base import PostgresBase
+from storage.postgres.group_commit import Call, GroupCommit
 from storage.postgres.rows import (
     EVENT_COLUMNS,
     event_arrays,
@@ -44,7 +46,8 @@ _LAST = 2**63 - 1
 
 
 class AppendOutcome(enum.StrEnum):
-    """What event_streaming.append_to_streams (migrations/005_global_log.sql) did."""
+    """What event_streaming.append_calls (migrations/005_global_log.sql) did with
+    one call."""
 
     APPENDED = "appended"
     #: The whole call is already in: nothing written, its original results.
@@ -64,8 +67,8 @@ class AppendOutcome(enum.StrEnum):
 
 
 APPEND_SQL = (
-    "SELECT * FROM event_streaming.append_to_streams("
-    "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+    "SELECT * FROM event_streaming.append_calls("
+    "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
 )
 
 _EVENT_NAMES = tuple(c.strip() for c in EVENT_COLUMNS.split(","))
@@ -181,7 +184,7 @@ def _all_read(kind: str, *, backward: bool) -> str:
         bound = (
             f"e.global_position > least($1, h.last_position) - {ALL_SCAN_WINDOW}"
             if backward
-            else f"e.global_position < $1 + {ALL_SCAN_WINDOW}"
+            else f"e.global_position - $1 < {ALL_SCAN_WINDOW}"  # never $1 + ... (overflow)
         )
         page = f"""{_ALL_SELECT} {joined}
  WHERE e.global_position {op} $1 AND {bound}
@@ -231,27 +234,51 @@ class PostgresLog(PostgresBase):
     async def append_to_streams(
         self, appends: Sequence[StreamAppend], checkpoint: ConsumerCheckpoint | None = None
     ) -> tuple[AppendResult, ...]:
+        if self._appends is None:
+            self._appends = GroupCommit(self._write_calls)
+        return await self._appends.submit(appends, checkpoint)
+
+    async def _write_calls(self, calls: Sequence[Call]) -> None:
+        """Write a group of calls in one transaction; settle each call's future."""
+        appends = [a for call in calls for a in call.appends]
         rows = await self.db.fetch(
             APPEND_SQL,
+            [i for i, call in enumerate(calls, 1) for _ in call.appends],
             [a.stream_name for a in appends],
             [a.expected_last_offset for a in appends],
             [i for i, a in enumerate(appends, 1) for _ in a.events],
             *event_arrays(e for a in appends for e in a.events),
-            None if checkpoint is None else checkpoint.stream_name,
-            None if checkpoint is None else checkpoint.consumer_group,
-            None if checkpoint is None else checkpoint.offset,
+            [None if c.checkpoint is None else c.checkpoint.stream_name for c in calls],
+            [None if c.checkpoint is None else c.checkpoint.consumer_group for c in calls],
+            [None if c.checkpoint is None else c.checkpoint.offset for c in calls],
         )
+        by_call: dict[int, list[Any]] = {}
+        for row in rows:
+            by_call.setdefault(row["call_index"], []).append(row)
+        written: list[str] = []
+        for index, call in enumerate(calls, 1):
+            try:
+                results = self._call_results(call, by_call.get(index, []))
+            except StorageError as exc:
+                call.done.set_exception(exc)
+                continue
+            if by_call.get(index) and by_call[index][0]["outcome"] == AppendOutcome.APPENDED:
+                written += [a.stream_name for a in call.appends]
+            call.done.set_result(results)
+        if written:
+            self._announce(*dict.fromkeys(written), log=True)
+
+    def _call_results(self, call: Call, rows: Sequence[Any]) -> tuple[AppendResult, ...]:
+        """A call's results, or the storage error its refusal stands for."""
         outcome = AppendOutcome(rows[0]["outcome"]) if rows else AppendOutcome.APPENDED
         if outcome in (AppendOutcome.APPENDED, AppendOutcome.REPEAT):
-            if outcome is AppendOutcome.APPENDED:
-                self._announce(*(a.stream_name for a in appends if a.events), log=True)
             return tuple(
                 AppendResult(
                     r["first_offset"], r["last_offset"], r["first_position"], r["last_position"]
                 )
                 for r in rows
             )
-        self._refused(outcome, rows, appends, checkpoint)
+        self._refused(outcome, rows, call.appends, call.checkpoint)
         raise AssertionError(f"unhandled outcome {outcome}")
 
     @staticmethod

@@ -50,9 +50,9 @@ SELECT {projection}, w.included
   FROM (
     SELECT r.*, (r.rn = 1 OR r.running <= {budget}) AS included
       FROM (
-        SELECT p.*, sum(p.size) OVER (ORDER BY p.{order} {direction}) AS running,
-               row_number() OVER (ORDER BY p.{order} {direction}) AS rn
+        SELECT p.*, sum(p.size) OVER running AS running, row_number() OVER running AS rn
           FROM ({page_sql}) p
+        WINDOW running AS (ORDER BY p.{order} {direction} ROWS UNBOUNDED PRECEDING)
       ) r
      WHERE r.rn <= 2 OR r.running - r.size <= {budget}
   ) w

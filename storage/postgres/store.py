@@ -68,6 +68,8 @@ class PostgresEventStore(
             raise
 
     async def close(self) -> None:
+        if self._appends is not None:
+            await self._appends.close()
         await self._stop_notifier()
         await self._close_pool()
 

@@ -1,0 +1,148 @@
+"""Group commit: appends that arrive while earlier ones are being written are
+written together, in one transaction and one round trip.
+
+A lone append goes at once: nothing waits for company. Calls pile up only behind
+the writes in flight (at most ``max_in_flight`` at a time), and the next write takes
+all that piled up, bounded by events and bytes. Each call still succeeds or fails
+on its own (event_streaming.append_calls decides every call separately, in the
+order they arrived), so one call's stale expectation or duplicate never fails its
+neighbours; what fails a whole group is what fails a transaction (a lost
+connection, a database going away), and every call of it is told so.
+
+Why it pays: appends to the global log commit one transaction at a time (the head
+of the log is held from the write to the commit's flush, see
+migrations/005_global_log.sql), so a transaction per append caps the database at
+one append per flush. Grouped, one flush carries every append that was waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from storage.records import AppendResult, ConsumerCheckpoint, StreamAppend
+
+#: Writes in flight at once: one being written, one gathering behind it and sent
+#: as soon as the head of the log is free (no round trip lost between groups).
+MAX_IN_FLIGHT = 2
+#: Bounds of one group (a call larger than them goes alone).
+MAX_GROUP_EVENTS = 10_000
+MAX_GROUP_BYTES = 16 * 1024 * 1024
+
+
+@dataclass
+class Call:
+    """One AppendToStream(s) call waiting for its group."""
+
+    appends: Sequence[StreamAppend]
+    checkpoint: ConsumerCheckpoint | None
+    events: int
+    size: int
+    done: asyncio.Future[tuple[AppendResult, ...]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+Write = Callable[[Sequence[Call]], Awaitable[None]]
+
+
+def _consume(done: asyncio.Future[tuple[AppendResult, ...]]) -> None:
+    if not done.cancelled():
+        done.exception()
+
+
+class GroupCommit:
+    """Feeds calls to ``write`` in groups; ``write`` settles each call's future."""
+
+    def __init__(
+        self,
+        write: Write,
+        *,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        max_events: int = MAX_GROUP_EVENTS,
+        max_bytes: int = MAX_GROUP_BYTES,
+    ) -> None:
+        self._write = write
+        self._max_in_flight = max_in_flight
+        self._max_events = max_events
+        self._max_bytes = max_bytes
+        self._waiting: collections.deque[Call] = collections.deque()
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: Groups written and calls they carried (for observation and tests).
+        self.groups = 0
+        self.calls = 0
+
+    async def submit(
+        self, appends: Sequence[StreamAppend], checkpoint: ConsumerCheckpoint | None
+    ) -> tuple[AppendResult, ...]:
+        call = Call(
+            appends,
+            checkpoint,
+            sum(len(a.events) for a in appends),
+            sum(e.size for a in appends for e in a.events),
+        )
+        # Whatever becomes of a caller that gave up, its call's outcome is taken.
+        call.done.add_done_callback(_consume)
+        self._waiting.append(call)
+        self._start()
+        # A caller that gives up leaves its call to be written or dropped: once
+        # its group is on its way nothing can take it back (it commits whole, or
+        # not at all).
+        return await asyncio.shield(call.done)
+
+    def _start(self) -> None:
+        while self._waiting and self._in_flight < self._max_in_flight:
+            group = self._take()
+            if not group:
+                continue
+            self._in_flight += 1
+            task = asyncio.create_task(self._run(group), name="group-commit")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _take(self) -> list[Call]:
+        """The calls of the next group, oldest first, within its bounds."""
+        group: list[Call] = []
+        events = size = 0
+        while self._waiting:
+            call = self._waiting[0]
+            too_many = events + call.events > self._max_events
+            if group and (too_many or size + call.size > self._max_bytes):
+                break
+            self._waiting.popleft()
+            group.append(call)
+            events += call.events
+            size += call.size
+        return group
+
+    async def _run(self, group: list[Call]) -> None:
+        try:
+            await self._write(group)
+            self.groups += 1
+            self.calls += len(group)
+        except BaseException as exc:
+            for call in group:
+                if call.done.done():
+                    continue
+                if isinstance(exc, Exception):
+                    call.done.set_exception(exc)
+                else:
+                    call.done.cancel()
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._in_flight -= 1
+            self._start()
+
+    async def close(self) -> None:
+        """Stop: the groups still in flight are cancelled (rolled back whole: the
+        server closes storage only after its grace period, so whatever is still
+        being written has outlasted it), and calls still waiting with them."""
+        while self._waiting:
+            self._waiting.popleft().done.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
