@@ -14,15 +14,17 @@ from tests.client import servers
 from tests.conftest import BACKENDS, RunningServer
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="package", autouse=True)
 def _close_thread_servers() -> Iterator[None]:
+    """Stop the background servers once the client's tests are done (their database
+    connections are not held through the rest of the run)."""
     yield
     servers.close_all()
 
 
-@pytest.fixture(scope="session", params=BACKENDS)
+@pytest.fixture(scope="package", params=BACKENDS)
 def thread_server(request: pytest.FixtureRequest) -> servers.ThreadServer:
-    """A server per backend in a background thread, shared by the run."""
+    """A server per backend in a background thread, shared by the client's tests."""
     reason = servers.skip_reason(request.param)
     if reason is not None:
         pytest.skip(reason)

@@ -69,9 +69,6 @@ class ThreadServer:
 def _start(backend: str, database: str | None, **overrides: object) -> ThreadServer:
     dsn = dsn_for(database) if database else ""
     settings = server_settings(backend, dsn, **overrides)
-    if backend == "postgres":
-        settings.pool_min_size = 1
-        settings.pool_max_size = 4
 
     async def start() -> EventStreamingServer:
         app = EventStreamingServer(settings)
@@ -146,7 +143,9 @@ def shared(backend: str) -> ThreadServer:
         found = _shared.get(backend)
     if found is not None:
         return found
-    server = fresh(backend)
+    # A small pool: the database is shared with the rest of the suite (and its
+    # max_connections with whatever else runs on this PostgreSQL).
+    server = fresh(backend, pool_min_size=1, pool_max_size=4)
     with _lock:
         _shared[backend] = server
     return server
