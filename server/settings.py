@@ -32,8 +32,17 @@ OTHER_TOOLS_VARIABLES = frozenset(
     {
         "EVENTSTREAMING_TEST_DATABASE_URL",
         "EVENTSTREAMING_BENCH_DATABASE_URL",
+        # The Python client's eventsourcing module (client/) and the Node.js client.
+        "EVENTSTREAMING_ADDRESS",
         "EVENTSTREAMING_TOKEN",
+        "EVENTSTREAMING_TLS",
         "EVENTSTREAMING_CACERT",
+        "EVENTSTREAMING_CLIENT_CERT",
+        "EVENTSTREAMING_CLIENT_KEY",
+        "EVENTSTREAMING_SERVER_NAME",
+        "EVENTSTREAMING_TIMEOUT",
+        "EVENTSTREAMING_STREAM_PREFIX",
+        "EVENTSTREAMING_TRACKING",
     }
 )
 
