@@ -198,8 +198,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
         return asyncio.run(run_once(settings))
     from server.app import serve
+    from server.loop import run
 
-    asyncio.run(serve(settings))
+    run(serve(settings), settings.event_loop)
     return 0
 
 

@@ -20,6 +20,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from server.loop import uvloop_available
 from storage.errors import InvalidDatabaseUrl
 from storage.factory import DatabaseTimeouts, check_database_url, mask_database_url
 
@@ -93,6 +94,8 @@ class Settings(BaseSettings):
     #: Requests an AppendSession may hold read but unanswered; at that many the
     #: server reads no more of its requests until some are answered.
     append_session_max_in_flight: int = Field(default=1000, ge=1, le=100_000)
+    #: The event loop of `serve`: uvloop when installed (auto), or the one named.
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
     @property
     def auth_token_list(self) -> list[str]:
@@ -140,6 +143,13 @@ class Settings(BaseSettings):
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ValueError("TLS_CLIENT_CA_FILE (mutual TLS) needs TLS_CERT_FILE and TLS_KEY_FILE")
         return self
+
+    @field_validator("event_loop")
+    @classmethod
+    def _installed_loop(cls, value: str) -> str:
+        if value == "uvloop" and not uvloop_available():
+            raise ValueError("uvloop is not installed (pip install uvloop), or choose auto")
+        return value
 
     @model_validator(mode="after")
     def _pool_bounds(self) -> Settings:
