@@ -425,7 +425,12 @@ async def log_suite(
     return results
 
 
-SUITES = {"log": None, "queue": "bench_queue", "subscriptions": "bench_subscriptions"}
+SUITES = {
+    "log": None,
+    "queue": "bench_queue",
+    "subscriptions": "bench_subscriptions",
+    "throughput": "bench_throughput",
+}
 #: Writers and connections of the worker comparison.
 WORKER_WRITERS = 64
 WORKER_CONNECTIONS = 16

@@ -23,6 +23,7 @@ from server.metrics import Metrics, MetricsService
 from server.retention import RetentionTask
 from server.security import server_credentials
 from server.servicer import EventStreamingServicer
+from server.sessions import AppendSessions
 from server.settings import Settings, StartupError
 from server.subscriptions import Subscriptions
 from storage.factory import create_store
@@ -107,6 +108,8 @@ class EventStreamingServer:
     reuse_port: bool = False
     #: The subscriptions in progress (made at start).
     subscriptions: Subscriptions | None = None
+    #: The append sessions in progress (made at start).
+    sessions: AppendSessions | None = None
     _server: grpc.aio.Server | None = None
     _retention: RetentionTask | None = None
     _metrics: MetricsService | None = None
@@ -138,8 +141,9 @@ class EventStreamingServer:
             ],
         )
         subscriptions = self.subscriptions = Subscriptions(store)
+        sessions = self.sessions = AppendSessions(store, self.settings.append_session_max_in_flight)
         pb_grpc.add_EventStreamingServicer_to_server(
-            EventStreamingServicer(store, subscriptions), server
+            EventStreamingServicer(store, subscriptions, sessions), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -196,6 +200,9 @@ class EventStreamingServer:
             # Subscriptions never finish on their own: end them (UNAVAILABLE, so
             # clients resubscribe elsewhere) rather than wait out the grace period.
             self.subscriptions.close()
+        if self.sessions is not None:
+            # Sessions stop reading, answer what they read, and end (UNAVAILABLE).
+            self.sessions.close()
         if self._server is not None:
             await self._server.stop(grace)
         if self._metrics is not None:

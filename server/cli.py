@@ -205,18 +205,20 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
         return asyncio.run(run_once(settings))
     from server.app import serve
+    from server.loop import run
 
     worker = getattr(args, "worker", None)
     if worker is not None:
         from server.workers import WorkerLink
 
-        asyncio.run(serve(settings, WorkerLink(worker, args.worker_link)))
+        run(serve(settings, WorkerLink(worker, args.worker_link)), settings.event_loop)
         return 0
     if settings.workers > 1:
         from server.workers import supervise
 
+        # The supervisor only waits on its workers: asyncio's own loop does.
         return asyncio.run(supervise(settings))
-    asyncio.run(serve(settings))
+    run(serve(settings), settings.event_loop)
     return 0
 
 

@@ -16,5 +16,5 @@ class InvalidArgument(Exception):
 class ServerShuttingDown(Exception):
     """The server is stopping; the client should call again (elsewhere)."""
 
-    def __init__(self) -> None:
-        super().__init__("the server is shutting down; subscribe again to continue")
+    def __init__(self, hint: str = "subscribe again to continue") -> None:
+        super().__init__(f"the server is shutting down; {hint}")

@@ -20,6 +20,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from server.loop import uvloop_available
 from storage.errors import InvalidDatabaseUrl
 from storage.factory import DatabaseTimeouts, check_database_url, mask_database_url
 
@@ -32,8 +33,17 @@ OTHER_TOOLS_VARIABLES = frozenset(
     {
         "EVENTSTREAMING_TEST_DATABASE_URL",
         "EVENTSTREAMING_BENCH_DATABASE_URL",
+        # The Python client's eventsourcing module (client/) and the Node.js client.
+        "EVENTSTREAMING_ADDRESS",
         "EVENTSTREAMING_TOKEN",
+        "EVENTSTREAMING_TLS",
         "EVENTSTREAMING_CACERT",
+        "EVENTSTREAMING_CLIENT_CERT",
+        "EVENTSTREAMING_CLIENT_KEY",
+        "EVENTSTREAMING_SERVER_NAME",
+        "EVENTSTREAMING_TIMEOUT",
+        "EVENTSTREAMING_STREAM_PREFIX",
+        "EVENTSTREAMING_TRACKING",
     }
 )
 
@@ -84,6 +94,11 @@ class Settings(BaseSettings):
     #: pages, each page of a subscription's history): a page stops early once its
     #: events' data and metadata add up to this, always holding at least one event.
     page_bytes: int = Field(default=3 * 1024 * 1024, ge=1024, le=2**30)
+    #: Requests an AppendSession may hold read but unanswered; at that many the
+    #: server reads no more of its requests until some are answered.
+    append_session_max_in_flight: int = Field(default=1000, ge=1, le=100_000)
+    #: The event loop of `serve`: uvloop when installed (auto), or the one named.
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
     @property
     def auth_token_list(self) -> list[str]:
@@ -131,6 +146,13 @@ class Settings(BaseSettings):
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ValueError("TLS_CLIENT_CA_FILE (mutual TLS) needs TLS_CERT_FILE and TLS_KEY_FILE")
         return self
+
+    @field_validator("event_loop")
+    @classmethod
+    def _installed_loop(cls, value: str) -> str:
+        if value == "uvloop" and not uvloop_available():
+            raise ValueError("uvloop is not installed (pip install uvloop), or choose auto")
+        return value
 
     @model_validator(mode="after")
     def _pool_bounds(self) -> Settings:

@@ -77,18 +77,16 @@ def _error_info(exc: Exception) -> dict[str, str]:
     return {"stream_name": stream_name} if isinstance(stream_name, str) and stream_name else {}
 
 
-def to_status(exc: Exception, method: str) -> grpc.Status:
-    """The status ``exc`` stands for. Unknown errors are logged and become INTERNAL
-    with a generic message."""
+def status_message(exc: Exception, method: str) -> status_pb2.Status:
+    """The ``google.rpc.Status`` ``exc`` stands for. Unknown errors are logged and
+    become INTERNAL with a generic message."""
     for kind, mapped in _CODES:
         if isinstance(exc, kind):
             code, message = mapped, str(exc)[:MAX_MESSAGE_LENGTH]
             break
     else:
         log.error("unexpected error in %s", method, exc_info=exc, extra={"method": method})
-        return rpc_status.to_status(
-            status_pb2.Status(code=grpc.StatusCode.INTERNAL.value[0], message=INTERNAL_MESSAGE)
-        )
+        return status_pb2.Status(code=grpc.StatusCode.INTERNAL.value[0], message=INTERNAL_MESSAGE)
     if isinstance(exc, errors.StorageUnavailable):
         log.warning("storage unavailable in %s: %s", method, exc, extra={"method": method})
     # One ErrorInfo per failed expectation of an atomic append to several streams.
@@ -102,6 +100,9 @@ def to_status(exc: Exception, method: str) -> grpc.Status:
             )
         )
         details.append(detail)
-    return rpc_status.to_status(
-        status_pb2.Status(code=code.value[0], message=message, details=details)
-    )
+    return status_pb2.Status(code=code.value[0], message=message, details=details)
+
+
+def to_status(exc: Exception, method: str) -> grpc.Status:
+    """The call status ``exc`` stands for (see :func:`status_message`)."""
+    return rpc_status.to_status(status_message(exc, method))

@@ -8,6 +8,7 @@ so a backend may assume well-formed arguments.
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from uuid import UUID
@@ -73,6 +74,15 @@ class EventStore(abc.ABC):
         DuplicateEvent, and for the checkpoint CheckpointExists, StreamNotFound,
         OffsetOutOfRange.
         """
+
+    def hand_on_append(
+        self, appends: Sequence[StreamAppend], checkpoint: ConsumerCheckpoint | None = None
+    ) -> asyncio.Future[tuple[AppendResult, ...]]:
+        """append_to_streams without waiting: the future of its results. Appends
+        handed on one after the other apply in that order where they touch the
+        same stream or checkpoint. The future is storage's: a caller that gives
+        up drops it (never cancels it), and the write goes on."""
+        return asyncio.ensure_future(self.append_to_streams(appends, checkpoint))
 
     async def append_to_stream(
         self,

@@ -36,6 +36,7 @@ def test_proto_passes_buf_lint() -> None:
 
 def test_buf_lint_flags_an_undocumented_field(tmp_path: Path) -> None:
     shutil.copy(ROOT / "buf.yaml", tmp_path / "buf.yaml")
+    shutil.copytree(ROOT / "protos" / "google", tmp_path / "protos" / "google")
     target = tmp_path / PROTO.relative_to(ROOT)
     target.parent.mkdir(parents=True)
     text = PROTO.read_text()

@@ -20,7 +20,8 @@ const crypto = require("node:crypto");
 const grpc = require("@grpc/grpc-js");
 const protoLoader = require("@grpc/proto-loader");
 
-const PROTO = path.resolve(__dirname, "..", "..", "protos", "eventstreaming", "v1", "event_streaming.proto");
+const PROTOS = path.resolve(__dirname, "..", "..", "protos");
+const PROTO = path.join(PROTOS, "eventstreaming", "v1", "event_streaming.proto");
 const DEADLINE_MS = 10000;
 
 function loadService() {
@@ -30,6 +31,7 @@ function loadService() {
     enums: String,
     defaults: true,
     oneofs: true,
+    includeDirs: [PROTOS], // google/rpc/status.proto is kept beside ours
   });
   return grpc.loadPackageDefinition(definition).eventstreaming.v1.EventStreaming;
 }

@@ -6,6 +6,7 @@ from typing import Any
 
 import grpc
 
+from server.sessions import AppendSessions
 from server.subscriptions import Subscriptions
 from storage.interface import EventStore
 
@@ -13,9 +14,13 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class RpcBase:
-    """Holds the store and the server's subscriptions; servicer methods validate
-    (server.validation), call storage, and convert (server.convert)."""
+    """Holds the store and the server's subscriptions and append sessions; servicer
+    methods validate (server.validation), call storage, and convert
+    (server.convert)."""
 
-    def __init__(self, store: EventStore, subscriptions: Subscriptions) -> None:
+    def __init__(
+        self, store: EventStore, subscriptions: Subscriptions, sessions: AppendSessions
+    ) -> None:
         self.store = store
         self.subscriptions = subscriptions
+        self.sessions = sessions

@@ -1,10 +1,13 @@
-"""Persistent stream and global log RPCs: AppendToStream, AppendToStreams, ReadStream,
-ReadAll, GetStreamLength, GetStreamMetadata."""
+"""Persistent stream and global log RPCs: AppendToStream, AppendToStreams,
+AppendSession, ReadStream, ReadAll, GetStreamLength, GetStreamMetadata."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterable
+
 from server import convert, validation
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
+from server.interceptors import Undecodable
 from server.rpc.base import Context, RpcBase
 
 
@@ -22,6 +25,14 @@ class LogRpcs(RpcBase):
         """Append to several streams (and commit a checkpoint), all or nothing."""
         results = await self.store.append_to_streams(*validation.append_streams_request(request))
         return convert.append_streams_response(results)
+
+    async def AppendSession(
+        self,
+        requests: AsyncIterable[pb.AppendSessionRequest | Undecodable],
+        context: Context,
+    ) -> None:
+        """AppendToStreams requests over one stream, each answered by its id."""
+        await self.sessions.serve(requests, context.write)
 
     async def ReadAll(self, request: pb.ReadAllRequest, context: Context) -> pb.ReadAllResponse:
         """Read a page of the global log, forward or backward, optionally filtered."""

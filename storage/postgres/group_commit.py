@@ -9,6 +9,12 @@ order they arrived), so one call's stale expectation or duplicate never fails it
 neighbours; what fails a whole group is what fails a transaction (a lost
 connection, a database going away), and every call of it is told so.
 
+Calls that touch the same stream (or the same consumer checkpoint) are written in
+the order they were submitted: a call waits while a group in flight touches one
+of its streams, and later calls on those streams wait behind it. So an
+AppendSession's requests to one stream apply in the order sent, and two groups
+never contend for a stream's lock.
+
 Why it pays: appends to the global log commit one transaction at a time (the head
 of the log is held from the write to the commit's flush, see
 migrations/005_global_log.sql), so a transaction per append caps the database at
@@ -19,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
 from storage.records import AppendResult, ConsumerCheckpoint, StreamAppend
@@ -40,6 +46,9 @@ class Call:
     checkpoint: ConsumerCheckpoint | None
     events: int
     size: int
+    #: What orders it among other calls: its streams, and its checkpoint's
+    #: (stream, consumer group).
+    keys: frozenset[Hashable]
     done: asyncio.Future[tuple[AppendResult, ...]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -70,6 +79,13 @@ class GroupCommit:
         self._max_bytes = max_bytes
         self._waiting: collections.deque[Call] = collections.deque()
         self._in_flight = 0
+        #: The keys of the calls in flight.
+        self._busy: collections.Counter[Hashable] = collections.Counter()
+        #: True when every waiting call is held back behind a call in flight;
+        #: then ``_held`` has their keys, and a new call that shares one is held
+        #: too without looking at the others again.
+        self._stuck = False
+        self._held: set[Hashable] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         #: Groups written and calls they carried (for observation and tests).
         self.groups = 0
@@ -78,44 +94,73 @@ class GroupCommit:
     async def submit(
         self, appends: Sequence[StreamAppend], checkpoint: ConsumerCheckpoint | None
     ) -> tuple[AppendResult, ...]:
+        """The call's results, once its group has committed."""
+        # A caller that gives up leaves its call to be written or dropped: once
+        # its group is on its way nothing can take it back (it commits whole, or
+        # not at all).
+        return await asyncio.shield(self.hand_on(appends, checkpoint))
+
+    def hand_on(
+        self, appends: Sequence[StreamAppend], checkpoint: ConsumerCheckpoint | None
+    ) -> asyncio.Future[tuple[AppendResult, ...]]:
+        """Queue the call and return its future (settled when its group is
+        written); calls handed on one after the other keep their order on each
+        of their keys."""
+        keys: set[Hashable] = {a.stream_name for a in appends}
+        if checkpoint is not None:
+            keys.add((checkpoint.stream_name, checkpoint.consumer_group))
         call = Call(
             appends,
             checkpoint,
             sum(len(a.events) for a in appends),
             sum(e.size for a in appends for e in a.events),
+            frozenset(keys),
         )
         # Whatever becomes of a caller that gave up, its call's outcome is taken.
         call.done.add_done_callback(_consume)
         self._waiting.append(call)
-        self._start()
-        # A caller that gives up leaves its call to be written or dropped: once
-        # its group is on its way nothing can take it back (it commits whole, or
-        # not at all).
-        return await asyncio.shield(call.done)
+        if self._stuck and not (self._held.isdisjoint(keys) and self._busy.keys().isdisjoint(keys)):
+            self._held |= keys  # behind a held call or one in flight: nothing to start
+        else:
+            self._start()
+        return call.done
 
     def _start(self) -> None:
         while self._waiting and self._in_flight < self._max_in_flight:
             group = self._take()
             if not group:
-                continue
+                break
             self._in_flight += 1
+            for call in group:
+                self._busy.update(call.keys)
             task = asyncio.create_task(self._run(group), name="group-commit")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     def _take(self) -> list[Call]:
-        """The calls of the next group, oldest first, within its bounds."""
+        """The calls of the next group, oldest first, within its bounds, passing
+        over those held back behind a call in flight (or behind a call held)."""
         group: list[Call] = []
+        held: list[Call] = []
+        held_keys: set[Hashable] = set()
+        busy = self._busy
         events = size = 0
         while self._waiting:
-            call = self._waiting[0]
+            call = self._waiting.popleft()
+            if (busy or held_keys) and any(k in busy or k in held_keys for k in call.keys):
+                held.append(call)
+                held_keys |= call.keys
+                continue
             too_many = events + call.events > self._max_events
             if group and (too_many or size + call.size > self._max_bytes):
+                self._waiting.appendleft(call)
                 break
-            self._waiting.popleft()
             group.append(call)
             events += call.events
             size += call.size
+        self._waiting.extendleft(reversed(held))
+        self._stuck = not group and bool(held)
+        self._held = held_keys if self._stuck else set()
         return group
 
     async def _run(self, group: list[Call]) -> None:
@@ -135,6 +180,10 @@ class GroupCommit:
                 raise
         finally:
             self._in_flight -= 1
+            for call in group:
+                self._busy.subtract(call.keys)
+            self._busy = +self._busy  # drop the keys no longer in flight
+            self._stuck = False
             self._start()
 
     async def close(self) -> None:

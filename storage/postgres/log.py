@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import Sequence
 from typing import Any
@@ -234,9 +235,17 @@ class PostgresLog(PostgresBase):
     async def append_to_streams(
         self, appends: Sequence[StreamAppend], checkpoint: ConsumerCheckpoint | None = None
     ) -> tuple[AppendResult, ...]:
+        return await self._group_commit().submit(appends, checkpoint)
+
+    def hand_on_append(
+        self, appends: Sequence[StreamAppend], checkpoint: ConsumerCheckpoint | None = None
+    ) -> asyncio.Future[tuple[AppendResult, ...]]:
+        return self._group_commit().hand_on(appends, checkpoint)
+
+    def _group_commit(self) -> GroupCommit:
         if self._appends is None:
             self._appends = GroupCommit(self._write_calls)
-        return await self._appends.submit(appends, checkpoint)
+        return self._appends
 
     async def _write_calls(self, calls: Sequence[Call]) -> None:
         """Write a group of calls in one transaction; settle each call's future."""
@@ -257,14 +266,15 @@ class PostgresLog(PostgresBase):
             by_call.setdefault(row["call_index"], []).append(row)
         written: list[str] = []
         for index, call in enumerate(calls, 1):
+            rows_of_call = by_call.get(index, [])
+            if rows_of_call and rows_of_call[0]["outcome"] == AppendOutcome.APPENDED:
+                written += [a.stream_name for a in call.appends]
+            if call.done.done():  # cancelled by a caller that gave up (written all the same)
+                continue
             try:
-                results = self._call_results(call, by_call.get(index, []))
+                call.done.set_result(self._call_results(call, rows_of_call))
             except StorageError as exc:
                 call.done.set_exception(exc)
-                continue
-            if by_call.get(index) and by_call[index][0]["outcome"] == AppendOutcome.APPENDED:
-                written += [a.stream_name for a in call.appends]
-            call.done.set_result(results)
         if written:
             self._announce(*dict.fromkeys(written), log=True)
 

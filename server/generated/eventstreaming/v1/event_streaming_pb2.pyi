@@ -3,6 +3,7 @@ import datetime
 
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.rpc import status_pb2 as _status_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -554,3 +555,21 @@ class AppendToStreamsResponse(_message.Message):
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[AppendToStreamResponse]
     def __init__(self, results: _Optional[_Iterable[_Union[AppendToStreamResponse, _Mapping]]] = ...) -> None: ...
+
+class AppendSessionRequest(_message.Message):
+    __slots__ = ("request_id", "request")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    request: AppendToStreamsRequest
+    def __init__(self, request_id: _Optional[int] = ..., request: _Optional[_Union[AppendToStreamsRequest, _Mapping]] = ...) -> None: ...
+
+class AppendSessionResponse(_message.Message):
+    __slots__ = ("request_id", "result", "error")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    result: AppendToStreamsResponse
+    error: _status_pb2.Status
+    def __init__(self, request_id: _Optional[int] = ..., result: _Optional[_Union[AppendToStreamsResponse, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...

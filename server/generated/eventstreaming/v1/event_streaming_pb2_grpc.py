@@ -141,6 +141,11 @@ class EventStreamingStub:
                 request_serializer=eventstreaming_dot_v1_dot_event__streaming__pb2.AppendToStreamsRequest.SerializeToString,
                 response_deserializer=eventstreaming_dot_v1_dot_event__streaming__pb2.AppendToStreamsResponse.FromString,
                 _registered_method=True)
+        self.AppendSession = channel.stream_stream(
+                '/eventstreaming.v1.EventStreaming/AppendSession',
+                request_serializer=eventstreaming_dot_v1_dot_event__streaming__pb2.AppendSessionRequest.SerializeToString,
+                response_deserializer=eventstreaming_dot_v1_dot_event__streaming__pb2.AppendSessionResponse.FromString,
+                _registered_method=True)
 
 
 class EventStreamingServicer:
@@ -330,6 +335,20 @@ class EventStreamingServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AppendSession(self, request_iterator, context):
+        """Many AppendToStreams calls over one bidirectional stream: each request is
+        answered (by request_id) with the result or the error the unary call would
+        give, once its write is durable. Requests that touch the same stream (or
+        the same checkpoint) are applied in the order sent; others may be written
+        together and answered in any order. One request's failure ends neither the
+        others nor the session. The server stops reading while a session has too
+        many requests unanswered (see the README). Ends with UNAVAILABLE when the
+        server shuts down (requests already read are answered first).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EventStreamingServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -437,6 +456,11 @@ def add_EventStreamingServicer_to_server(servicer, server):
                     servicer.AppendToStreams,
                     request_deserializer=eventstreaming_dot_v1_dot_event__streaming__pb2.AppendToStreamsRequest.FromString,
                     response_serializer=eventstreaming_dot_v1_dot_event__streaming__pb2.AppendToStreamsResponse.SerializeToString,
+            ),
+            'AppendSession': grpc.stream_stream_rpc_method_handler(
+                    servicer.AppendSession,
+                    request_deserializer=eventstreaming_dot_v1_dot_event__streaming__pb2.AppendSessionRequest.FromString,
+                    response_serializer=eventstreaming_dot_v1_dot_event__streaming__pb2.AppendSessionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1007,6 +1031,33 @@ class EventStreaming:
             '/eventstreaming.v1.EventStreaming/AppendToStreams',
             eventstreaming_dot_v1_dot_event__streaming__pb2.AppendToStreamsRequest.SerializeToString,
             eventstreaming_dot_v1_dot_event__streaming__pb2.AppendToStreamsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AppendSession(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/eventstreaming.v1.EventStreaming/AppendSession',
+            eventstreaming_dot_v1_dot_event__streaming__pb2.AppendSessionRequest.SerializeToString,
+            eventstreaming_dot_v1_dot_event__streaming__pb2.AppendSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

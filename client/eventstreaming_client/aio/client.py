@@ -1,0 +1,546 @@
+"""The asyncio client: one method per RPC, plain Python values in and out."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+
+from eventstreaming_client import _convert
+from eventstreaming_client._resume import SubscriptionStart
+from eventstreaming_client.aio.subscription import AsyncSubscription
+from eventstreaming_client.aio.worker import AsyncHandler, AsyncWorker
+from eventstreaming_client.errors import (
+    CheckpointAlreadyCommitted,
+    ConsumerOffsetNotFound,
+    Unavailable,
+    handle_rpc_error,
+)
+from eventstreaming_client.generated.eventstreaming.v1 import event_streaming_pb2 as pb
+from eventstreaming_client.generated.eventstreaming.v1 import event_streaming_pb2_grpc as pb_grpc
+from eventstreaming_client.models import (
+    ALL,
+    AckResult,
+    AppendResult,
+    ConsumerCheckpoint,
+    DeadLetterPage,
+    NewEvent,
+    QueueMessage,
+    ReadAllResult,
+    ReadResult,
+    RecordedEvent,
+    StreamAppend,
+    StreamConfiguration,
+    StreamMetadata,
+    StreamPage,
+    StreamSummary,
+)
+from eventstreaming_client.options import ConnectionOptions, RetryPolicy, seconds
+
+
+class AsyncClient:
+    """A connection to the EventStreaming service for asyncio code.
+
+    ``AsyncClient("host:50051", token=..., tls=True)``; every keyword of
+    :class:`~eventstreaming_client.options.ConnectionOptions` is accepted. Use it
+    as ``async with`` or call :meth:`close`. Methods raise the exceptions of
+    :mod:`eventstreaming_client.errors`.
+    """
+
+    def __init__(self, address: str | None = None, **options: Any) -> None:
+        if address is not None:
+            options["address"] = address
+        self.options = ConnectionOptions(**options)
+        credentials = self.options.credentials()
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(
+                self.options.address, options=self.options.grpc_options()
+            )
+        else:
+            self._channel = grpc.aio.secure_channel(
+                self.options.address, credentials, options=self.options.grpc_options()
+            )
+        self._stub = pb_grpc.EventStreamingStub(self._channel)
+        self._metadata = self.options.metadata
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close(None)
+
+    @property
+    def stub(self) -> pb_grpc.EventStreamingStub:
+        """The generated stub on this client's channel, for what the methods here do
+        not cover (pass ``metadata=`` yourself when a token is set)."""
+        return self._stub
+
+    # -- the call path: deadline, token, retries, errors ---------------------------------
+    async def _call(
+        self,
+        method: Callable[..., Awaitable[Any]],
+        request: Any,
+        *,
+        retry: bool,
+        timeout: float | timedelta | None = None,
+        extra_time: float = 0.0,
+    ) -> Any:
+        budget = seconds(timeout) or self.options.timeout
+        deadline = time.monotonic() + budget + extra_time
+        policy: RetryPolicy = self.options.retry
+        attempt = 0
+        while True:
+            try:
+                return await method(
+                    request,
+                    timeout=max(0.001, deadline - time.monotonic()),
+                    metadata=self._metadata,
+                )
+            except grpc.RpcError as exc:
+                error = handle_rpc_error(exc)
+            attempt += 1
+            if not retry or not isinstance(error, Unavailable) or attempt >= policy.max_attempts:
+                raise error from None
+            delay = policy.backoff(attempt - 1)
+            if time.monotonic() + delay >= deadline:
+                raise error from None
+            await asyncio.sleep(delay)
+
+    # -- persistent streams --------------------------------------------------------------
+    async def append_to_stream(
+        self,
+        stream_name: str,
+        events: Sequence[NewEvent],
+        *,
+        expected_last_offset: int | None = None,
+        timeout: float | timedelta | None = None,
+    ) -> AppendResult:
+        """Append ``events`` atomically. ``expected_last_offset``: None appends
+        whatever the stream holds, -1 requires no events yet, N requires last offset
+        N (else :class:`~eventstreaming_client.errors.WrongExpectedOffset`). Events
+        without an id get one here, so a retried append is written once."""
+        request = _convert.append_request(
+            stream_name, _convert.with_ids(events), expected_last_offset
+        )
+        reply = await self._call(self._stub.AppendToStream, request, retry=True, timeout=timeout)
+        return _convert.append_result(reply)
+
+    async def append_to_streams(
+        self,
+        appends: Sequence[StreamAppend],
+        *,
+        checkpoint: ConsumerCheckpoint | None = None,
+        timeout: float | timedelta | None = None,
+    ) -> list[AppendResult]:
+        """Append to several streams (and commit ``checkpoint``) atomically: all or
+        nothing. One result per append, in order."""
+        request = _convert.append_to_streams_request(_convert.with_stream_ids(appends), checkpoint)
+        reply = await self._call(self._stub.AppendToStreams, request, retry=True, timeout=timeout)
+        return [_convert.append_result(r) for r in reply.results]
+
+    async def read_stream(
+        self,
+        stream_name: str,
+        *,
+        from_offset: int = 0,
+        max_count: int = 0,
+        backward: bool = False,
+        from_time: datetime | None = None,
+        event_types: Sequence[str] = (),
+        timeout: float | timedelta | None = None,
+    ) -> ReadResult:
+        """One page of events (``max_count`` 0 means the server's default, 100).
+        Backward: from ``from_offset`` (-1: the last) down."""
+        request = _convert.read_request(
+            stream_name, from_offset, max_count, backward, from_time, event_types
+        )
+        reply = await self._call(self._stub.ReadStream, request, retry=True, timeout=timeout)
+        return _convert.read_result(reply)
+
+    async def iter_stream(
+        self,
+        stream_name: str,
+        *,
+        from_offset: int = 0,
+        backward: bool = False,
+        from_time: datetime | None = None,
+        event_types: Sequence[str] = (),
+        page_size: int = 0,
+    ) -> AsyncIterator[RecordedEvent]:
+        """Every event from ``from_offset`` to the end (or the start, backward), a
+        page at a time."""
+        offset = from_offset
+        while True:
+            page = await self.read_stream(
+                stream_name,
+                from_offset=offset,
+                max_count=page_size,
+                backward=backward,
+                from_time=from_time,
+                event_types=event_types,
+            )
+            for item in page.events:
+                yield item
+            if page.end_of_stream or (backward and page.next_offset < 0):
+                return
+            offset = page.next_offset
+
+    async def get_stream_length(
+        self, stream_name: str, *, timeout: float | timedelta | None = None
+    ) -> int:
+        request = pb.GetStreamLengthRequest(stream_name=stream_name)
+        reply = await self._call(self._stub.GetStreamLength, request, retry=True, timeout=timeout)
+        return int(reply.length)
+
+    async def get_stream_metadata(
+        self, stream_name: str, *, timeout: float | timedelta | None = None
+    ) -> StreamMetadata:
+        request = pb.GetStreamMetadataRequest(stream_name=stream_name)
+        reply = await self._call(self._stub.GetStreamMetadata, request, retry=True, timeout=timeout)
+        return _convert.stream_metadata(reply)
+
+    # -- the global log ------------------------------------------------------------------
+    async def read_all(
+        self,
+        *,
+        from_position: int = 0,
+        max_count: int = 0,
+        backward: bool = False,
+        stream_prefixes: Sequence[str] = (),
+        event_types: Sequence[str] = (),
+        timeout: float | timedelta | None = None,
+    ) -> ReadAllResult:
+        """One page of the global log from ``from_position`` (0: the start; backward:
+        0 means the end)."""
+        request = pb.ReadAllRequest(
+            from_position=from_position,
+            max_count=max_count,
+            backward=backward,
+            filter=_convert.all_filter(stream_prefixes, event_types),
+        )
+        reply = await self._call(self._stub.ReadAll, request, retry=True, timeout=timeout)
+        return _convert.read_all_result(reply)
+
+    # -- queues --------------------------------------------------------------------------
+    async def enqueue(
+        self,
+        stream_name: str,
+        events: Sequence[NewEvent],
+        *,
+        timeout: float | timedelta | None = None,
+    ) -> list[str]:
+        """Add messages to a queue, atomically; returns their ids. Not retried: a
+        queue without deduplication would deliver a repeated message twice."""
+        request = pb.EnqueueRequest(
+            stream_name=stream_name, events=[_convert.event_data(e) for e in events]
+        )
+        reply = await self._call(self._stub.Enqueue, request, retry=False, timeout=timeout)
+        return list(reply.event_ids)
+
+    async def dequeue(
+        self,
+        stream_name: str,
+        consumer_id: str,
+        *,
+        max_messages: int = 1,
+        visibility_timeout: timedelta | None = None,
+        wait_time: timedelta | None = None,
+        timeout: float | timedelta | None = None,
+    ) -> list[QueueMessage]:
+        """Lease up to ``max_messages``; with ``wait_time``, wait (long polling) for
+        one to be visible. Retried: a lease whose answer was lost only delays that
+        message until the lease runs out."""
+        request = _convert.dequeue_request(
+            stream_name, consumer_id, visibility_timeout, max_messages, wait_time
+        )
+        reply = await self._call(
+            self._stub.Dequeue,
+            request,
+            retry=True,
+            timeout=timeout,
+            extra_time=seconds(wait_time) or 0.0,
+        )
+        return [_convert.queue_message(m) for m in reply.messages]
+
+    async def acknowledge(
+        self,
+        stream_name: str,
+        consumer_id: str,
+        event_ids: Sequence[str],
+        *,
+        timeout: float | timedelta | None = None,
+    ) -> AckResult:
+        request = pb.AcknowledgeRequest(
+            stream_name=stream_name, consumer_id=consumer_id, event_ids=list(event_ids)
+        )
+        reply = await self._call(self._stub.Acknowledge, request, retry=True, timeout=timeout)
+        return _convert.ack_result(reply)
+
+    async def nack(
+        self,
+        stream_name: str,
+        consumer_id: str,
+        event_id: str,
+        *,
+        delay: timedelta | None = None,
+        reason: str = "",
+        timeout: float | timedelta | None = None,
+    ) -> None:
+        request = _convert.nack_request(stream_name, consumer_id, event_id, delay, reason)
+        await self._call(self._stub.Nack, request, retry=False, timeout=timeout)
+
+    async def extend_visibility(
+        self,
+        stream_name: str,
+        consumer_id: str,
+        event_id: str,
+        visibility_timeout: timedelta,
+        *,
+        timeout: float | timedelta | None = None,
+    ) -> datetime | None:
+        """Make a held message's lease end ``visibility_timeout`` from now; returns
+        the new end."""
+        request = pb.ExtendVisibilityRequest(
+            stream_name=stream_name,
+            consumer_id=consumer_id,
+            event_id=event_id,
+            visibility_timeout=_convert.duration(visibility_timeout),
+        )
+        reply = await self._call(self._stub.ExtendVisibility, request, retry=True, timeout=timeout)
+        return _convert.from_timestamp(reply.visible_until, reply.HasField("visible_until"))
+
+    async def list_dead_letters(
+        self,
+        stream_name: str,
+        *,
+        max_count: int = 0,
+        page_token: str = "",
+        timeout: float | timedelta | None = None,
+    ) -> DeadLetterPage:
+        request = pb.ListDeadLettersRequest(
+            stream_name=stream_name, max_count=max_count, page_token=page_token
+        )
+        reply = await self._call(self._stub.ListDeadLetters, request, retry=True, timeout=timeout)
+        return _convert.dead_letter_page(reply)
+
+    async def redrive_dead_letters(
+        self,
+        stream_name: str,
+        event_ids: Sequence[str] = (),
+        *,
+        timeout: float | timedelta | None = None,
+    ) -> int:
+        request = pb.RedriveDeadLettersRequest(stream_name=stream_name, event_ids=list(event_ids))
+        reply = await self._call(
+            self._stub.RedriveDeadLetters, request, retry=False, timeout=timeout
+        )
+        return int(reply.redriven_count)
+
+    def consume(
+        self,
+        stream_name: str,
+        handler: AsyncHandler,
+        *,
+        concurrency: int = 1,
+        consumer_id: str | None = None,
+        visibility_timeout: timedelta = timedelta(seconds=30),
+        heartbeat_interval: timedelta | None = None,
+        poll_wait: timedelta = timedelta(seconds=20),
+        nack_delay: timedelta | None = None,
+        drain_timeout: timedelta = timedelta(seconds=30),
+    ) -> AsyncWorker:
+        """A worker on a queue (not started): ``async with client.consume(...)``
+        runs it until the block ends. See :class:`AsyncWorker`."""
+        return AsyncWorker(
+            self,
+            stream_name,
+            handler,
+            concurrency=concurrency,
+            consumer_id=consumer_id,
+            visibility_timeout=visibility_timeout,
+            heartbeat_interval=heartbeat_interval,
+            poll_wait=poll_wait,
+            nack_delay=nack_delay,
+            drain_timeout=drain_timeout,
+        )
+
+    # -- consumers and subscriptions -----------------------------------------------------
+    async def commit_offset(
+        self,
+        stream_name: str,
+        consumer_group: str,
+        offset: int,
+        *,
+        timeout: float | timedelta | None = None,
+    ) -> None:
+        """Record the last offset (on ``$all``: global position) the group processed."""
+        request = pb.CommitOffsetRequest(
+            stream_name=stream_name, consumer_group=consumer_group, offset=offset
+        )
+        await self._call(self._stub.CommitOffset, request, retry=True, timeout=timeout)
+
+    async def get_consumer_offset(
+        self, stream_name: str, consumer_group: str, *, timeout: float | timedelta | None = None
+    ) -> int | None:
+        """The group's committed offset; None when it never committed."""
+        request = pb.GetConsumerOffsetRequest(
+            stream_name=stream_name, consumer_group=consumer_group
+        )
+        try:
+            reply = await self._call(
+                self._stub.GetConsumerOffset, request, retry=True, timeout=timeout
+            )
+        except ConsumerOffsetNotFound:
+            return None
+        return int(reply.offset)
+
+    def subscribe(
+        self,
+        stream_name: str,
+        *,
+        from_offset: int | None = None,
+        from_end: bool = False,
+        consumer_group: str | None = None,
+        from_time: datetime | None = None,
+        event_types: Sequence[str] = (),
+        stream_prefixes: Sequence[str] = (),
+        checkpoint_interval: int = 0,
+        until_caught_up: bool = False,
+        reconnect: bool = True,
+    ) -> AsyncSubscription:
+        """Follow a stream, or the global log with ``"$all"`` (then ``from_offset``
+        is a global position and ``stream_prefixes`` may filter): history first,
+        then live events. On UNAVAILABLE or a server restart it subscribes again and
+        resumes after the last event it handed out: no gap, no duplicate.
+        ``consumer_group`` starts after the group's committed offset, and
+        :meth:`AsyncSubscription.commit` records progress. ``until_caught_up`` ends
+        the iteration once history is delivered."""
+        start = SubscriptionStart(
+            stream_name,
+            from_offset=from_offset,
+            from_end=from_end,
+            consumer_group=consumer_group,
+            from_time=from_time,
+            event_types=event_types,
+            stream_prefixes=stream_prefixes,
+            checkpoint_interval=checkpoint_interval,
+        )
+        method = self._stub.SubscribeToAll if start.is_all else self._stub.SubscribeToStream
+        return AsyncSubscription(
+            self,
+            method,
+            start,
+            metadata=self._metadata,
+            retry=self.options.retry,
+            until_caught_up=until_caught_up,
+            reconnect=reconnect,
+        )
+
+    async def process_exactly_once(
+        self,
+        stream_name: str,
+        consumer_group: str,
+        handler: Callable[[RecordedEvent], Awaitable[Sequence[StreamAppend]]],
+        *,
+        event_types: Sequence[str] = (),
+        stream_prefixes: Sequence[str] = (),
+        until_caught_up: bool = False,
+    ) -> int:
+        """Apply ``handler`` to each event of a stream (or ``$all``) exactly once.
+
+        The handler returns the appends an event leads to (possibly none); they are
+        written with ``AppendToStreams`` together with the group's checkpoint at that
+        event, in one transaction. After a crash or a retry at any point, processing
+        resumes after the last committed event, and an event whose checkpoint is
+        already committed is skipped, so each input's outputs are written once.
+        Returns the number of events processed (when ``until_caught_up`` ends it).
+        """
+        processed = 0
+        subscription = self.subscribe(
+            stream_name,
+            consumer_group=consumer_group,
+            event_types=event_types,
+            stream_prefixes=stream_prefixes,
+            until_caught_up=until_caught_up,
+        )
+        async with subscription:
+            async for item in subscription:
+                outputs = await handler(item)
+                checkpoint = ConsumerCheckpoint(
+                    stream_name, consumer_group, subscription.position_of(item)
+                )
+                try:
+                    await self.append_to_streams(outputs, checkpoint=checkpoint)
+                except CheckpointAlreadyCommitted:
+                    continue
+                processed += 1
+        return processed
+
+    # -- administration ------------------------------------------------------------------
+    async def configure_stream(
+        self,
+        stream_name: str,
+        configuration: StreamConfiguration,
+        *,
+        timeout: float | timedelta | None = None,
+    ) -> StreamConfiguration:
+        request = pb.ConfigureStreamRequest(
+            stream_name=stream_name, configuration=_convert.configuration_message(configuration)
+        )
+        reply = await self._call(self._stub.ConfigureStream, request, retry=True, timeout=timeout)
+        return _convert.configuration(reply.configuration)
+
+    async def get_stream_configuration(
+        self, stream_name: str, *, timeout: float | timedelta | None = None
+    ) -> StreamConfiguration:
+        request = pb.GetStreamConfigurationRequest(stream_name=stream_name)
+        reply = await self._call(
+            self._stub.GetStreamConfiguration, request, retry=True, timeout=timeout
+        )
+        return _convert.configuration(reply.configuration)
+
+    async def list_streams(
+        self,
+        *,
+        prefix: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | timedelta | None = None,
+    ) -> StreamPage:
+        request = pb.ListStreamsRequest(prefix=prefix, page_size=page_size, page_token=page_token)
+        reply = await self._call(self._stub.ListStreams, request, retry=True, timeout=timeout)
+        return _convert.stream_page(reply)
+
+    async def iter_streams(self, *, prefix: str = "") -> AsyncIterator[StreamSummary]:
+        token = ""
+        while True:
+            page = await self.list_streams(prefix=prefix, page_token=token)
+            for item in page.streams:
+                yield item
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
+
+    async def delete_stream(
+        self, stream_name: str, *, timeout: float | timedelta | None = None
+    ) -> None:
+        """Delete a stream and all of it. Not retried (a repeat would answer
+        NOT_FOUND for a delete that happened)."""
+        request = pb.DeleteStreamRequest(stream_name=stream_name)
+        await self._call(self._stub.DeleteStream, request, retry=False, timeout=timeout)
+
+
+__all__ = ["ALL", "AsyncClient"]
