@@ -260,7 +260,17 @@ class Supervisor:
         return 1
 
     async def _keep(self, index: int) -> None:
-        """Keep worker ``index`` running until the stop."""
+        """Keep worker ``index`` running until the stop; a failure to start a
+        process at all (no Python to run, no file descriptors left) stops them all."""
+        try:
+            await self._keep_running(index)
+        except Exception:
+            log.exception("worker %d could not be started; stopping", index)
+            if self._failed_code is None:
+                self._failed_code = 1
+            self.request_stop()
+
+    async def _keep_running(self, index: int) -> None:
         quick_deaths = 0
         while not self._stop.is_set():
             worker = await self._spawn(index)
