@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
+from server.calls import CallPath
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
 from server.generated.eventstreaming.v1 import event_streaming_pb2_grpc as pb_grpc
-from server.interceptors import build_interceptors
 from server.metrics import Metrics, MetricsService
 from server.retention import RetentionTask
-from server.security import server_credentials
+from server.security import BearerTokens, server_credentials
 from server.servicer import EventStreamingServicer
 from server.sessions import AppendSessions
 from server.settings import Settings, StartupError
@@ -128,9 +128,6 @@ class EventStreamingServer:
         store = self.store = self.store or build_store(self.settings)
         metrics = Metrics(queue_streams=self.settings.metrics_queue_streams)
         server = self._server = grpc.aio.server(
-            interceptors=build_interceptors(
-                self.settings, metrics if self.settings.metrics_port else None
-            ),
             options=[
                 # Larger requests are refused by gRPC itself with RESOURCE_EXHAUSTED.
                 ("grpc.max_receive_message_length", self.settings.max_message_bytes),
@@ -142,12 +139,25 @@ class EventStreamingServer:
         )
         subscriptions = self.subscriptions = Subscriptions(store)
         sessions = self.sessions = AppendSessions(store, self.settings.append_session_max_in_flight)
-        pb_grpc.add_EventStreamingServicer_to_server(
-            EventStreamingServicer(store, subscriptions, sessions), server
+        tokens = self.settings.auth_token_list
+        calls = CallPath(
+            metrics if self.settings.metrics_port else None,
+            BearerTokens(tokens) if tokens else None,
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        calls.register(
+            pb_grpc.add_EventStreamingServicer_to_server,
+            EventStreamingServicer(store, subscriptions, sessions),
+            server,
+        )
+        calls.register(health_pb2_grpc.add_HealthServicer_to_server, self._health, server)
+        calls.register(
+            reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
+            # The asyncio servicer (enable_server_reflection picks it only when
+            # handed the server itself).
+            reflection.aio.ReflectionServicer(  # type: ignore[attr-defined]
+                (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
+            ),
+            server,
         )
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         address = _address(host, self.settings.port)

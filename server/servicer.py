@@ -19,4 +19,4 @@ class EventStreamingServicer(
     pb_grpc.EventStreamingServicer,  # type: ignore[misc]
 ):
     """Thin: validates, converts, calls storage. Errors are mapped to statuses by
-    server.interceptors.ErrorMappingInterceptor."""
+    server.calls.CallPath."""

@@ -23,9 +23,9 @@ import functools
 from collections.abc import AsyncIterable, Awaitable, Callable
 
 from server import convert, validation
+from server.calls import Undecodable
 from server.errors import ServerShuttingDown
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
-from server.interceptors import Undecodable
 from server.status import status_message
 from storage.interface import EventStore
 from storage.records import AppendResult

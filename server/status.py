@@ -2,7 +2,7 @@
 a person can act on, and a ``google.rpc.Status`` with an ``ErrorInfo`` detail (sent
 by grpcio-status as ``grpc-status-details-bin``).
 
-Applied to every RPC by :class:`server.interceptors.ErrorMappingInterceptor`, so
+Applied to every RPC by :class:`server.calls.CallPath`, so
 servicer methods just raise.
 """
 

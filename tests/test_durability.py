@@ -85,3 +85,64 @@ async def test_sigkill_mid_load_keeps_every_acknowledged_append(
     for tag, (first, last) in acknowledged.items():
         assert by_offset.get(first) == tag, f"lost {tag}"
         assert by_offset.get(last) == tag, f"lost {tag}"
+
+
+async def test_sigkill_right_after_session_answers_keeps_every_answered_append(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    """AppendSession answers come only after commit: a server killed while four
+    sessions pipeline appends (written together by group commit) keeps every
+    append it answered."""
+    name = unique_name("session-kill")
+    server = await ServerProcess.start(pg_env(pg_dsn), tmp_path / "killed.log")
+    answered: dict[str, tuple[str, int]] = {}
+
+    async def session(s: int, stub: pb_grpc.EventStreamingStub) -> None:
+        call = stub.AppendSession()
+        tags: dict[int, tuple[str, str]] = {}
+
+        async def write() -> None:
+            for i in range(5000):
+                tag = f"s{s}-{i}"
+                stream = f"{name}-{s % 2}"
+                tags[i] = (tag, stream)
+                request = pb.AppendToStreamsRequest(
+                    appends=[pb.StreamAppend(stream_name=stream, events=[event("K", {"tag": tag})])]
+                )
+                await call.write(pb.AppendSessionRequest(request_id=i, request=request))
+
+        writer = asyncio.create_task(write())
+        try:
+            async for answer in call:
+                assert answer.WhichOneof("outcome") == "result", answer.error.message
+                tag, stream = tags[answer.request_id]
+                answered[tag] = (stream, answer.result.results[0].first_offset)
+        except grpc.aio.AioRpcError:
+            pass  # the server died under us
+        finally:
+            writer.cancel()
+            with contextlib.suppress(BaseException):
+                await writer
+
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = pb_grpc.EventStreamingStub(channel)
+        sessions = [asyncio.create_task(session(s, stub)) for s in range(4)]
+        await wait_until(lambda: len(answered) >= 300, timeout=60)
+        server.kill()
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*sessions)
+
+    restarted = await ServerProcess.start(pg_env(pg_dsn), tmp_path / "restarted.log")
+    try:
+        stored = {
+            stream: {
+                e.offset: json.loads(e.data)["tag"]
+                for e in await read_everything(restarted.address, stream)
+            }
+            for stream in (f"{name}-0", f"{name}-1")
+        }
+    finally:
+        await restarted.terminate()
+    assert len(answered) >= 300
+    for tag, (stream, offset) in answered.items():
+        assert stored[stream].get(offset) == tag, f"lost {tag}"

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterable
 
 from server import convert, validation
+from server.calls import Undecodable
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
-from server.interceptors import Undecodable
 from server.rpc.base import Context, RpcBase
 
 

@@ -95,6 +95,16 @@ class GroupCommit:
         self, appends: Sequence[StreamAppend], checkpoint: ConsumerCheckpoint | None
     ) -> tuple[AppendResult, ...]:
         """The call's results, once its group has committed."""
+        if self._in_flight == 0 and not self._waiting:
+            # Nothing to wait for or to join: written here and now, as a group of
+            # one (no task, no hop through the loop). Calls that arrive meanwhile
+            # form the next group; a caller that gives up takes only its own call
+            # with it.
+            call = self._call(appends, checkpoint)
+            self._in_flight += 1
+            self._busy.update(call.keys)
+            await self._run([call])
+            return call.done.result()
         # A caller that gives up leaves its call to be written or dropped: once
         # its group is on its way nothing can take it back (it commits whole, or
         # not at all).
@@ -106,6 +116,17 @@ class GroupCommit:
         """Queue the call and return its future (settled when its group is
         written); calls handed on one after the other keep their order on each
         of their keys."""
+        call = self._call(appends, checkpoint)
+        keys = call.keys
+        self._waiting.append(call)
+        if self._stuck and not (self._held.isdisjoint(keys) and self._busy.keys().isdisjoint(keys)):
+            self._held |= keys  # behind a held call or one in flight: nothing to start
+        else:
+            self._start()
+        return call.done
+
+    @staticmethod
+    def _call(appends: Sequence[StreamAppend], checkpoint: ConsumerCheckpoint | None) -> Call:
         keys: set[Hashable] = {a.stream_name for a in appends}
         if checkpoint is not None:
             keys.add((checkpoint.stream_name, checkpoint.consumer_group))
@@ -118,12 +139,7 @@ class GroupCommit:
         )
         # Whatever becomes of a caller that gave up, its call's outcome is taken.
         call.done.add_done_callback(_consume)
-        self._waiting.append(call)
-        if self._stuck and not (self._held.isdisjoint(keys) and self._busy.keys().isdisjoint(keys)):
-            self._held |= keys  # behind a held call or one in flight: nothing to start
-        else:
-            self._start()
-        return call.done
+        return call
 
     def _start(self) -> None:
         while self._waiting and self._in_flight < self._max_in_flight:

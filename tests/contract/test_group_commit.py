@@ -97,3 +97,53 @@ async def test_appends_arriving_together_are_written_in_fewer_transactions(
     )
     assert commits.calls - calls_before == 60
     assert commits.groups - groups_before < 60
+
+
+async def test_a_group_of_good_calls_with_one_repeat_and_one_duplicate_answers_each(
+    store: EventStore, stream_name: str
+) -> None:
+    """Calls that would all go in as asked but for a stored id: the repeat answers
+    its first results, the duplicate fails alone, the rest are written."""
+    first = [new_event(), new_event()]
+    original = await store.append_to_stream(f"{stream_name}-r", first)
+    known = new_event()
+    await store.append_to_stream(f"{stream_name}-d", [known])
+    calls = [store.append_to_stream(f"{stream_name}-{i % 3}", new_events(2)) for i in range(12)]
+    calls.insert(5, store.append_to_stream(f"{stream_name}-r", first))
+    calls.insert(9, store.append_to_stream(f"{stream_name}-d", [new_event(), known]))
+    answers = await asyncio.gather(*(outcome(c) for c in calls))
+    assert answers[5] == original
+    assert isinstance(answers[9], DuplicateEvent)
+    good = [a for i, a in enumerate(answers) if i not in (5, 9)]
+    assert all(not isinstance(a, Exception) for a in good)
+    for i in range(3):
+        assert await store.get_stream_length(f"{stream_name}-{i}") == 8
+    assert await store.get_stream_length(f"{stream_name}-r") == 2
+    assert await store.get_stream_length(f"{stream_name}-d") == 1
+    positions = sorted(
+        p for a in good for p in range(a.first_global_position, a.last_global_position + 1)
+    )
+    assert positions == list(range(positions[0], positions[0] + 24))
+
+
+async def test_a_group_of_calls_expecting_each_others_offsets_goes_in_whole(
+    store: EventStore, stream_name: str
+) -> None:
+    """Each call expects the offset the one before it leaves, in one group: all
+    are written, in order, with dense positions."""
+    calls = [
+        store.append_to_streams(
+            [
+                StreamAppend(f"{stream_name}-a", new_events(2), 2 * i - 1),
+                StreamAppend(f"{stream_name}-b-{i}", new_events(1), -1),
+            ]
+        )
+        for i in range(20)
+    ]
+    answers = await asyncio.gather(*calls)
+    assert [a[0].first_offset for a in answers] == [2 * i for i in range(20)]
+    positions = [
+        p for a in answers for r in a for p in (r.first_global_position, r.last_global_position)
+    ]
+    assert positions == sorted(positions)
+    assert await store.get_stream_length(f"{stream_name}-a") == 40
