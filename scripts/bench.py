@@ -176,25 +176,35 @@ async def populate(address: str, name: str, total: int) -> None:
         await asyncio.gather(*(stub.AppendToStream(batch) for _ in range(total // 500)))
 
 
-async def grpc_reads(address: str, name: str, passes: int) -> tuple[float, list[float], int]:
+async def paged_reads(
+    address: str, passes: int, read_page: Callable[[Any, int], Awaitable[tuple[int, int, bool]]]
+) -> tuple[float, list[float], int]:
+    """Page from the start to the end ``passes`` times; ``read_page(stub, at)`` reads
+    one page and returns (events, where the next page starts, whether it was the
+    last)."""
     rows = 0
     latencies: list[float] = []
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.EventStreamingStub(channel)
         started = time.perf_counter()
         for _ in range(passes):
-            offset = 0
-            while True:
+            at, last = 0, False
+            while not last:
                 t0 = time.perf_counter()
-                page = await stub.ReadStream(
-                    pb.ReadStreamRequest(stream_name=name, from_offset=offset, max_count=1000)
-                )
+                count, at, last = await read_page(stub, at)
                 latencies.append(time.perf_counter() - t0)
-                rows += len(page.events)
-                offset = page.next_offset
-                if page.end_of_stream:
-                    break
+                rows += count
         return time.perf_counter() - started, latencies, rows
+
+
+async def grpc_reads(address: str, name: str, passes: int) -> tuple[float, list[float], int]:
+    async def read_page(stub: Any, at: int) -> tuple[int, int, bool]:
+        page = await stub.ReadStream(
+            pb.ReadStreamRequest(stream_name=name, from_offset=at, max_count=1000)
+        )
+        return len(page.events), page.next_offset, page.end_of_stream
+
+    return await paged_reads(address, passes, read_page)
 
 
 async def raw_reads(
@@ -226,22 +236,12 @@ async def raw_reads(
 
 async def grpc_read_all(address: str, passes: int) -> tuple[float, list[float], int]:
     """Page through the whole global log ``passes`` times."""
-    rows = 0
-    latencies: list[float] = []
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = pb_grpc.EventStreamingStub(channel)
-        started = time.perf_counter()
-        for _ in range(passes):
-            position = 0
-            while True:
-                t0 = time.perf_counter()
-                page = await stub.ReadAll(pb.ReadAllRequest(from_position=position, max_count=1000))
-                latencies.append(time.perf_counter() - t0)
-                rows += len(page.events)
-                position = page.next_position
-                if page.end_of_log:
-                    break
-        return time.perf_counter() - started, latencies, rows
+
+    async def read_page(stub: Any, at: int) -> tuple[int, int, bool]:
+        page = await stub.ReadAll(pb.ReadAllRequest(from_position=at, max_count=1000))
+        return len(page.events), page.next_position, page.end_of_log
+
+    return await paged_reads(address, passes, read_page)
 
 
 async def raw_read_all(pool: asyncpg.Pool[Any], passes: int) -> tuple[float, int]:

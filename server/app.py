@@ -25,8 +25,8 @@ from server.security import BearerTokens, server_credentials
 from server.servicer import EventStreamingServicer
 from server.sessions import AppendSessions
 from server.settings import Settings, StartupError
+from server.stores import build_store
 from server.subscriptions import Subscriptions
-from storage.factory import create_store
 from storage.interface import EventStore
 
 if TYPE_CHECKING:
@@ -35,22 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EventStreaming"].full_name
-
-
-def build_store(
-    settings: Settings, *, pool_min_size: int | None = None, pool_max_size: int | None = None
-) -> EventStore:
-    """The store the settings describe (not started); the pool sizes may be
-    narrowed for a one-off command."""
-    return create_store(
-        settings.storage,
-        dsn=settings.database_url.get_secret_value(),
-        pool_min_size=settings.pool_min_size if pool_min_size is None else pool_min_size,
-        pool_max_size=settings.pool_max_size if pool_max_size is None else pool_max_size,
-        auto_migrate=settings.auto_migrate,
-        page_bytes=settings.page_bytes,
-        **settings.database_timeouts(),
-    )
 
 
 def _address(host: str, port: int) -> str:

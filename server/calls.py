@@ -123,6 +123,27 @@ async def _responses(behaviour: Behaviour, request: Any, context: Context) -> As
         yield item
 
 
+def _begin(context: Context, metadata: Any) -> str:
+    """The call's request id, on its log lines and in its trailing metadata."""
+    request_id = _request_id(metadata)
+    request_id_var.set(request_id)
+    context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+    return request_id
+
+
+async def _admit(
+    context: Context, metadata: Any, tokens: BearerTokens | None, request: Any
+) -> None:
+    """Refuse a call without a valid token (UNAUTHENTICATED), then one whose
+    request bytes did not decode (INVALID_ARGUMENT)."""
+    if tokens is not None:
+        problem = tokens.check(metadata)
+        if problem is not None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, problem)
+    if isinstance(request, Undecodable):
+        raise request.error()
+
+
 async def _abort(context: Context, status: grpc.Status) -> None:
     # Keep what is already set for the trailers (the request id).
     kept = tuple(context.trailing_metadata() or ())
@@ -176,18 +197,11 @@ class CallPath:
 
         async def unary(request: Any, context: Context) -> Any:
             metadata = context.invocation_metadata()
-            request_id = _request_id(metadata)
-            request_id_var.set(request_id)
-            context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+            request_id = _begin(context, metadata)
             started = time.perf_counter()
             code = _OK
             try:
-                if tokens is not None:
-                    problem = tokens.check(metadata)
-                    if problem is not None:
-                        await context.abort(grpc.StatusCode.UNAUTHENTICATED, problem)
-                if isinstance(request, Undecodable):
-                    raise request.error()
+                await _admit(context, metadata, tokens, request)
                 response = await behaviour(request, context)
             except grpc.aio.AbortError:
                 code = _status_code(context, grpc.StatusCode.UNKNOWN)
@@ -214,21 +228,14 @@ class CallPath:
 
         async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
             metadata = context.invocation_metadata()
-            request_id = _request_id(metadata)
-            request_id_var.set(request_id)
-            context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+            request_id = _begin(context, metadata)
             started = time.perf_counter()
             code = _OK
             if subscription:
                 assert metrics is not None
                 metrics.subscriptions_open.inc()
             try:
-                if tokens is not None:
-                    problem = tokens.check(metadata)
-                    if problem is not None:
-                        await context.abort(grpc.StatusCode.UNAUTHENTICATED, problem)
-                if isinstance(request, Undecodable):
-                    raise request.error()
+                await _admit(context, metadata, tokens, request)
                 async for item in _responses(behaviour, request, context):
                     yield item
             except grpc.aio.AbortError:

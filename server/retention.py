@@ -14,6 +14,7 @@ import logging
 import time
 
 from server.settings import Settings
+from server.stores import build_store
 from storage.errors import StorageError
 from storage.interface import EventStore
 from storage.records import RetentionReport
@@ -82,7 +83,6 @@ async def run_once(settings: Settings) -> int:
     if settings.storage == "memory":
         print("in-memory storage keeps nothing between processes: nothing to enforce")
         return 0
-    from server.app import build_store  # server.app imports this module
 
     store = build_store(settings, pool_min_size=1, pool_max_size=2)
     await store.start()
