@@ -113,8 +113,12 @@ MAX_CORPUS_WAIT_NANOS = 50_000_000
 
 SERVICE = pb.DESCRIPTOR.services_by_name["EventStreaming"]
 METHOD_PREFIX = f"/{SERVICE.full_name}/"
+#: The RPCs with one request per call; AppendSession (a stream of requests) is
+#: fuzzed by its own test, with the AppendToStreams cases.
 REQUEST_TYPES: dict[str, type[Message]] = {
-    method.name: getattr(pb, method.input_type.name) for method in SERVICE.methods
+    method.name: getattr(pb, method.input_type.name)
+    for method in SERVICE.methods
+    if not method.client_streaming
 }
 STREAMING = frozenset(method.name for method in SERVICE.methods if method.server_streaming)
 WRITES = frozenset({"AppendToStream", "AppendToStreams", "Enqueue", "ConfigureStream"})
@@ -2721,3 +2725,77 @@ async def test_canonical_uuid_in_either_case_is_accepted(
     outcome = await send(server.channel, rpc, request.SerializeToString())
     # The id is fine; the message it names need not exist.
     assert outcome.code in (grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND), outcome
+
+
+# ------------------------------------------------------------- AppendSession
+
+
+def session_payload(request_id: int, payload: bytes) -> bytes:
+    """An AppendSessionRequest carrying ``payload`` as its request, byte for byte
+    (field 2, length-delimited), whether or not ``payload`` decodes."""
+    head = pb.AppendSessionRequest(request_id=request_id).SerializeToString()
+    length, size = bytearray(), len(payload)
+    while True:
+        byte, size = size & 0x7F, size >> 7
+        length.append(byte | (0x80 if size else 0))
+        if not size:
+            break
+    return head + b"\x12" + bytes(length) + payload
+
+
+async def test_append_session_answers_every_corpus_append_as_the_unary_call(
+    server: RunningServer,
+) -> None:
+    """Every AppendToStreams case of the corpus, sent again in one AppendSession:
+    each is answered once, by its id (bytes that do not decode under id 0), never
+    with a server fault, and is INVALID_ARGUMENT, with the same message, exactly
+    when the unary call was (validation does not depend on what the corpus wrote
+    meanwhile); the session itself ends OK."""
+    run = await corpus_run(server)
+    cases = [
+        (case, unary)
+        for case, unary in zip(corpus().cases, run.outcomes, strict=True)
+        if case.rpc == "AppendToStreams" and len(case.payload) < MAX_MESSAGE_BYTES - 64
+    ]
+    assert len(cases) >= 100
+    answers: dict[int, list[pb.AppendSessionResponse]] = {}
+    async with fuzz_channel(server.address) as channel:
+        call = channel.stream_stream(
+            METHOD_PREFIX + "AppendSession",
+            request_serializer=lambda raw: raw,
+            response_deserializer=pb.AppendSessionResponse.FromString,
+        )()
+        with quiet_server_logs():
+            for i, (case, _) in enumerate(cases, 1):
+                await call.write(session_payload(i, case.payload))
+            await call.done_writing()
+            async for answer in call:
+                answers.setdefault(answer.request_id, []).append(answer)
+        assert await call.code() == grpc.StatusCode.OK
+    invalid = grpc.StatusCode.INVALID_ARGUMENT
+    codes = {code.value[0]: code for code in grpc.StatusCode}
+    problems = []
+    for i, (case, unary) in enumerate(cases, 1):
+        if case.request is None:
+            continue
+        got = answers.get(i, [])
+        if len(got) != 1:
+            problems.append(f"{case.label[:80]!r}: {len(got)} answers")
+            continue
+        answer = got[0]
+        code = grpc.StatusCode.OK
+        message = ""
+        if answer.WhichOneof("outcome") == "error":
+            code, message = codes[answer.error.code], answer.error.message
+        if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+            problems.append(f"{case.label[:80]!r}: server fault {message[:100]!r}")
+        elif (code == invalid) != (unary.code == invalid):
+            problems.append(
+                f"{case.label[:80]!r}: {code.name} in the session, {unary.code.name} alone"
+            )
+        elif code == invalid and message != unary.details:
+            problems.append(f"{case.label[:80]!r}: {message[:80]!r} != {unary.details[:80]!r}")
+    undecodable = sum(1 for case, _ in cases if case.request is None)
+    assert len(answers.get(0, [])) == undecodable
+    assert all(a.error.code == invalid.value[0] for a in answers.get(0, []))
+    assert not problems, f"{len(problems)} of {len(cases)}:\n" + "\n".join(problems[:40])
