@@ -281,6 +281,19 @@ check "the same input again is ALREADY_EXISTS (processed exactly once)" 'r.get("
 call GetConsumerOffset "{\"stream_name\":\"\$all\",\"consumer_group\":\"$RUN-projector\"}"
 check "GetConsumerOffset on \$all returns the checkpoint" 'int(r["offset"]) == '"$NEWEST"
 
+# Three requests in one AppendSession: two pipelined appends to one stream, then a
+# stale one; each answered by its request id, the stale one with its own status.
+call AppendSession "{\"request_id\":\"1\",\"request\":{\"appends\":[{\"stream_name\":\"$MULTI-s\",
+   \"expected_last_offset\":\"-1\",\"events\":[{\"event_type\":\"SmokeTested\",\"data\":\"$D0\"}]}]}}
+  {\"request_id\":\"2\",\"request\":{\"appends\":[{\"stream_name\":\"$MULTI-s\",
+   \"expected_last_offset\":\"0\",\"events\":[{\"event_type\":\"SmokeTested\",\"data\":\"$D1\"}]}]}}
+  {\"request_id\":\"3\",\"request\":{\"appends\":[{\"stream_name\":\"$MULTI-s\",
+   \"expected_last_offset\":\"0\",\"events\":[{\"event_type\":\"SmokeTested\",\"data\":\"$D2\"}]}]}}"
+check "AppendSession answers each request by its id, in order per stream, failures alone" \
+    'sorted(d["request_id"] for d in docs) == ["1", "2", "3"]
+     and [int(d["result"]["results"][0]["last_offset"]) for d in sorted(docs, key=lambda d: d["request_id"]) if "result" in d] == [0, 1]
+     and [d["error"]["code"] for d in docs if "error" in d] == [10]'
+
 # -- configuration ---------------------------------------------------------------------
 call ConfigureStream "{\"stream_name\":\"$LOG\",\"configuration\":{
   \"stream_type\":\"STREAM_TYPE_PERSISTENT\",\"retention_max_count\":\"1000\"}}"
