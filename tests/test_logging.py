@@ -19,7 +19,7 @@ from server.generated.eventstreaming.v1 import event_streaming_pb2_grpc as pb_gr
 from server.logs import JsonFormatter, KeyValueFormatter, RequestIdFilter
 from storage.memory import InMemoryEventStore
 from tests.conftest import RunningServer, server_settings
-from tests.support import ServerProcess, error_info, events, unique_name
+from tests.support import ServerProcess, error_info, events, unique_name, wait_until
 
 CALLS = "server.calls"
 
@@ -47,7 +47,8 @@ async def test_a_successful_call_logs_one_debug_line_and_returns_the_request_id(
     )
     await call
     assert trailing(await call.trailing_metadata())["x-request-id"] == "req-abc.123"
-    [record] = call_records(caplog, "req-abc.123")
+    # The call's line is written as the call ends, which the client may see first.
+    [record] = await wait_until(lambda: call_records(caplog, "req-abc.123"))
     assert record.levelno == logging.DEBUG
     assert record.__dict__["method"] == "AppendToStream"
     assert record.__dict__["stream"] == name
@@ -67,7 +68,7 @@ async def test_a_failed_call_logs_a_warning_with_a_generated_request_id(
     assert len(request_id) == 32
     # The rich error details are still there next to the request id.
     assert error_info(caught.value) == {"stream_name": name}
-    [record] = call_records(caplog, request_id)
+    [record] = await wait_until(lambda: call_records(caplog, request_id))
     assert record.levelno == logging.WARNING
     assert record.__dict__["status"] == "NOT_FOUND"
     assert record.__dict__["stream"] == name
@@ -115,7 +116,7 @@ async def test_an_internal_error_logs_at_error_with_the_request_id_on_every_line
     assert caught.value.code() is grpc.StatusCode.INTERNAL
     assert "disk on fire" not in (caught.value.details() or "")
     assert trailing(caught.value.trailing_metadata())["x-request-id"] == "r-500"
-    [call_line] = call_records(caplog, "r-500")
+    [call_line] = await wait_until(lambda: call_records(caplog, "r-500"))
     assert call_line.levelno == logging.ERROR
     assert call_line.__dict__["status"] == "INTERNAL"
     # The traceback line (from the error mapping) carries the same request id.
