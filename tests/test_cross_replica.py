@@ -145,3 +145,38 @@ async def test_notifier_reconnects_and_wakes_every_waiter(
         return True
 
     await wait_until(delivered, timeout=15)
+
+
+async def test_an_all_subscriber_on_one_server_is_woken_by_appends_through_another(
+    two_servers: list[ServerProcess], stream_name: str
+) -> None:
+    """Each append through B reaches a SubscribeToAll on A; the typical delay is
+    far below the 1 s look at the log's head that would catch a lost notification,
+    so the notification woke it."""
+    server_a, server_b = two_servers
+    async with (
+        grpc.aio.insecure_channel(server_a.address) as channel_a,
+        grpc.aio.insecure_channel(server_b.address) as channel_b,
+    ):
+        stub_b = pb_grpc.EventStreamingStub(channel_b)
+        sub = Subscriber.open_all(
+            pb_grpc.EventStreamingStub(channel_a),
+            from_end=True,
+            filter=pb.AllFilter(stream_prefixes=[stream_name]),
+        )
+        await sub.until_caught_up()
+        loop = asyncio.get_running_loop()
+        delays = []
+        for i in range(15):
+            started = loop.time()
+            reply = await stub_b.AppendToStream(
+                pb.AppendToStreamRequest(stream_name=stream_name, events=[event("Live", {"n": i})])
+            )
+            item = await sub.next()
+            while not item.HasField("event"):
+                item = await sub.next()
+            delays.append(loop.time() - started)
+            assert item.event.global_position == reply.first_global_position
+        sub.call.cancel()
+    delays.sort()
+    assert delays[len(delays) // 2] < 0.3, delays
