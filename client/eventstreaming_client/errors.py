@@ -279,13 +279,33 @@ def _error_infos(metadata: object) -> list[tuple[str, dict[str, str]]]:
 def handle_rpc_error(exc: grpc.RpcError) -> EventStreamingError:
     """The exception of this package that stands for a failed call: chosen by the
     ErrorInfo reason when the server sent one, else by the status code. Every error
-    a client method raises is made here."""
+    a client method raises is made here or in :func:`error_from_status`."""
     code = exc.code() if hasattr(exc, "code") else None
     if not isinstance(code, grpc.StatusCode):
         code = grpc.StatusCode.UNKNOWN
     message = exc.details() if hasattr(exc, "details") else ""
     trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
-    infos = _error_infos(trailing)
+    return _error(code, message or "", _error_infos(trailing))
+
+
+def error_from_status(status: status_pb2.Status) -> EventStreamingError:
+    """The exception for a ``google.rpc.Status`` carried in a message (an
+    AppendSession answer), made as :func:`handle_rpc_error` makes a call's."""
+    code = _CODES_BY_VALUE.get(status.code, grpc.StatusCode.UNKNOWN)
+    infos = []
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            infos.append((info.reason, dict(info.metadata)))
+    return _error(code, status.message, infos)
+
+
+_CODES_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _error(
+    code: grpc.StatusCode, message: str, infos: list[tuple[str, dict[str, str]]]
+) -> EventStreamingError:
     reason, details = infos[0] if infos else ("", {})
     kind = _BY_REASON.get(reason)
     if kind is None or kind.code != code:
@@ -294,6 +314,6 @@ def handle_rpc_error(exc: grpc.RpcError) -> EventStreamingError:
             kind = WrongExpectedOffset
         if code is grpc.StatusCode.ALREADY_EXISTS and "committed_offset" in details:
             kind = CheckpointAlreadyCommitted
-    error = kind(message or "", code=code, reason=reason, details=details)
+    error = kind(message, code=code, reason=reason, details=details)
     error.failures = [info for _, info in infos]
     return error

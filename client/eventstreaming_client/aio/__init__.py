@@ -1,7 +1,8 @@
 """The asyncio client."""
 
 from eventstreaming_client.aio.client import AsyncClient
+from eventstreaming_client.aio.session import AsyncAppendSession
 from eventstreaming_client.aio.subscription import AsyncSubscription
 from eventstreaming_client.aio.worker import AsyncHandler, AsyncWorker
 
-__all__ = ["AsyncClient", "AsyncHandler", "AsyncSubscription", "AsyncWorker"]
+__all__ = ["AsyncAppendSession", "AsyncClient", "AsyncHandler", "AsyncSubscription", "AsyncWorker"]

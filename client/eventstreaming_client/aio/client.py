@@ -13,6 +13,7 @@ import grpc
 
 from eventstreaming_client import _convert
 from eventstreaming_client._resume import SubscriptionStart
+from eventstreaming_client.aio.session import AsyncAppendSession
 from eventstreaming_client.aio.subscription import AsyncSubscription
 from eventstreaming_client.aio.worker import AsyncHandler, AsyncWorker
 from eventstreaming_client.errors import (
@@ -150,6 +151,12 @@ class AsyncClient:
         request = _convert.append_to_streams_request(_convert.with_stream_ids(appends), checkpoint)
         reply = await self._call(self._stub.AppendToStreams, request, retry=True, timeout=timeout)
         return [_convert.append_result(r) for r in reply.results]
+
+    def append_session(self) -> AsyncAppendSession:
+        """A bidirectional AppendSession: appends pipelined over one call, each
+        awaited on its own (see :class:`AsyncAppendSession`). The token goes with
+        it; no deadline applies to the session itself."""
+        return AsyncAppendSession(self._stub.AppendSession(metadata=self._metadata))
 
     async def read_stream(
         self,
