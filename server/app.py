@@ -122,10 +122,13 @@ class EventStreamingServer:
             ],
         )
         subscriptions = self.subscriptions = Subscriptions(store)
-        sessions = self.sessions = AppendSessions(store, self.settings.append_session_max_in_flight)
+        metered = metrics if self.settings.metrics_port else None
+        sessions = self.sessions = AppendSessions(
+            store, self.settings.append_session_max_in_flight, metered
+        )
         tokens = self.settings.auth_token_list
         calls = CallPath(
-            metrics if self.settings.metrics_port else None,
+            metered,
             BearerTokens(tokens) if tokens else None,
         )
         calls.register(

@@ -50,6 +50,7 @@ _SERVER_FAULTS = frozenset(
 _CLIENT_ENDED = frozenset({grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED})
 _CODES_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
 _OK = grpc.StatusCode.OK
+_SUBSCRIPTIONS = frozenset({"SubscribeToStream", "SubscribeToAll"})
 
 call_log = logging.getLogger("server.calls")
 
@@ -224,7 +225,7 @@ class CallPath:
 
     def _stream(self, behaviour: Behaviour, label: str, tokens: BearerTokens | None) -> Behaviour:
         metrics = self.metrics
-        subscription = label == "SubscribeToStream" and metrics is not None
+        subscription = label in _SUBSCRIPTIONS and metrics is not None
 
         async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
             metadata = context.invocation_metadata()

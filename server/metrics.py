@@ -128,7 +128,7 @@ class Metrics:
         )
         self.subscriptions_open = Gauge(
             "eventstreaming_subscriptions_open",
-            "SubscribeToStream calls in progress.",
+            "Subscriptions in progress (SubscribeToStream and SubscribeToAll calls).",
             registry=registry,
         )
         self.db_pool_in_use = Gauge(
@@ -142,18 +142,28 @@ class Metrics:
             registry=registry,
         )
         self._recent_queues: OrderedDict[str, None] = OrderedDict()
+        #: Each (method, code)'s two series, looked up once.
+        self._calls: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._labelled: set[str] = set()
         self._dead_letters_seen: dict[str, int] = {}
 
-    # -- per call, from the interceptor ---------------------------------------------
+    # -- per call, from the call path (server.calls) ---------------------------------
     def observe_call(self, method: str, code: str, seconds: float) -> None:
-        self.rpc_requests.labels(method, code).inc()
-        self.rpc_duration.labels(method, code).observe(seconds)
+        series = self._calls.get((method, code))
+        if series is None:
+            series = self._calls[(method, code)] = (
+                self.rpc_requests.labels(method, code),
+                self.rpc_duration.labels(method, code),
+            )
+        series[0].inc()
+        series[1].observe(seconds)
 
     def observe_success(self, method: str, request: Any, response: Any) -> None:
         """Count what a successful unary call did, from its request and response."""
         if method == "AppendToStream":
             self.events_appended.inc(response.last_offset - response.first_offset + 1)
+        elif method == "AppendToStreams":
+            self.observe_appends(response)
         elif method == "Enqueue":
             self.messages_enqueued.inc(len(response.event_ids))
         elif method == "Dequeue":
@@ -168,6 +178,13 @@ class Metrics:
             self._recent_queues.pop(request.stream_name, None)
         if method in _QUEUE_METHODS:
             self.note_queue(request.stream_name)
+
+    def observe_appends(self, response: Any) -> None:
+        """Count the events of an AppendToStreamsResponse (a call's, or an
+        AppendSession request's)."""
+        count = sum(r.last_offset - r.first_offset + 1 for r in response.results)
+        if count:
+            self.events_appended.inc(count)
 
     def note_queue(self, stream_name: str) -> None:
         """Remember a queue a call used, so its depth is sampled."""

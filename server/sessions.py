@@ -26,6 +26,7 @@ from server import convert, validation
 from server.calls import Undecodable
 from server.errors import ServerShuttingDown
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
+from server.metrics import Metrics
 from server.status import status_message
 from storage.interface import EventStore
 from storage.records import AppendResult
@@ -36,8 +37,11 @@ METHOD = "AppendSession"
 class AppendSessions:
     """The sessions in progress; close() ends them when the server stops."""
 
-    def __init__(self, store: EventStore, max_in_flight: int) -> None:
+    def __init__(
+        self, store: EventStore, max_in_flight: int, metrics: Metrics | None = None
+    ) -> None:
         self.store = store
+        self.metrics = metrics
         #: Requests a session may hold read but unanswered before it stops reading
         #: (the append_session_max_in_flight setting).
         self.max_in_flight = max_in_flight
@@ -152,11 +156,10 @@ class _Session:
         if exc is not None:
             self._answer_error(request_id, exc)
             return
-        self.answers.put_nowait(
-            pb.AppendSessionResponse(
-                request_id=request_id, result=convert.append_streams_response(pending.result())
-            )
-        )
+        result = convert.append_streams_response(pending.result())
+        if self.owner.metrics is not None:
+            self.owner.metrics.observe_appends(result)
+        self.answers.put_nowait(pb.AppendSessionResponse(request_id=request_id, result=result))
 
     def _answer_error(self, request_id: int, exc: BaseException) -> None:
         if not isinstance(exc, Exception):

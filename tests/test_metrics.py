@@ -252,3 +252,42 @@ async def test_database_pool_connections_in_use(pg_dsn: str) -> None:
 
 async def _at_least(value: Awaitable[float | None], expected: float) -> bool:
     return (await value or 0) >= expected
+
+
+async def test_events_appended_count_every_way_of_appending(metered: MeteredServer) -> None:
+    stub = metered.stub
+    counter = "eventstreaming_events_appended_total"
+    before = await metered.value(counter) or 0.0
+    a, b = unique_name(), unique_name()
+    await stub.AppendToStreams(
+        pb.AppendToStreamsRequest(
+            appends=[
+                pb.StreamAppend(stream_name=a, events=events(2)),
+                pb.StreamAppend(stream_name=b, events=events(3)),
+            ]
+        )
+    )
+    call = stub.AppendSession()
+    for i in range(4):
+        await call.write(
+            pb.AppendSessionRequest(
+                request_id=i,
+                request=pb.AppendToStreamsRequest(
+                    appends=[pb.StreamAppend(stream_name=a, events=events(1))]
+                ),
+            )
+        )
+    await call.done_writing()
+    assert len([answer async for answer in call]) == 4
+    await wait_until(lambda: _equals(metered.value(counter), before + 9))
+
+
+async def test_open_subscriptions_gauge_counts_the_global_log_too(metered: MeteredServer) -> None:
+    stub = metered.stub
+    gauge = "eventstreaming_subscriptions_open"
+    before = await metered.value(gauge) or 0.0
+    call = stub.SubscribeToAll(pb.SubscribeToAllRequest(from_end=True))
+    await call.read()  # caught up
+    await wait_until(lambda: _equals(metered.value(gauge), before + 1))
+    call.cancel()
+    await wait_until(lambda: _equals(metered.value(gauge), before))
