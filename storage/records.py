@@ -7,7 +7,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TypeAlias
 from uuid import UUID
+
+from storage.receipts import Receipt
 
 #: A stream name: 1-200 characters of A-Z a-z 0-9 . _ : -, starting with a letter or
 #: a digit (so no name can start with "$", which is kept for names of the service's own).
@@ -15,6 +18,10 @@ STREAM_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}", re.ASCII)
 JSON_CONTENT_TYPE = "application/json"
 DEFAULT_MAX_DELIVERY_ATTEMPTS = 5
 DEFAULT_VISIBILITY_TIMEOUT = timedelta(seconds=30)
+#: How long a queue remembers an enqueued id (StreamConfiguration.deduplication_window).
+DEFAULT_DEDUPLICATION_WINDOW = timedelta(minutes=5)
+#: Growth of the retry delay from one delivery to the next, unless configured.
+DEFAULT_RETRY_MULTIPLIER = 2.0
 
 
 class StreamType(enum.IntEnum):
@@ -52,6 +59,8 @@ class NewEvent:
     metadata: Mapping[str, str] = field(default_factory=dict)
     correlation_id: str = ""
     causation_id: str = ""
+    #: Queues: messages of one non-empty key are delivered one at a time, in order.
+    ordering_key: str = ""
 
     @property
     def size(self) -> int:
@@ -72,6 +81,7 @@ class NewEvent:
             correlation_id=self.correlation_id,
             causation_id=self.causation_id,
             timestamp=timestamp,
+            ordering_key=self.ordering_key,
         )
 
 
@@ -89,6 +99,7 @@ class RecordedEvent:
     correlation_id: str
     causation_id: str
     timestamp: datetime
+    ordering_key: str = ""
 
     @property
     def size(self) -> int:
@@ -138,6 +149,13 @@ class StreamConfiguration:
     retention_max_count: int | None = None
     max_delivery_attempts: int = DEFAULT_MAX_DELIVERY_ATTEMPTS
     default_visibility_timeout: timedelta = DEFAULT_VISIBILITY_TIMEOUT
+    #: Queues: the wait before a redelivery after a lease ran out or a nack
+    #: without a delay (storage.rules.retry_delay); 0: none.
+    retry_initial_delay: timedelta = timedelta(0)
+    retry_max_delay: timedelta = timedelta(0)
+    retry_multiplier: float = DEFAULT_RETRY_MULTIPLIER
+    #: Queues: how long an enqueued id is remembered (0: only while in the queue).
+    deduplication_window: timedelta = DEFAULT_DEDUPLICATION_WINDOW
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +172,26 @@ class StreamMetadata:
     pending_count: int = 0
     in_flight_count: int = 0
     dead_letter_count: int = 0
+    #: Queues: enqueue time of the oldest message in the queue (dead letters aside).
+    oldest_message_enqueued_at: datetime | None = None
+
+
+#: A queue message named by its id (whatever delivery is current) or by the
+#: receipt of one delivery (that delivery only).
+MessageRef: TypeAlias = UUID | Receipt
+
+
+def event_id_of(ref: MessageRef) -> UUID:
+    return ref.event_id if isinstance(ref, Receipt) else ref
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueResult:
+    """The ids of an Enqueue's messages in request order, and those of them that
+    were not written because the queue knows them already."""
+
+    event_ids: tuple[UUID, ...]
+    duplicate_event_ids: tuple[UUID, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +199,8 @@ class QueueMessage:
     event: RecordedEvent
     delivery_attempt: int
     visible_until: datetime
+    #: Names this delivery (and no other delivery of the message).
+    receipt: Receipt
 
 
 class AckFailureReason(enum.StrEnum):
@@ -172,6 +212,8 @@ class AckFailureReason(enum.StrEnum):
 class AckFailure:
     event_id: UUID
     reason: AckFailureReason
+    #: The receipt the message was named by; None when named by id.
+    receipt: Receipt | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +255,28 @@ class RetentionReport:
 
     streams_examined: int
     events_deleted: int
+    #: Queue message ids whose deduplication window had passed, forgotten.
+    ids_forgotten: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class QueueTableStats:
+    """What the database says about its queue tables (for metrics)."""
+
+    #: Rows of queue_messages removed or replaced and not yet vacuumed.
+    dead_tuples: int
+    live_tuples: int
+    #: Bytes of the table (heap and TOAST) and of its indexes.
+    table_bytes: int
+    index_bytes: int
+    #: In-flight messages (lease not run out) by age since enqueue: the count of
+    #: those at most ``bound`` seconds old, for each bound of IN_FLIGHT_AGE_BOUNDS,
+    #: and then all of them.
+    in_flight_by_age: tuple[int, ...]
+
+
+#: Upper bounds (seconds) of the in-flight-by-age buckets (QueueTableStats).
+IN_FLIGHT_AGE_BOUNDS = (1.0, 10.0, 60.0, 600.0, 3600.0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -116,4 +116,5 @@ def event_from_row(
         correlation_id=row["correlation_id"] or "",
         causation_id=row["causation_id"] or "",
         timestamp=row[timestamp_column],
+        ordering_key=row.get("ordering_key") or "",
     )
