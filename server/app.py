@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from server.consume import Consumers
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
 from server.generated.eventstreaming.v1 import event_streaming_pb2_grpc as pb_grpc
 from server.interceptors import build_interceptors
@@ -99,6 +100,8 @@ class EventStreamingServer:
     metrics_port: int = 0
     #: The subscriptions in progress (made at start).
     subscriptions: Subscriptions | None = None
+    #: The Consume streams in progress (made at start).
+    consumers: Consumers | None = None
     _server: grpc.aio.Server | None = None
     _retention: RetentionTask | None = None
     _metrics: MetricsService | None = None
@@ -128,8 +131,9 @@ class EventStreamingServer:
             ],
         )
         subscriptions = self.subscriptions = Subscriptions(store)
+        consumers = self.consumers = Consumers(store)
         pb_grpc.add_EventStreamingServicer_to_server(
-            EventStreamingServicer(store, subscriptions), server
+            EventStreamingServicer(store, subscriptions, consumers), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -186,6 +190,9 @@ class EventStreamingServer:
             # Subscriptions never finish on their own: end them (UNAVAILABLE, so
             # clients resubscribe elsewhere) rather than wait out the grace period.
             self.subscriptions.close()
+        if self.consumers is not None:
+            # Nor do Consume streams; their messages are left to their leases.
+            self.consumers.close()
         if self._server is not None:
             await self._server.stop(grace)
         if self._metrics is not None:

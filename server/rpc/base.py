@@ -6,6 +6,7 @@ from typing import Any
 
 import grpc
 
+from server.consume import Consumers
 from server.subscriptions import Subscriptions
 from storage.interface import EventStore
 
@@ -13,9 +14,16 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class RpcBase:
-    """Holds the store and the server's subscriptions; servicer methods validate
+    """Holds the store and the server's subscriptions and Consume streams; servicer
+    methods validate
     (server.validation), call storage, and convert (server.convert)."""
 
-    def __init__(self, store: EventStore, subscriptions: Subscriptions) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        subscriptions: Subscriptions,
+        consumers: Consumers | None = None,
+    ) -> None:
         self.store = store
         self.subscriptions = subscriptions
+        self.consumers = consumers or Consumers(store)
