@@ -392,13 +392,27 @@ async def nack(
 
 
 async def configure_queue(
-    stub: Stub, name: str, *, max_attempts: int = 0, visibility: float | None = None
+    stub: Stub,
+    name: str,
+    *,
+    max_attempts: int = 0,
+    visibility: float | None = None,
+    dedup_window: float | None = None,
+    retry: tuple[float, float, float] | None = None,
 ) -> pb.StreamConfiguration:
+    """Make ``name`` a queue with these settings; ``retry`` is (initial delay, max
+    delay, multiplier)."""
     config = pb.StreamConfiguration(
         stream_type=pb.STREAM_TYPE_EPHEMERAL, max_delivery_attempts=max_attempts
     )
     if visibility is not None:
         config.default_visibility_timeout.CopyFrom(seconds(visibility))
+    if dedup_window is not None:
+        config.deduplication_window.CopyFrom(seconds(dedup_window))
+    if retry is not None:
+        config.retry_initial_delay.CopyFrom(seconds(retry[0]))
+        config.retry_max_delay.CopyFrom(seconds(retry[1]))
+        config.retry_multiplier = retry[2]
     reply = await stub.ConfigureStream(
         pb.ConfigureStreamRequest(stream_name=name, configuration=config)
     )

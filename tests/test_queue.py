@@ -97,41 +97,34 @@ async def test_message_content_comes_back_as_enqueued(stub: Stub, stream_name: s
     assert got.timestamp.seconds > 0
 
 
-async def test_enqueue_of_an_id_already_in_the_queue_is_already_exists(
+async def test_enqueue_of_an_id_already_in_the_queue_is_a_duplicate(
     stub: Stub, stream_name: str
 ) -> None:
     (existing,) = await enqueue(stub, stream_name)
-    error = await rpc_error(
-        stub.Enqueue(
-            pb.EnqueueRequest(stream_name=stream_name, events=[event(), event(event_id=existing)])
-        )
+    reply = await stub.Enqueue(
+        pb.EnqueueRequest(stream_name=stream_name, events=[event(), event(event_id=existing)])
     )
-    assert error.code() == grpc.StatusCode.ALREADY_EXISTS
-    assert existing in (error.details() or "")
-    # Atomic: nothing of the refused batch went in.
-    assert (await metadata(stub, stream_name)).length == 1
+    assert reply.event_ids[1] == existing
+    assert list(reply.duplicate_event_ids) == [existing]
+    # The other message went in; the duplicate took no position.
+    assert (await metadata(stub, stream_name)).length == 2
+    assert ids_of(await dequeue(stub, stream_name, "a")) == [existing, reply.event_ids[0]]
 
 
-async def test_enqueue_of_an_id_in_the_dead_letter_queue_is_already_exists(
+async def test_enqueue_of_a_dead_lettered_or_acknowledged_id_is_a_duplicate(
     stub: Stub, stream_name: str
 ) -> None:
     await configure_queue(stub, stream_name, max_attempts=1)
-    (existing,) = await enqueue(stub, stream_name)
+    dead, done = await enqueue(stub, stream_name, 2)
     await dequeue(stub, stream_name, "a")
-    await nack(stub, stream_name, "a", existing, reason="bad")
-    error = await rpc_error(
-        stub.Enqueue(pb.EnqueueRequest(stream_name=stream_name, events=[event(event_id=existing)]))
+    await nack(stub, stream_name, "a", dead, reason="bad")
+    await ack(stub, stream_name, "a", [done])
+    reply = await stub.Enqueue(
+        pb.EnqueueRequest(stream_name=stream_name, events=[event(event_id=i) for i in (dead, done)])
     )
-    assert error.code() == grpc.StatusCode.ALREADY_EXISTS
-    assert existing in (error.details() or "")
-    # Once acknowledged (gone for good), the id may be enqueued again.
-    (other,) = await enqueue(stub, stream_name)
-    await dequeue(stub, stream_name, "a")
-    await ack(stub, stream_name, "a", [other])
-    again = await stub.Enqueue(
-        pb.EnqueueRequest(stream_name=stream_name, events=[event(event_id=other)])
-    )
-    assert list(again.event_ids) == [other]
+    assert list(reply.duplicate_event_ids) == [dead, done]
+    meta = await metadata(stub, stream_name)
+    assert (meta.length, meta.pending_count, meta.dead_letter_count) == (2, 0, 1)
 
 
 async def test_max_messages_zero_means_one_and_large_values_are_capped(
@@ -283,6 +276,8 @@ async def test_nack_and_extend_need_the_holder(stub: Stub, stream_name: str) -> 
 async def test_an_old_lease_does_not_free_the_same_id_enqueued_again_after_its_ack(
     stub: Stub, stream_name: str
 ) -> None:
+    # Ids are remembered only while in the queue.
+    await configure_queue(stub, stream_name, dedup_window=0)
     given = str(uuid.uuid4())
     await enqueue_ids(stub, stream_name, [given])
     (first,) = await dequeue(stub, stream_name, "a", visibility=0.2)
