@@ -294,6 +294,14 @@ BEGIN
             RETURNING r.event_id
         )
         SELECT coalesce(array_agg(event_id), '{}') INTO v_fresh FROM claimed;
+    ELSIF EXISTS (SELECT 1 FROM event_streaming.queue_remembered_ids r
+                   WHERE r.stream_id = v_stream_id) THEN
+        -- No window now, but ids enqueued under an earlier one are remembered.
+        v_fresh := ARRAY(SELECT u.id FROM unnest(p_event_ids) AS u(id)
+                          WHERE NOT EXISTS (
+                                SELECT 1 FROM event_streaming.queue_remembered_ids r
+                                 WHERE r.stream_id = v_stream_id AND r.event_id = u.id
+                                   AND r.forget_at > v_now));
     ELSE
         v_fresh := p_event_ids;
     END IF;

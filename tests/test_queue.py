@@ -5,18 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 import pytest
-import pytest_asyncio
 
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
-from storage.interface import EventStore
-from storage.memory import InMemoryEventStore
-from storage.postgres import PostgresEventStore
-from tests.conftest import RunningServer, server_settings, start_server
+from tests.conftest import RunningServer
 from tests.support import (
     Stub,
     ack,
@@ -489,24 +485,6 @@ async def test_redrive_of_all_dead_letters_empties_the_dead_letter_queue(
 
 
 # -- long polling ------------------------------------------------------------------
-
-
-@pytest_asyncio.fixture(params=["memory", "postgres"])
-async def quiet_server(request: pytest.FixtureRequest) -> AsyncIterator[RunningServer]:
-    """A server whose long polls can only be woken by the enqueue itself: the
-    in-memory backend has no other wake-up, and PostgreSQL's look for lost
-    notifications is put off for an hour."""
-    store: EventStore = InMemoryEventStore()
-    dsn = ""
-    if request.param == "postgres":
-        dsn = request.getfixturevalue("pg_dsn")
-        store = PostgresEventStore(dsn, watch_interval=3600)
-    settings = server_settings(request.param, dsn)
-    running = await start_server(settings, request.param, store=store)
-    try:
-        yield running
-    finally:
-        await running.close()
 
 
 async def test_a_long_poll_is_woken_by_the_enqueue(
