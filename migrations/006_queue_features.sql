@@ -141,10 +141,10 @@ CREATE FUNCTION event_streaming.release_keys(
     p_offsets    bigint[]
 ) RETURNS integer LANGUAGE sql AS $$
     WITH following AS (
-        SELECT n.queue_offset
+        SELECT n.ctid
           FROM unnest(p_keys, p_offsets) AS k(ordering_key, after_offset)
          CROSS JOIN LATERAL (
-               SELECT m.queue_offset, m.state FROM event_streaming.queue_messages m
+               SELECT m.ctid, m.state FROM event_streaming.queue_messages m
                 WHERE m.stream_id = p_stream_id AND m.ordering_key = k.ordering_key
                   AND m.queue_offset > k.after_offset
                 ORDER BY m.queue_offset LIMIT 1) n
@@ -152,8 +152,7 @@ CREATE FUNCTION event_streaming.release_keys(
     ), released AS (
         UPDATE event_streaming.queue_messages m
            SET state = 1, visible_at = greatest(m.visible_at, now())
-         WHERE m.stream_id = p_stream_id AND m.state = 2
-           AND m.queue_offset = ANY (ARRAY(SELECT queue_offset FROM following))
+         WHERE m.ctid = ANY (ARRAY(SELECT ctid FROM following)) AND m.state = 2
         RETURNING 1
     )
     SELECT count(*)::integer FROM released

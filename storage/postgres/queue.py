@@ -85,14 +85,15 @@ _MESSAGE_COLUMNS = ", ".join(f"m.{c.strip()}" for c in EVENT_COLUMNS.split(","))
 #
 # Written so that the planner walks the indexes in order and stops at the LIMIT
 # even when its statistics are wrong: the stream lookups are scalar subqueries and
-# the LIMIT is a subquery, and the picked rows go on as arrays, updated by key.
+# the LIMIT is a subquery; the rows picked (and locked) are updated by their ctid,
+# so no plan can look them up through another index of the stream's rows.
 DEQUEUE_SQL = f"""
 WITH s AS (
     SELECT stream_id, stream_type, next_offset, max_delivery_attempts,
            default_visibility_timeout, retry_initial_delay, retry_max_delay, retry_multiplier
       FROM event_streaming.streams WHERE stream_name = $1
 ), fresh AS (
-    SELECT m.queue_offset, false AS exhausted, {payload_size("m")} AS size
+    SELECT m.ctid, m.queue_offset, false AS exhausted, {payload_size("m")} AS size
       FROM event_streaming.queue_messages m
      WHERE m.stream_id = (SELECT stream_id FROM s) AND (SELECT stream_type FROM s) = 2
        AND m.state = 0
@@ -101,7 +102,7 @@ WITH s AS (
      LIMIT (SELECT $4::integer)
        FOR NO KEY UPDATE SKIP LOCKED
 ), due AS (
-    SELECT m.queue_offset,
+    SELECT m.ctid, m.queue_offset,
            m.delivery_attempts >= (SELECT max_delivery_attempts FROM s) AS exhausted,
            {payload_size("m")} AS size
       FROM event_streaming.queue_messages m
@@ -117,8 +118,8 @@ WITH s AS (
                (SELECT stream_id FROM s), ARRAY(SELECT queue_offset FROM picked WHERE exhausted),
                $5) AS moved
 ), chosen AS (
-    SELECT c.queue_offset FROM (
-        SELECT queue_offset, sum(size) OVER (ORDER BY queue_offset) AS running,
+    SELECT c.ctid FROM (
+        SELECT ctid, sum(size) OVER (ORDER BY queue_offset) AS running,
                row_number() OVER (ORDER BY queue_offset) AS rn
           FROM picked WHERE NOT exhausted
     ) c
@@ -139,8 +140,7 @@ WITH s AS (
                END
       FROM (SELECT now() + COALESCE($3::interval, (SELECT default_visibility_timeout FROM s))
                    AS lease_end) l
-     WHERE m.stream_id = (SELECT stream_id FROM s)
-       AND m.queue_offset = ANY (ARRAY(SELECT queue_offset FROM chosen))
+     WHERE m.ctid = ANY (ARRAY(SELECT ctid FROM chosen))
     RETURNING m.queue_offset, m.lease_until, m.delivery_attempts, m.delivery_id, m.created_at,
               m.ordering_key, {_MESSAGE_COLUMNS}
 )
