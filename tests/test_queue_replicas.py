@@ -18,6 +18,7 @@ import pytest_asyncio
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
 from tests.conftest import RunningServer
 from tests.support import (
+    ConsumeClient,
     ServerProcess,
     Stub,
     ack,
@@ -321,3 +322,72 @@ async def test_redrive_leaves_a_dead_letter_whose_id_is_in_the_queue_again(
     assert [d.event.event_id for d in await dead_letters(stub, name)] == [queued]
     back = await dequeue(stub, name, "b")
     assert ids_of(back) == [queued, dead]
+
+
+# -- Consume streams on two servers ---------------------------------------------------
+
+
+async def test_consume_streams_on_two_servers_share_a_queue_without_overlap(
+    two_servers: list[ServerProcess],
+) -> None:
+    name = unique_name("consume-two")
+    channels = [grpc.aio.insecure_channel(s.address) for s in two_servers]
+    stubs = [stub_for(c) for c in channels]
+    total = 400
+    received: dict[str, list[str]] = {"a": [], "b": []}
+
+    async def consume(client: ConsumeClient, label: str, done: asyncio.Event) -> None:
+        while not done.is_set():
+            try:
+                (message,) = await client.receive(timeout=0.2)
+            except TimeoutError:
+                continue
+            received[label].append(message.event.event_id)
+            await client.ack(receipts=[message.receipt])
+            if sum(len(r) for r in received.values()) >= total:
+                done.set()
+
+    try:
+        await configure_queue(stubs[0], name, visibility=120)
+        a = await ConsumeClient.start(stubs[0], name, "a", max_outstanding=10, visibility=120)
+        b = await ConsumeClient.start(stubs[1], name, "b", max_outstanding=10, visibility=120)
+        done = asyncio.Event()
+        consumers = [
+            asyncio.create_task(consume(a, "a", done)),
+            asyncio.create_task(consume(b, "b", done)),
+        ]
+        enqueued: list[str] = []
+        for i in range(total // 20):
+            reply = await stubs[i % 2].Enqueue(
+                pb.EnqueueRequest(stream_name=name, events=events(20))
+            )
+            enqueued += reply.event_ids
+        await asyncio.wait_for(done.wait(), timeout=60)
+        await asyncio.gather(*consumers)
+        assert await a.close() == grpc.StatusCode.OK
+        assert await b.close() == grpc.StatusCode.OK
+        # Each delivered once, to one of the two; both took part.
+        assert sorted(received["a"] + received["b"]) == sorted(enqueued)
+        assert not set(received["a"]) & set(received["b"])
+        assert received["a"]
+        assert received["b"]
+
+        # A stream that half-closes gives its messages back at once, and a stream
+        # on the other server gets them.
+        held = await enqueue(stubs[0], name, 5)
+        a = await ConsumeClient.start(stubs[0], name, "a", max_outstanding=10, visibility=120)
+        assert sorted(ids_of(await a.receive(5))) == sorted(held)
+        c = await ConsumeClient.start(stubs[1], name, "c", max_outstanding=10, visibility=120)
+        await asyncio.sleep(0.3)
+        assert c.messages.empty()
+        assert await a.close() == grpc.StatusCode.OK
+        again = await c.receive(5)
+        assert sorted(ids_of(again)) == sorted(held)
+        assert {m.delivery_attempt for m in again} == {2}
+        await c.ack(receipts=[m.receipt for m in again])
+        assert await c.close() == grpc.StatusCode.OK
+        meta = await metadata(stubs[1], name)
+        assert (meta.pending_count, meta.in_flight_count) == (0, 0)
+    finally:
+        for channel in channels:
+            await channel.close()
