@@ -15,6 +15,11 @@ A stream runs three tasks beside the call itself:
   notifications), its own next-visible timer (a lease or delay running out), or
   room in its window. Idle, it costs nothing.
 
+The streams of one queue in one process look one at a time (a :class:`QueueGate`),
+and a stream woken by a write skips its look when another stream's look, begun
+after that wake-up, already found the queue empty: one enqueue wakes every
+stream, but only the first looks in vain, not all of them.
+
 Everything goes out through one bounded outbox that the call drains, so a client
 that stops reading pauses delivery: the stream then holds one storage batch (bounded
 in bytes by the store) and the messages in the outbox.
@@ -56,7 +61,7 @@ from storage.records import (
     QueueMessage,
     event_id_of,
 )
-from storage.signals import StreamSignals
+from storage.signals import Look, StreamSignals
 
 #: Messages leased per look (storage also bounds a batch in bytes).
 LEASE_BATCH = 100
@@ -75,7 +80,14 @@ class CommandResult:
     visible_until: datetime | None = None
 
 
-ConsumeItem = QueueMessage | CommandResult
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Messages leased together, sent together (ConsumeStart.max_batch > 1)."""
+
+    messages: tuple[QueueMessage, ...]
+
+
+ConsumeItem = QueueMessage | Batch | CommandResult
 
 
 class _Finished:
@@ -88,6 +100,43 @@ class _Finished:
 _END_OF_REQUESTS = object()
 
 
+class QueueGate:
+    """The looks of one queue's Consume streams in this process: one at a time,
+    remembering when the last look that found the queue empty began (and what it
+    said of the next message due).
+
+    A stream may skip its look when such a look began after the stream's wake-up
+    event was made: every write committed before that look began was seen by it,
+    and every write after the event was made sets the event. The streams of one
+    queue share the event (storage.signals), so the gate notes when it first saw
+    each one (no earlier than it was made: the safe side)."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+        #: Loop time at which the latest look that came back short began.
+        self.drained_at = float("-inf")
+        #: Loop time at which that look said a message may next become visible.
+        self.next_visible_at: float | None = None
+        self._event: asyncio.Event | None = None
+        self._event_seen_at = float("-inf")
+
+    def since(self, waiter: asyncio.Event, now: float) -> float:
+        """When the gate first saw the wake-up event ``waiter``."""
+        if waiter is not self._event:
+            self._event, self._event_seen_at = waiter, now
+        return self._event_seen_at
+
+    def drained_since(self, moment: float) -> bool:
+        return self.drained_at >= moment
+
+    def record(self, began: float, look: Look[QueueMessage], asked: int) -> None:
+        if look.again or len(look.found) >= asked:
+            return
+        self.drained_at = max(self.drained_at, began)
+        self.next_visible_at = None if look.next_visible is None else began + look.next_visible
+
+
 class Consumers:
     """Every Consume stream of one server. ``close()`` (at shutdown) ends them all
     with UNAVAILABLE; their messages are left to their leases."""
@@ -95,6 +144,7 @@ class Consumers:
     def __init__(self, store: EventStore) -> None:
         self.store = store
         self.active: weakref.WeakSet[ConsumeStream] = weakref.WeakSet()
+        self.gates: dict[str, QueueGate] = {}
         self.closed = False
 
     async def consume(
@@ -103,13 +153,20 @@ class Consumers:
         """The items of one Consume call: deliveries and answers."""
         if self.closed:
             raise ServerShuttingDown
-        stream = ConsumeStream(self.store, args)
+        gate = self.gates.get(args.stream_name)
+        if gate is None:
+            gate = self.gates[args.stream_name] = QueueGate()
+        gate.users += 1
+        stream = ConsumeStream(self.store, args, gate)
         self.active.add(stream)
         try:
             async for item in stream.items(commands):
                 yield item
         finally:
             self.active.discard(stream)
+            gate.users -= 1
+            if gate.users == 0 and self.gates.get(args.stream_name) is gate:
+                del self.gates[args.stream_name]
 
     def close(self) -> None:
         self.closed = True
@@ -120,14 +177,17 @@ class Consumers:
 class ConsumeStream:
     """One consumer's stream on one queue."""
 
-    def __init__(self, store: EventStore, args: ConsumeArgs) -> None:
+    def __init__(self, store: EventStore, args: ConsumeArgs, gate: QueueGate | None = None) -> None:
         self.store = store
         self.args = args
+        self.gate = gate or QueueGate()
         #: The latest delivery made on this stream of each message it holds.
         self.outstanding: dict[UUID, QueueMessage] = {}
-        #: Deliveries made, and storage looks taken (for observation and tests).
+        #: Deliveries made, storage looks taken, and looks skipped because a fresh
+        #: one found the queue empty (for observation and tests).
         self.delivered = 0
         self.looks = 0
+        self.skipped = 0
         self._outbox: asyncio.Queue[ConsumeItem | _Finished] = asyncio.Queue(OUTBOX_SIZE)
         self._inbox: asyncio.Queue[object] = asyncio.Queue(INBOX_SIZE)
         #: Set when the window may have room, or the stream is stopping.
@@ -150,7 +210,7 @@ class ConsumeStream:
                     if item.error is not None:
                         raise item.error
                     return
-                if self._stopping and isinstance(item, QueueMessage):
+                if self._stopping and isinstance(item, QueueMessage | Batch):
                     continue  # leased as the client closed: released, never sent
                 yield item
         finally:
@@ -343,9 +403,29 @@ class ConsumeStream:
         room = self.args.max_outstanding - len(self.outstanding)
         return room, None if next_end is None else (next_end - now).total_seconds()
 
+    async def _look(self, room: int, since: float) -> Look[QueueMessage] | None:
+        """A look at the queue for up to ``room`` messages; None when another
+        stream's look, begun at ``since`` or later, found the queue empty (writes
+        after it wake us anyway)."""
+        gate, args = self.gate, self.args
+        loop = asyncio.get_running_loop()
+        async with gate.lock:
+            if gate.drained_since(since):
+                self.skipped += 1
+                return None
+            began = loop.time()
+            self.looks += 1
+            asked = min(room, LEASE_BATCH)
+            look = await self.store.lease_messages(
+                args.stream_name, args.consumer_id, args.visibility_timeout, asked
+            )
+            gate.record(began, look, asked)
+            return look
+
     async def _deliver(self) -> None:
         signals = self.store.signals
         args = self.args
+        loop = asyncio.get_running_loop()
         try:
             while not self._stopping:
                 self._nudge.clear()
@@ -354,21 +434,29 @@ class ConsumeStream:
                     await _first_of(self._nudge, None, lease_ends)
                     continue
                 with signals.watch(args.stream_name) as waiter:
-                    self.looks += 1
-                    look = await self.store.lease_messages(
-                        args.stream_name,
-                        args.consumer_id,
-                        args.visibility_timeout,
-                        min(room, LEASE_BATCH),
-                    )
+                    look = await self._look(room, self.gate.since(waiter, loop.time()))
+                    if look is None:
+                        due = self.gate.next_visible_at
+                        await _first_of(
+                            self._nudge,
+                            waiter,
+                            None if due is None else max(0.0, due - loop.time()),
+                        )
+                        continue
                     for message in look.found:
                         self.outstanding[message.event.event_id] = message
                     if look.found:
                         if self._stopping:
                             return  # the processor releases them
                         self.delivered += len(look.found)
-                        for message in look.found:
-                            await self._outbox.put(message)
+                        size = args.max_batch
+                        if size == 1:
+                            for message in look.found:
+                                await self._outbox.put(message)
+                        else:
+                            leased = tuple(look.found)
+                            for at in range(0, len(leased), size):
+                                await self._outbox.put(Batch(leased[at : at + size]))
                         continue
                     if look.again:
                         continue

@@ -9,7 +9,7 @@ from typing import Any
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from server.consume import ConsumeItem
+from server.consume import Batch, ConsumeItem
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
 from server.subscriptions import CaughtUp
 from storage.records import (
@@ -174,11 +174,17 @@ def acknowledge_response(result: AckResult) -> pb.AcknowledgeResponse:
 
 
 def consume_response(item: ConsumeItem) -> pb.ConsumeResponse:
-    """A delivery on a Consume stream, or the answer to an ack, nack or extend (a
-    nack's or an extend's outcome expressed as the AckResult of its message)."""
+    """A delivery (one message or a batch) on a Consume stream, or the answer to an
+    ack, nack or extend (a nack's or an extend's outcome expressed as the AckResult
+    of its message)."""
     response = pb.ConsumeResponse()
     if isinstance(item, QueueMessage):
         fill_queue_message(response.message, item)
+        return response
+    if isinstance(item, Batch):
+        add = response.batch.messages.add
+        for message in item.messages:
+            fill_queue_message(add(), message)
         return response
     answer = response.result
     answer.request_id = item.request_id

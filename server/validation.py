@@ -59,8 +59,9 @@ MAX_RETRY_DELAY = timedelta(hours=12)
 MIN_RETRY_MULTIPLIER = 1.0
 MAX_RETRY_MULTIPLIER = 100.0
 MAX_DEDUPLICATION_WINDOW = timedelta(days=7)
-#: Consume: messages a stream may hold unacknowledged.
+#: Consume: messages a stream may hold unacknowledged, and per response.
 MAX_OUTSTANDING = 1000
+MAX_BATCH = 100
 MAX_RETENTION_AGE = timedelta(days=36500)
 #: Event types a read or subscription may filter on.
 MAX_FILTER_TYPES = 1000
@@ -585,6 +586,8 @@ class ConsumeArgs(NamedTuple):
     consumer_id: str
     visibility_timeout: timedelta | None
     max_outstanding: int
+    #: Messages per response (1: each alone, as ConsumeResponse.message).
+    max_batch: int = 1
 
 
 def consume_start(request: pb.ConsumeRequest) -> ConsumeArgs:
@@ -597,6 +600,12 @@ def consume_start(request: pb.ConsumeRequest) -> ConsumeArgs:
             "start.max_outstanding",
             f"is {start.max_outstanding}; must be between 1 and {MAX_OUTSTANDING}",
         )
+    if not 0 <= start.max_batch <= MAX_BATCH:
+        raise InvalidArgument(
+            "start.max_batch",
+            f"is {start.max_batch}; must be between 0 and {MAX_BATCH} (0 or 1: one message "
+            "per response)",
+        )
     return ConsumeArgs(
         stream_name(start.stream_name, "start.stream_name"),
         identifier(start.consumer_id, "start.consumer_id"),
@@ -604,6 +613,7 @@ def consume_start(request: pb.ConsumeRequest) -> ConsumeArgs:
         if start.HasField("visibility_timeout")
         else None,
         start.max_outstanding,
+        max(1, start.max_batch),
     )
 
 

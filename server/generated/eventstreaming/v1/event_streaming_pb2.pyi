@@ -598,16 +598,18 @@ class ConsumeRequest(_message.Message):
     def __init__(self, start: _Optional[_Union[ConsumeStart, _Mapping]] = ..., ack: _Optional[_Union[ConsumeAck, _Mapping]] = ..., nack: _Optional[_Union[ConsumeNack, _Mapping]] = ..., extend: _Optional[_Union[ConsumeExtend, _Mapping]] = ...) -> None: ...
 
 class ConsumeStart(_message.Message):
-    __slots__ = ("stream_name", "consumer_id", "visibility_timeout", "max_outstanding")
+    __slots__ = ("stream_name", "consumer_id", "visibility_timeout", "max_outstanding", "max_batch")
     STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
     CONSUMER_ID_FIELD_NUMBER: _ClassVar[int]
     VISIBILITY_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     MAX_OUTSTANDING_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     stream_name: str
     consumer_id: str
     visibility_timeout: _duration_pb2.Duration
     max_outstanding: int
-    def __init__(self, stream_name: _Optional[str] = ..., consumer_id: _Optional[str] = ..., visibility_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_outstanding: _Optional[int] = ...) -> None: ...
+    max_batch: int
+    def __init__(self, stream_name: _Optional[str] = ..., consumer_id: _Optional[str] = ..., visibility_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_outstanding: _Optional[int] = ..., max_batch: _Optional[int] = ...) -> None: ...
 
 class ConsumeAck(_message.Message):
     __slots__ = ("request_id", "event_ids", "receipts")
@@ -657,10 +659,18 @@ class ConsumeResult(_message.Message):
     visible_until: _timestamp_pb2.Timestamp
     def __init__(self, request_id: _Optional[int] = ..., succeeded: _Optional[_Iterable[str]] = ..., failed: _Optional[_Iterable[_Union[AckFailure, _Mapping]]] = ..., visible_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
+class ConsumeBatch(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[QueueMessage]
+    def __init__(self, messages: _Optional[_Iterable[_Union[QueueMessage, _Mapping]]] = ...) -> None: ...
+
 class ConsumeResponse(_message.Message):
-    __slots__ = ("message", "result")
+    __slots__ = ("message", "result", "batch")
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     message: QueueMessage
     result: ConsumeResult
-    def __init__(self, message: _Optional[_Union[QueueMessage, _Mapping]] = ..., result: _Optional[_Union[ConsumeResult, _Mapping]] = ...) -> None: ...
+    batch: ConsumeBatch
+    def __init__(self, message: _Optional[_Union[QueueMessage, _Mapping]] = ..., result: _Optional[_Union[ConsumeResult, _Mapping]] = ..., batch: _Optional[_Union[ConsumeBatch, _Mapping]] = ...) -> None: ...
