@@ -184,8 +184,9 @@ class MemoryQueue(MemoryBase):
         consumer_id: str,
         visibility_timeout: timedelta | None,
         max_messages: int,
-    ) -> list[QueueMessage]:
-        """Lease up to max_messages visible messages, oldest first."""
+    ) -> tuple[list[QueueMessage], bool]:
+        """Lease up to max_messages visible messages, oldest first; and whether the
+        byte budget left visible ones behind."""
         queue = stream.queue
         config = stream.configuration
         now = utc_now()
@@ -211,7 +212,7 @@ class MemoryQueue(MemoryBase):
                 continue
             size += entry.event.size
             if leased and size > self.page_bytes:
-                break  # the byte budget: it stays at the head for the next dequeue
+                return leased, True  # the byte budget: it stays at the head for next time
             heapq.heappop(queue.ready)
             entry.delivery_attempts += 1
             entry.consumer_id = consumer_id
@@ -227,7 +228,7 @@ class MemoryQueue(MemoryBase):
                     Receipt(event_id, entry.delivery_id),
                 )
             )
-        return leased
+        return leased, False
 
     async def lease_messages(
         self,
@@ -240,9 +241,10 @@ class MemoryQueue(MemoryBase):
             stream = self._find(stream_name, StreamType.EPHEMERAL)
         except StreamNotFound:
             return Look()  # an enqueue may create it while we wait
-        leased = self._lease(stream, consumer_id, visibility_timeout, max_messages)
+        leased, cut = self._lease(stream, consumer_id, visibility_timeout, max_messages)
         if leased or not stream.queue.waiting:
-            return Look(leased)
+            # Cut short by the byte budget: more are visible (look again at once).
+            return Look(leased, again=cut)
         # Possibly stale (acked since); then we just look once more.
         due = (stream.queue.waiting[0][0] - utc_now()).total_seconds()
         return Look(next_visible=max(0.0, due))

@@ -78,10 +78,12 @@ _MESSAGE_COLUMNS = ", ".join(f"m.{c.strip()}" for c in EVENT_COLUMNS.split(","))
 # budget ($6). Leased rows become timed: due again when the lease ends, plus the
 # retry delay unless that was their last allowed delivery.
 #
-# It also reports the stream's low-water mark for the next call (the first ready
-# row, or the next position when there is none, in this statement's snapshot:
-# ready rows only ever appear at new positions, so none can appear below it),
-# and when nothing was leased, when the earliest timed row becomes due.
+# It also reports whether visible messages were left behind (cut: by the byte
+# budget, or by max_messages when both indexes offered rows); the stream's
+# low-water mark for the next call (the first ready row, or the next position
+# when there is none, in this statement's snapshot: ready rows only ever appear at
+# new positions, so none can appear below it); and when nothing was leased, when
+# the earliest timed row becomes due.
 #
 # Written so that the planner walks the indexes in order and stops at the LIMIT
 # even when its statistics are wrong: the stream lookups are scalar subqueries and
@@ -145,6 +147,8 @@ WITH s AS (
               m.ordering_key, {_MESSAGE_COLUMNS}
 )
 SELECT s.stream_type, s.stream_id, (SELECT moved FROM buried) AS buried, now() AS db_now,
+       (SELECT count(*) FROM picked WHERE NOT exhausted) > (SELECT count(*) FROM chosen)
+           AS cut,
        coalesce((SELECT m.queue_offset FROM event_streaming.queue_messages m
                   WHERE m.stream_id = s.stream_id AND m.state = 0
                     AND m.queue_offset >= CASE WHEN s.stream_id = $7 THEN $8::bigint ELSE 0 END
@@ -281,8 +285,9 @@ class PostgresQueue(PostgresBase):
         return Look(
             messages,
             next_visible=_seconds_until(first["next_visible_at"], first["db_now"]),
-            # The head held only dead letters, now buried: look behind them.
-            again=bool(first["buried"]),
+            # The head held only dead letters, now buried: look behind them; or
+            # the byte budget left visible messages behind.
+            again=bool(first["buried"]) or bool(first["cut"]),
         )
 
     async def dequeue(
