@@ -5,6 +5,7 @@ wake-ups without polling."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 
 from server.consume import ConsumeStream
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, server_settings, start_server
 from tests.support import (
     ConsumeClient,
     Stub,
@@ -23,6 +24,7 @@ from tests.support import (
     enqueue,
     epoch,
     error_info,
+    event,
     ids_of,
     metadata,
     seconds,
@@ -178,6 +180,67 @@ async def test_an_enqueue_wakes_an_idle_stream_that_costs_nothing_meanwhile(
     await client.close()
 
 
+async def test_idle_streams_of_a_queue_woken_together_look_once(
+    quiet_server: RunningServer, stream_name: str
+) -> None:
+    stub = quiet_server.stub
+    await configure_queue(stub, stream_name)
+    clients = [
+        await ConsumeClient.start(stub, stream_name, f"c{i}", max_outstanding=5) for i in range(4)
+    ]
+    streams: list[ConsumeStream] = []
+
+    def waiting() -> bool:
+        streams[:] = [s for s in _streams(quiet_server) if s.args.stream_name == stream_name]
+        return len(streams) == 4 and len(quiet_server.store.signals.waited()) > 0
+
+    await wait_until(waiting)
+    await asyncio.sleep(0.2)
+    looks = sum(s.looks for s in streams)
+    (only,) = await enqueue(stub, stream_name)
+    delivered = []
+    for client in clients:
+        with contextlib.suppress(TimeoutError):
+            delivered += await client.receive(timeout=0.5)
+    assert ids_of(delivered) == [only]
+    # Every stream woke; one looked and leased, the others skipped their look.
+    assert sum(s.looks for s in streams) == looks + 1
+    assert sum(s.skipped for s in streams) >= 3
+    for client in clients:
+        await client.close()
+
+
+async def test_batches_carry_the_messages_leased_together(stub: Stub, stream_name: str) -> None:
+    ids = await enqueue(stub, stream_name, 25)
+    outgoing: asyncio.Queue[pb.ConsumeRequest | None] = asyncio.Queue()
+    outgoing.put_nowait(
+        pb.ConsumeRequest(
+            start=pb.ConsumeStart(
+                stream_name=stream_name, consumer_id="b", max_outstanding=20, max_batch=8
+            )
+        )
+    )
+
+    async def requests() -> Any:
+        while (request := await outgoing.get()) is not None:
+            yield request
+
+    call = stub.Consume(requests())
+    sizes: list[int] = []
+    received: list[str] = []
+    async for response in call:
+        assert response.WhichOneof("kind") == "batch"
+        sizes.append(len(response.batch.messages))
+        received += ids_of(list(response.batch.messages))
+        if len(received) == 20:
+            break
+    # At most max_batch per response, and never more than max_outstanding held.
+    assert max(sizes) <= 8
+    assert received == ids[:20]
+    outgoing.put_nowait(None)
+    call.cancel()
+
+
 async def test_ordering_keys_hold_on_a_stream(stub: Stub, stream_name: str) -> None:
     reply = await stub.Enqueue(
         pb.EnqueueRequest(
@@ -225,6 +288,8 @@ INVALID_STREAMS: list[tuple[str, list[pb.ConsumeRequest]]] = [
     ("start.max_outstanding", [_start(max_outstanding=0)]),
     ("start.max_outstanding", [_start(max_outstanding=1001)]),
     ("start.visibility_timeout", [_start(visibility_timeout=seconds(13 * 3600))]),
+    ("start.max_batch", [_start(max_batch=101)]),
+    ("start.max_batch", [_start(max_batch=-1)]),
     ("start", [_start(), _start()]),
     ("kind", [_start(), pb.ConsumeRequest()]),
     ("ack.event_ids", [_start(), pb.ConsumeRequest(ack=pb.ConsumeAck())]),
@@ -275,3 +340,42 @@ async def test_an_invalid_request_ends_the_stream_naming_the_field(
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_info(caught.value).get("field") == field
     assert (caught.value.details() or "").startswith(f"{field}:")
+
+
+@pytest.fixture(params=["memory", "postgres"])
+def small_pages(request: pytest.FixtureRequest) -> tuple[str, str]:
+    dsn = request.getfixturevalue("pg_dsn") if request.param == "postgres" else ""
+    return request.param, dsn
+
+
+async def test_deliveries_cut_by_the_byte_budget_go_on_without_a_write(
+    small_pages: tuple[str, str], stream_name: str
+) -> None:
+    backend, dsn = small_pages
+    server = await start_server(server_settings(backend, dsn, page_bytes=1024), backend)
+    try:
+        stub = server.stub
+        await configure_queue(stub, stream_name)
+        clients = [
+            await ConsumeClient.start(stub, stream_name, f"c{i}", max_outstanding=50)
+            for i in range(2)
+        ]
+        await wait_until(lambda: stream_name in server.store.signals.waited())
+        big = [event(payload={"pad": "x" * 600, "n": i}) for i in range(12)]
+        reply = await stub.Enqueue(pb.EnqueueRequest(stream_name=stream_name, events=big))
+        received: list[str] = []
+
+        async def everything() -> bool:
+            for client in clients:
+                while not client.messages.empty():
+                    received.append(client.messages.get_nowait().event.event_id)
+            return len(received) == len(big)
+
+        # Each look takes about one message (1 KiB budget); no write follows the
+        # enqueue, yet every message arrives.
+        await wait_until(everything, timeout=20)
+        assert sorted(received) == sorted(reply.event_ids)
+        for client in clients:
+            await client.close()
+    finally:
+        await server.close()
