@@ -122,8 +122,11 @@ async def bench_database() -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def server_process(backend: str, dsn: str = "", **env: str) -> AsyncIterator[str]:
-    """Run ``python -m server serve`` in a child process; yields its address."""
+async def server_process(
+    backend: str, dsn: str = "", root: Path = ROOT, **env: str
+) -> AsyncIterator[str]:
+    """Run ``python -m server serve`` of the checkout at ``root`` (this one unless
+    given) in a child process; yields its address."""
     port = free_port()
     full_env = {
         **os.environ,
@@ -136,7 +139,7 @@ async def server_process(backend: str, dsn: str = "", **env: str) -> AsyncIterat
     }
     log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
     process = subprocess.Popen(  # noqa: ASYNC220 - returns at once
-        [sys.executable, "-m", "server", "serve"], cwd=ROOT, env=full_env, stdout=log, stderr=log
+        [sys.executable, "-m", "server", "serve"], cwd=root, env=full_env, stdout=log, stderr=log
     )
     address = f"127.0.0.1:{port}"
     try:
