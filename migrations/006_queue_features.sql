@@ -24,14 +24,21 @@
 --
 -- Ordering keys. Only a key's oldest message is ever deliverable (ready or
 -- timed); when it leaves the queue (acknowledged or dead-lettered) the next one
--- of its key becomes timed (release_keys). An enqueue decides that a keyed
--- message is parked by finding an earlier one of its key, and locks that one
--- FOR KEY SHARE: a call deleting it waits for the enqueue to commit and only
--- then looks for the key's next message (in a statement of its own, so with a
--- snapshot that sees the new one), and an enqueue that finds it being deleted
--- waits, then finds what is left. Either way a key never ends up with all of
--- its messages parked. A nacked or expired message keeps its key until it is
--- gone, so its successors wait for its redelivery.
+-- of its key becomes timed (release_keys). A nacked or expired message keeps its
+-- key until it is gone, so its successors wait for its redelivery.
+--
+-- An enqueue decides that a keyed message is parked by finding an earlier one of
+-- its key; a call that removes a key's message then looks for the key's next one.
+-- The two must not miss each other (the enqueue seeing the old message still
+-- there, the removal not yet seeing the new one), so each key has a lock
+-- (lock_keys: a transaction-level advisory lock on a hash of the queue and the
+-- key, 1,024 per queue): an enqueue holds its keys' locks exclusively from before
+-- it looks until it commits; a removal takes them shared after deleting and only
+-- then, in a statement of its own (so with a snapshot that sees what the enqueue
+-- committed), looks for the next message. Removals do not wait for each other;
+-- enqueues of a queue are serialised by its stream row anyway. No deadlock: an
+-- enqueue waits for nothing else once it holds key locks, and a removal takes
+-- them (in one order) after every row lock it needs.
 --
 -- Deduplication. queue_remembered_ids holds, per queue, the ids enqueued within
 -- the stream's deduplication_window (forget_at = enqueue time + window), whatever
@@ -130,16 +137,42 @@ CREATE FUNCTION event_streaming.retry_delay(
                    extract(epoch FROM p_max)::double precision AS m) e
 $$;
 
+-- Lock the ordering keys p_keys of a queue until commit (see the top of this
+-- file), in one order, exclusively or shared.
+CREATE FUNCTION event_streaming.lock_keys(
+    p_stream_id  bigint,
+    p_keys       text[],
+    p_exclusive  boolean
+) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_bucket  integer;
+BEGIN
+    FOR v_bucket IN
+        SELECT DISTINCT hashtext(u.k) & 1023 FROM unnest(p_keys) AS u(k)
+         WHERE u.k IS NOT NULL ORDER BY 1
+    LOOP
+        IF p_exclusive THEN
+            PERFORM pg_advisory_xact_lock(hashint8(p_stream_id), v_bucket);
+        ELSE
+            PERFORM pg_advisory_xact_lock_shared(hashint8(p_stream_id), v_bucket);
+        END IF;
+    END LOOP;
+END
+$$;
+
 -- The next message of each ordering key in p_keys after position p_offsets (the
 -- message of that key that just left the queue) becomes deliverable, from its
--- visible_at or now, whichever is later. Called in a statement after the one
--- that removed those messages, so that its snapshot sees a keyed message an
--- enqueue committed while the removal waited for it. Returns how many.
+-- visible_at or now, whichever is later. Called after the statement that removed
+-- those messages; takes the keys' locks first. Returns how many.
 CREATE FUNCTION event_streaming.release_keys(
     p_stream_id  bigint,
     p_keys       text[],
     p_offsets    bigint[]
-) RETURNS integer LANGUAGE sql AS $$
+) RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    v_released  integer;
+BEGIN
+    PERFORM event_streaming.lock_keys(p_stream_id, p_keys, false);
     WITH following AS (
         SELECT n.ctid
           FROM unnest(p_keys, p_offsets) AS k(ordering_key, after_offset)
@@ -155,21 +188,26 @@ CREATE FUNCTION event_streaming.release_keys(
          WHERE m.ctid = ANY (ARRAY(SELECT ctid FROM following)) AND m.state = 2
         RETURNING 1
     )
-    SELECT count(*)::integer FROM released
+    SELECT count(*)::integer INTO v_released FROM released;
+    RETURN v_released;
+END
 $$;
 
--- Which of the ordering keys p_keys already have a message in the queue; their
--- oldest message is locked FOR KEY SHARE until commit (see the top of this file).
+-- Which of the ordering keys p_keys already have a message in the queue. Takes
+-- the keys' locks (exclusively, until commit) before it looks.
 CREATE FUNCTION event_streaming.busy_keys(p_stream_id bigint, p_keys text[])
-RETURNS text[] LANGUAGE sql AS $$
-    SELECT coalesce(array_agg(k.ordering_key), '{}')
+RETURNS text[] LANGUAGE plpgsql AS $$
+DECLARE
+    v_busy  text[];
+BEGIN
+    PERFORM event_streaming.lock_keys(p_stream_id, p_keys, true);
+    SELECT coalesce(array_agg(k.ordering_key), '{}') INTO v_busy
       FROM (SELECT DISTINCT ordering_key FROM unnest(p_keys) AS u(ordering_key)
              WHERE ordering_key IS NOT NULL) k
-     WHERE EXISTS (SELECT 1 FROM (
-                     SELECT 1 FROM event_streaming.queue_messages m
-                      WHERE m.stream_id = p_stream_id AND m.ordering_key = k.ordering_key
-                      ORDER BY m.queue_offset LIMIT 1
-                        FOR KEY SHARE) first_of_key)
+     WHERE EXISTS (SELECT 1 FROM event_streaming.queue_messages m
+                    WHERE m.stream_id = p_stream_id AND m.ordering_key = k.ordering_key);
+    RETURN v_busy;
+END
 $$;
 
 -- Move the messages at p_offsets of a queue to its dead-letter queue, in queue
@@ -503,6 +541,13 @@ DECLARE
     h  record;
     i  integer;
 BEGIN
+    -- Every message's row first, in one order: a dead-lettering below then waits
+    -- for no row after it has taken key locks.
+    PERFORM 1 FROM event_streaming.queue_messages m
+      JOIN event_streaming.streams s ON s.stream_id = m.stream_id
+     WHERE s.stream_name = p_stream_name AND m.event_id = ANY (p_event_ids)
+     ORDER BY m.queue_offset
+       FOR UPDATE OF m;
     FOR i IN 1 .. cardinality(p_event_ids) LOOP
         SELECT * INTO h FROM event_streaming.held_message(
             p_stream_name, p_consumer_id, p_event_ids[i], p_deliveries[i], p_expired_reason);
