@@ -6,6 +6,7 @@ written before it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -219,3 +220,37 @@ async def test_migration_006_keeps_what_a_queue_held(old_database: str) -> None:
         assert (await store.acknowledge("q", "a", [held])).acknowledged == (held,)
     finally:
         await store.close()
+
+
+async def test_keyed_enqueues_and_acks_of_many_keys_at_once_never_deadlock(
+    store: PostgresEventStore,
+) -> None:
+    """Enqueues take their keys' locks while acks of many keys at once release
+    theirs; neither may wait for the other in a cycle (PostgreSQL would fail one
+    of them as a deadlock)."""
+    name = unique_name("many-keys")
+    batches, keys = 40, 500
+
+    async def produce(worker: int) -> None:
+        for n in range(worker, batches, 4):
+            await store.enqueue(name, [_event(f"k{(n * 100 + i) % keys}") for i in range(100)])
+
+    acked = 0
+
+    async def consume(worker: int) -> None:
+        nonlocal acked
+        while acked < batches * 100:
+            leased = await store.dequeue(name, f"c{worker}", timedelta(minutes=5), 100)
+            if not leased:
+                await asyncio.sleep(0.005)
+                continue
+            result = await store.acknowledge(name, f"c{worker}", [m.receipt for m in leased])
+            assert not result.failed
+            acked += len(result.acknowledged)
+
+    await asyncio.wait_for(
+        asyncio.gather(*(produce(w) for w in range(4)), *(consume(w) for w in range(4))),
+        timeout=120,
+    )
+    meta = await store.get_stream_metadata(name)
+    assert (meta.retained_count, meta.length) == (0, batches * 100)
