@@ -15,10 +15,12 @@ A stream runs three tasks beside the call itself:
   notifications), its own next-visible timer (a lease or delay running out), or
   room in its window. Idle, it costs nothing.
 
-The streams of one queue in one process look one at a time (a :class:`QueueGate`),
-and a stream woken by a write skips its look when another stream's look, begun
-after that wake-up, already found the queue empty: one enqueue wakes every
-stream, but only the first looks in vain, not all of them.
+The streams of one queue in one process share a :class:`QueueGate`: a stream
+that was woken waits for the looks of the others that began after its wake-up,
+and skips its own when one of them found the queue empty. One enqueue wakes
+every idle stream, but one of them looks, and the others look (all at once)
+only if it found more than it could take. A stream that just leased looks again
+at once, without waiting.
 
 Everything goes out through one bounded outbox that the call drains, so a client
 that stops reading pauses delivery: the stream then holds one storage batch (bounded
@@ -64,7 +66,7 @@ from storage.records import (
 from storage.signals import Look, StreamSignals
 
 #: Messages leased per look (storage also bounds a batch in bytes).
-LEASE_BATCH = 100
+LEASE_BATCH = 500
 #: Items waiting to be sent, and requests waiting to be answered.
 OUTBOX_SIZE = 64
 INBOX_SIZE = 64
@@ -101,9 +103,9 @@ _END_OF_REQUESTS = object()
 
 
 class QueueGate:
-    """The looks of one queue's Consume streams in this process: one at a time,
-    remembering when the last look that found the queue empty began (and what it
-    said of the next message due).
+    """The looks of one queue's Consume streams in this process: those under way,
+    and when the last look that found the queue empty began (and what it said of
+    the next message due).
 
     A stream may skip its look when such a look began after the stream's wake-up
     event was made: every write committed before that look began was seen by it,
@@ -112,8 +114,9 @@ class QueueGate:
     each one (no earlier than it was made: the safe side)."""
 
     def __init__(self) -> None:
-        self.lock = asyncio.Lock()
         self.users = 0
+        #: Looks under way: when each began, and an event set when it is done.
+        self.under_way: list[tuple[float, asyncio.Event]] = []
         #: Loop time at which the latest look that came back short began.
         self.drained_at = float("-inf")
         #: Loop time at which that look said a message may next become visible.
@@ -129,6 +132,10 @@ class QueueGate:
 
     def drained_since(self, moment: float) -> bool:
         return self.drained_at >= moment
+
+    def begun_since(self, moment: float) -> list[asyncio.Event]:
+        """The looks under way that began at ``moment`` or later."""
+        return [done for began, done in self.under_way if began >= moment]
 
     def record(self, began: float, look: Look[QueueMessage], asked: int) -> None:
         if look.again or len(look.found) >= asked:
@@ -403,17 +410,26 @@ class ConsumeStream:
         room = self.args.max_outstanding - len(self.outstanding)
         return room, None if next_end is None else (next_end - now).total_seconds()
 
-    async def _look(self, room: int, since: float) -> Look[QueueMessage] | None:
-        """A look at the queue for up to ``room`` messages; None when another
-        stream's look, begun at ``since`` or later, found the queue empty (writes
-        after it wake us anyway)."""
+    async def _look(self, room: int, since: float | None) -> Look[QueueMessage] | None:
+        """A look at the queue for up to ``room`` messages. A stream woken by an
+        event the gate first saw at ``since`` first waits for the looks begun
+        since then, and gets None (no look) when one of them found the queue empty
+        (writes after it set the event again)."""
         gate, args = self.gate, self.args
         loop = asyncio.get_running_loop()
-        async with gate.lock:
+        while since is not None:
             if gate.drained_since(since):
                 self.skipped += 1
                 return None
-            began = loop.time()
+            under_way = gate.begun_since(since)
+            if not under_way:
+                break
+            await under_way[0].wait()
+        began = loop.time()
+        done = asyncio.Event()
+        entry = (began, done)
+        gate.under_way.append(entry)
+        try:
             self.looks += 1
             asked = min(room, LEASE_BATCH)
             look = await self.store.lease_messages(
@@ -421,27 +437,40 @@ class ConsumeStream:
             )
             gate.record(began, look, asked)
             return look
+        finally:
+            gate.under_way.remove(entry)
+            done.set()
+
+    def _timer(self, next_visible: float | None) -> float | None:
+        """Seconds to sleep at most: until the queue said a message may become
+        visible, or until a lease this stream holds runs out (the message is then
+        due again, and this stream has room again), whichever is sooner."""
+        _, lease_ends = self._room()
+        if next_visible is None:
+            return lease_ends
+        return next_visible if lease_ends is None else min(next_visible, lease_ends)
 
     async def _deliver(self) -> None:
         signals = self.store.signals
         args = self.args
         loop = asyncio.get_running_loop()
+        woken = True
         try:
             while not self._stopping:
                 self._nudge.clear()
                 room, lease_ends = self._room()
                 if room <= 0:
                     await _first_of(self._nudge, None, lease_ends)
+                    woken = True
                     continue
                 with signals.watch(args.stream_name) as waiter:
-                    look = await self._look(room, self.gate.since(waiter, loop.time()))
+                    since = self.gate.since(waiter, loop.time())
+                    look = await self._look(room, since if woken else None)
+                    woken = True
                     if look is None:
                         due = self.gate.next_visible_at
-                        await _first_of(
-                            self._nudge,
-                            waiter,
-                            None if due is None else max(0.0, due - loop.time()),
-                        )
+                        timer = None if due is None else max(0.0, due - loop.time())
+                        await _first_of(self._nudge, waiter, self._timer(timer))
                         continue
                     for message in look.found:
                         self.outstanding[message.event.event_id] = message
@@ -457,10 +486,16 @@ class ConsumeStream:
                             leased = tuple(look.found)
                             for at in range(0, len(leased), size):
                                 await self._outbox.put(Batch(leased[at : at + size]))
+                        if look.again or len(look.found) >= min(room, LEASE_BATCH):
+                            woken = False  # there may be more: look again at once
+                            continue
+                        # It took all there was: wait for the next write.
+                        await _first_of(self._nudge, waiter, self._timer(look.next_visible))
                         continue
                     if look.again:
+                        woken = False
                         continue
-                    await _first_of(self._nudge, waiter, look.next_visible)
+                    await _first_of(self._nudge, waiter, self._timer(look.next_visible))
         except Exception as exc:
             self._finish(exc)
 

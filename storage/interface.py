@@ -129,7 +129,7 @@ class EventStore(abc.ABC):
         max_messages: int,
     ) -> Look[QueueMessage]:
         """One look at the queue, never waiting: lease up to max_messages messages
-        visible now, oldest first; when there are none, say when one may next
+        visible now, oldest first; when there are fewer, say when one may next
         become visible with no write (a lease, delay or retry delay running out).
         What dequeue() repeats while it waits, for callers that wait on their own
         terms (Consume streams). Raises WrongStreamType."""

@@ -242,12 +242,12 @@ class MemoryQueue(MemoryBase):
         except StreamNotFound:
             return Look()  # an enqueue may create it while we wait
         leased, cut = self._lease(stream, consumer_id, visibility_timeout, max_messages)
-        if leased or not stream.queue.waiting:
+        if cut or len(leased) >= max_messages or not stream.queue.waiting:
             # Cut short by the byte budget: more are visible (look again at once).
             return Look(leased, again=cut)
         # Possibly stale (acked since); then we just look once more.
         due = (stream.queue.waiting[0][0] - utc_now()).total_seconds()
-        return Look(next_visible=max(0.0, due))
+        return Look(leased, next_visible=max(0.0, due))
 
     async def dequeue(
         self,

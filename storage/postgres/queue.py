@@ -82,8 +82,8 @@ _MESSAGE_COLUMNS = ", ".join(f"m.{c.strip()}" for c in EVENT_COLUMNS.split(","))
 # budget, or by max_messages when both indexes offered rows); the stream's
 # low-water mark for the next call (the first ready row, or the next position
 # when there is none, in this statement's snapshot: ready rows only ever appear at
-# new positions, so none can appear below it); and when nothing was leased, when
-# the earliest timed row becomes due.
+# new positions, so none can appear below it); and when fewer than asked were
+# leased, when the earliest timed row becomes due.
 #
 # Written so that the planner walks the indexes in order and stops at the LIMIT
 # even when its statistics are wrong: the stream lookups are scalar subqueries and
@@ -116,9 +116,11 @@ WITH s AS (
 ), picked AS (
     SELECT * FROM fresh UNION ALL SELECT * FROM due
 ), buried AS (
-    SELECT event_streaming.bury_messages(
-               (SELECT stream_id FROM s), ARRAY(SELECT queue_offset FROM picked WHERE exhausted),
-               $5) AS moved
+    SELECT CASE WHEN EXISTS (SELECT 1 FROM picked WHERE exhausted) THEN
+               event_streaming.bury_messages(
+                   (SELECT stream_id FROM s),
+                   ARRAY(SELECT queue_offset FROM picked WHERE exhausted), $5)
+           ELSE 0 END AS moved
 ), chosen AS (
     SELECT c.ctid FROM (
         SELECT ctid, sum(size) OVER (ORDER BY queue_offset) AS running,
@@ -135,6 +137,7 @@ WITH s AS (
            lease_until = l.lease_end,
            visible_at = l.lease_end + CASE
                WHEN m.delivery_attempts + 1 >= (SELECT max_delivery_attempts FROM s)
+                 OR (SELECT retry_initial_delay FROM s) <= interval '0'
                THEN interval '0'
                ELSE event_streaming.retry_delay(
                    (SELECT retry_initial_delay FROM s), (SELECT retry_max_delay FROM s),
@@ -150,12 +153,14 @@ SELECT s.stream_type, s.stream_id, (SELECT moved FROM buried) AS buried, now() A
        (SELECT count(*) FROM picked WHERE NOT exhausted) > (SELECT count(*) FROM chosen)
            AS cut,
        coalesce((SELECT m.queue_offset FROM event_streaming.queue_messages m
-                  WHERE m.stream_id = s.stream_id AND m.state = 0
-                    AND m.queue_offset >= CASE WHEN s.stream_id = $7 THEN $8::bigint ELSE 0 END
+                  WHERE m.stream_id = (SELECT stream_id FROM s) AND m.state = 0
+                    AND m.queue_offset >= (SELECT CASE WHEN stream_id = $7 THEN $8::bigint
+                                                       ELSE 0 END FROM s)
                   ORDER BY m.queue_offset LIMIT 1), s.next_offset) AS ready_from,
-       CASE WHEN NOT EXISTS (SELECT 1 FROM leased) THEN (
+       CASE WHEN (SELECT count(*) FROM leased) < $4 THEN (
            SELECT m.visible_at FROM event_streaming.queue_messages m
-            WHERE m.stream_id = s.stream_id AND m.state = 1 AND m.visible_at > now()
+            WHERE m.stream_id = (SELECT stream_id FROM s) AND m.state = 1
+              AND m.visible_at > now()
             ORDER BY m.visible_at LIMIT 1)
        END AS next_visible_at,
        l.*

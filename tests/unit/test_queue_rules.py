@@ -55,7 +55,17 @@ def test_a_receipt_reads_back_as_written() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "x", "a" * 43, "a" * 44, str(Receipt(uuid.uuid4(), uuid.uuid4())) + "=", "!" * 43],
+    [
+        "",
+        "x",
+        "a" * 43,
+        "a" * 44,
+        str(Receipt(uuid.uuid4(), uuid.uuid4())) + "=",
+        "!" * 43,
+        "+" * 42 + "A",
+        "/" * 42 + "A",
+        "\u00e9" * 43,
+    ],
 )
 def test_a_text_that_is_no_receipt_is_refused(text: str) -> None:
     with pytest.raises(ValueError, match="not a receipt"):
