@@ -21,7 +21,7 @@ from storage.postgres.migrations import BOOTSTRAP_SQL, INSERT_APPLIED_SQL, load_
 from storage.postgres.queue import DEQUEUE_SQL
 from storage.records import NewEvent, StreamConfiguration, StreamType
 from storage.rules import EXPIRED_REASON, FORGET_BATCH_SIZE, retry_delay
-from tests.support import create_database, drop_database, dsn_for, unique_name
+from tests.support import create_database, drop_database, dsn_for, unique_name, wait_until
 
 #: Buffers an index scan of the dequeue may touch: a descent and a page or two.
 INDEX_SCAN_BUFFERS = 12
@@ -254,3 +254,34 @@ async def test_keyed_enqueues_and_acks_of_many_keys_at_once_never_deadlock(
     )
     meta = await store.get_stream_metadata(name)
     assert (meta.retained_count, meta.length) == (0, batches * 100)
+
+
+async def test_retention_vacuums_a_queue_table_full_of_dead_rows(
+    store: PostgresEventStore, conn: asyncpg.Connection
+) -> None:
+    """Whether or not autovacuum runs on this server (it may be off), the
+    retention pass vacuums queue tables past their dead-row threshold."""
+    store.vacuum_dead_rows = 500
+    name = unique_name("churn")
+    for _ in range(10):
+        await store.enqueue(name, [_event() for _ in range(100)])
+    while leased := await store.dequeue(name, "a", timedelta(minutes=5), 100):
+        await store.acknowledge(name, "a", [m.receipt for m in leased])
+    stats = (
+        "SELECT n_dead_tup, coalesce(vacuum_count, 0) + coalesce(autovacuum_count, 0) AS runs "
+        "FROM pg_stat_user_tables WHERE relid = 'event_streaming.queue_messages'::regclass"
+    )
+
+    async def dead_rows_counted() -> bool:
+        row = await conn.fetchrow(stats)
+        return row is not None and row["n_dead_tup"] >= 500
+
+    await wait_until(dead_rows_counted)
+    before = (await conn.fetchrow(stats))["runs"]
+    await store.enforce_retention()
+
+    async def vacuumed() -> bool:
+        row = await conn.fetchrow(stats)
+        return row is not None and row["runs"] > before
+
+    await wait_until(vacuumed)

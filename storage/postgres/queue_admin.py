@@ -4,11 +4,13 @@ queue's counts, forgetting remembered ids, and what the queue table looks like."
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from storage.errors import StorageError
 from storage.page_tokens import DEAD_LETTERS, decode_position_token, encode_position_token
 from storage.postgres.base import PostgresBase
 from storage.postgres.rows import (
@@ -27,6 +29,8 @@ from storage.records import (
     StreamType,
 )
 from storage.rules import EXPIRED_REASON, FORGET_BATCH_SIZE, check_stream_type
+
+log = logging.getLogger(__name__)
 
 
 class RedriveOutcome(enum.StrEnum):
@@ -89,6 +93,19 @@ SELECT q.*, (SELECT count(*) FROM event_streaming.dead_letters d
   ) q
 """
 
+#: The queue tables whose dead rows the service vacuums itself when PostgreSQL has
+#: not (autovacuum off, or behind), and how many dead rows it lets by first.
+VACUUMED_TABLES = ("queue_messages", "queue_remembered_ids", "dead_letters")
+VACUUM_DEAD_ROWS = 20_000
+DEAD_ROWS_SQL = """
+SELECT relname, n_dead_tup FROM pg_stat_user_tables
+ WHERE schemaname = 'event_streaming' AND relname = ANY ($1::text[]) AND n_dead_tup >= $2
+ ORDER BY relname
+"""
+# Never in a transaction; SKIP_LOCKED: a vacuum under way (another replica's, or
+# autovacuum's) is left to finish on its own. Table names come from VACUUMED_TABLES.
+VACUUM_SQL = "VACUUM (SKIP_LOCKED, ANALYZE) event_streaming.{table}"
+
 # One bounded batch per statement (and so per transaction).
 FORGET_BATCH_SQL = """
 DELETE FROM event_streaming.queue_remembered_ids
@@ -124,6 +141,9 @@ def _deleted_count(status: str) -> int:
 
 
 class PostgresQueueAdmin(PostgresBase):
+    #: Dead rows a queue table gathers before the service vacuums it.
+    vacuum_dead_rows = VACUUM_DEAD_ROWS
+
     async def list_dead_letters(
         self, stream_name: str, max_count: int, page_token: str
     ) -> DeadLetterPage:
@@ -210,6 +230,37 @@ class PostgresQueueAdmin(PostgresBase):
             forgotten += deleted
             if deleted < FORGET_BATCH_SIZE:
                 return forgotten
+
+    async def _vacuum_queue_tables(self) -> list[str]:
+        """VACUUM the queue tables that have gathered VACUUM_DEAD_ROWS dead rows
+        (a work queue deletes or replaces nearly every row it writes): what
+        autovacuum does with the settings of migration 006, done by the service
+        when autovacuum is off or has not come round yet. Returns the tables
+        vacuumed; a refusal (the role may not vacuum) is logged, not raised."""
+        rows = await self.db.fetch(DEAD_ROWS_SQL, list(VACUUMED_TABLES), self.vacuum_dead_rows)
+        done: list[str] = []
+        for row in rows:
+            table = row["relname"]
+            if table not in VACUUMED_TABLES:
+                continue
+            try:
+                await self.db.execute(VACUUM_SQL.format(table=table))
+            except StorageError as exc:
+                log.warning(
+                    "cannot vacuum event_streaming.%s: %s",
+                    table,
+                    exc,
+                    extra={"table": table, "dead_rows": row["n_dead_tup"]},
+                )
+                continue
+            log.info(
+                "vacuumed event_streaming.%s (%d dead rows)",
+                table,
+                row["n_dead_tup"],
+                extra={"table": table, "dead_rows": row["n_dead_tup"]},
+            )
+            done.append(table)
+        return done
 
     async def queue_table_stats(self) -> QueueTableStats | None:
         row = await self.db.fetchrow(TABLE_STATS_SQL)

@@ -90,5 +90,9 @@ class PostgresEventStore(
         return self._log_metadata(row)
 
     async def enforce_retention(self, now: datetime | None = None) -> RetentionReport:
+        """The logs' retention, then the queues' upkeep: remembered ids past their
+        window are forgotten, and queue tables full of dead rows vacuumed."""
         report = await super().enforce_retention(now)
-        return replace(report, ids_forgotten=await self._forget_ids(now))
+        forgotten = await self._forget_ids(now)
+        await self._vacuum_queue_tables()
+        return replace(report, ids_forgotten=forgotten)
