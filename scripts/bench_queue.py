@@ -652,6 +652,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--soak-rate", type=int, default=0, help="soak enqueue rate per second (0: adaptive)"
     )
+    parser.add_argument(
+        "--soak-ref", default=None, help="git ref of a server to soak instead of this one"
+    )
     args = parser.parse_args(argv)
     args.backends = ["memory", "postgres"] if args.backend == "both" else [args.backend]
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]

@@ -137,7 +137,9 @@ async def server_process(
         **({"EVENTSTREAMING_DATABASE_URL": dsn} if dsn else {}),
         **env,
     }
-    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
+    # The server's output, kept in BENCH_SERVER_LOG when set.
+    kept = os.environ.get("BENCH_SERVER_LOG")
+    log = open(kept, "a+b") if kept else tempfile.TemporaryFile()  # noqa: SIM115, ASYNC230 - closed below
     process = subprocess.Popen(  # noqa: ASYNC220 - returns at once
         [sys.executable, "-m", "server", "serve"], cwd=root, env=full_env, stdout=log, stderr=log
     )

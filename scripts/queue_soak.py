@@ -6,7 +6,8 @@ short warm-up measured); 4 consumers dequeue up to 100 at a time (Dequeue, no
 waiting when messages are there), hold each batch a few milliseconds, then
 acknowledge it; 1% of messages are nacked and 0.5% left for their 5-second lease
 to run out, so the queue always has leases in flight, redeliveries and dead rows.
-Every 10 seconds the table is sampled: live and dead tuples as PostgreSQL counts
+Dequeues do not long-poll (an empty one sleeps 5 ms), so the latencies are the
+work alone. Every 10 seconds the table is sampled: live and dead tuples as PostgreSQL counts
 them, the sizes of the table and of each index, and autovacuum runs.
 
 Reported: the Dequeue call's p50/p99 in the first and in the last minute, the
@@ -34,7 +35,7 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import Result, percentile, server_process
+from benchlib import ROOT, Result, percentile, server_process
 
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
 from server.generated.eventstreaming.v1 import event_streaming_pb2_grpc as pb_grpc
@@ -54,7 +55,8 @@ SELECT coalesce(s.n_live_tup, 0) AS live, coalesce(s.n_dead_tup, 0) AS dead,
        coalesce(s.autovacuum_count, 0) AS autovacuums,
        pg_table_size('event_streaming.queue_messages') AS table_bytes,
        pg_indexes_size('event_streaming.queue_messages') AS index_bytes,
-       pg_total_relation_size('event_streaming.queue_remembered_ids') AS remembered_bytes,
+       coalesce(pg_total_relation_size(to_regclass('event_streaming.queue_remembered_ids')), 0)
+           AS remembered_bytes,
        (SELECT json_object_agg(c.relname, pg_relation_size(c.oid))
           FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
          WHERE i.indrelid = 'event_streaming.queue_messages'::regclass) AS indexes
@@ -102,10 +104,10 @@ async def _consume(stub: Any, name: str, worker: int, soak: Soak, total: int) ->
                 consumer_id=consumer,
                 max_messages=BATCH,
                 visibility_timeout={"seconds": VISIBILITY_SECONDS},
-                wait_time={"seconds": 1},
             )
         )
         if not reply.messages:
+            await asyncio.sleep(0.005)  # no long poll: the calls timed are the work alone
             if soak.enqueued < total:
                 continue
             idle_since = idle_since or began
@@ -168,9 +170,23 @@ async def _warm_rate(address: str) -> float:
 
 
 async def soak_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The soak against this tree's server, or with --soak-ref against the server of
+    that commit (run from a temporary checkout, on this database all the same)."""
     total = int(getattr(args, "soak_messages", 3_000_000))
     total -= total % BATCH
-    async with server_process("postgres", args.dsn) as address:
+    ref = getattr(args, "soak_ref", None)
+    if ref:
+        from bench_queue import checkout
+
+        with checkout(ref) as tree:
+            return await _soak(args, total, tree, f"server at {ref}")
+    return await _soak(args, total, ROOT, "this server")
+
+
+async def _soak(
+    args: argparse.Namespace, total: int, root: Path, label: str
+) -> list[dict[str, Any]]:
+    async with server_process("postgres", args.dsn, root=root) as address:
         rate = float(getattr(args, "soak_rate", 0)) or 0.5 * await _warm_rate(address)
         name = f"soak-{uuid.uuid4().hex[:8]}"
         channels = [grpc.aio.insecure_channel(address) for _ in range(PRODUCERS + CONSUMERS)]
@@ -189,7 +205,7 @@ async def soak_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
             await sampler
             for channel in channels:
                 await channel.close()
-    return _rows(soak, total, rate)
+    return _rows(soak, rate, label)
 
 
 def _minute(soak: Soak, first: bool) -> list[tuple[float, float, int]]:
@@ -204,7 +220,7 @@ def _minute(soak: Soak, first: bool) -> list[tuple[float, float, int]]:
     return [d for d in soak.dequeues if d[0] >= edge]
 
 
-def _rows(soak: Soak, total: int, rate: float) -> list[dict[str, Any]]:
+def _rows(soak: Soak, rate: float, label: str) -> list[dict[str, Any]]:
     seconds = soak.ended - soak.started
     first, last = _minute(soak, True), _minute(soak, False)
     start = soak.samples[0] if soak.samples else {}
@@ -212,11 +228,11 @@ def _rows(soak: Soak, total: int, rate: float) -> list[dict[str, Any]]:
     peak = max(soak.samples, key=lambda s: s["table_bytes"] + s["index_bytes"], default={})
     dead_peak = max((s["dead"] for s in soak.samples), default=0)
     rows = []
-    for label, minute in (("first minute", first), ("last minute", last)):
+    for period, minute in (("first minute", first), ("last minute", last)):
         latencies = [seconds for _, seconds, _ in minute]
         rows.append(
             Result(
-                f"soak: Dequeue of up to 100, {label}",
+                f"soak ({label}): Dequeue of up to 100, {period}",
                 "postgres",
                 sum(count for _, _, count in minute) / 60,
                 percentile(latencies, 0.5) * 1000,
@@ -227,7 +243,7 @@ def _rows(soak: Soak, total: int, rate: float) -> list[dict[str, Any]]:
     mib = 1024 * 1024
     rows.append(
         Result(
-            "soak: whole run",
+            f"soak ({label}): whole run",
             "postgres",
             soak.acknowledged / seconds,
             notes=(
