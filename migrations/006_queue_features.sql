@@ -675,3 +675,123 @@ BEGIN
     RETURN QUERY SELECT 'redriven'::text, v_count, v_type;
 END
 $$;
+
+-- Logs keep the ordering key of their events too (EventData.ordering_key is
+-- stored and returned on every stream): append_events of 004, with the keys.
+ALTER TABLE event_streaming.events ADD COLUMN ordering_key text;
+
+DROP FUNCTION event_streaming.append_events(
+    text, bigint, uuid[], text[], text[], jsonb[], bytea[], jsonb[], text[], text[], integer[]);
+
+-- Append a batch in one round trip; as in 004, each event with its ordering key
+-- (NULL: none). outcome:
+--   'appended'      first_offset .. last_offset written
+--   'repeat'        an exact repeat of an earlier batch: nothing written, its offsets
+--   'wrong_offset'  the expectation failed; last_offset is the actual last offset
+--   'duplicate'     some ids (conflict_event_id the first) are already in the stream
+--   'wrong_type'    the stream is not a log (actual_type)
+-- Only 'appended' changes anything.
+CREATE FUNCTION event_streaming.append_events(
+    p_stream_name     text,
+    p_expected        bigint,
+    p_event_ids       uuid[],
+    p_event_types     text[],
+    p_content_types   text[],
+    p_data_json       jsonb[],
+    p_data_bytes      bytea[],
+    p_metadata        jsonb[],
+    p_correlation_ids text[],
+    p_causation_ids   text[],
+    p_payload_bytes   integer[],
+    p_ordering_keys   text[]
+) RETURNS TABLE (
+    outcome            text,
+    first_offset       bigint,
+    last_offset        bigint,
+    conflict_event_id  uuid,
+    actual_type        smallint
+) LANGUAGE plpgsql AS $$
+DECLARE
+    v_stream_id  bigint;
+    v_type       smallint;
+    v_next       bigint;
+    v_count      integer := cardinality(p_event_ids);
+    v_inserted   integer;
+    v_repeat     record;
+    v_now        timestamptz;
+BEGIN
+    SELECT s.stream_id, s.stream_type, s.next_offset INTO v_stream_id, v_type, v_next
+      FROM event_streaming.streams s WHERE s.stream_name = p_stream_name FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        IF p_expected IS NOT NULL AND p_expected <> -1 THEN
+            -- No stream, so no last offset: refused, and the stream stays unmade.
+            RETURN QUERY SELECT 'wrong_offset'::text, NULL::bigint, -1::bigint, NULL::uuid,
+                                NULL::smallint;
+            RETURN;
+        END IF;
+        SELECT c.stream_id, c.stream_type, c.next_offset INTO v_stream_id, v_type, v_next
+          FROM event_streaming.create_stream(p_stream_name, 1::smallint) c;
+    END IF;
+    IF v_type IS DISTINCT FROM 1 AND v_type IS NOT NULL THEN
+        RETURN QUERY SELECT 'wrong_type'::text, NULL::bigint, NULL::bigint, NULL::uuid, v_type;
+        RETURN;
+    END IF;
+
+    IF p_expected IS NOT NULL AND p_expected <> v_next - 1 THEN
+        -- A retry of a batch that went in still succeeds, whatever came after it.
+        SELECT * INTO v_repeat FROM event_streaming.repeated_batch(v_stream_id, p_event_ids);
+        IF v_repeat.exact THEN
+            RETURN QUERY SELECT 'repeat'::text, v_repeat.first_offset,
+                                v_repeat.first_offset + v_count - 1, NULL::uuid, v_type;
+        ELSIF v_repeat.matches > 0 THEN
+            RETURN QUERY SELECT 'duplicate'::text, NULL::bigint, NULL::bigint,
+                                v_repeat.conflict_event_id, v_type;
+        ELSE
+            RETURN QUERY SELECT 'wrong_offset'::text, NULL::bigint, v_next - 1, NULL::uuid, v_type;
+        END IF;
+        RETURN;
+    END IF;
+
+    -- Ids already in the stream are found by the unique index itself (ON CONFLICT),
+    -- so the common case costs no lookup (see 001). Taken after the lock:
+    -- timestamps never go backwards in offset order.
+    v_now := clock_timestamp();
+    WITH inserted AS (
+        INSERT INTO event_streaming.events (
+            stream_id, stream_offset, event_id, event_type, content_type, data_json, data_bytes,
+            metadata, correlation_id, causation_id, created_at, payload_bytes, ordering_key)
+        SELECT v_stream_id, v_next + t.ord - 1, t.id, t.event_type, t.content_type, t.data_json,
+               t.data_bytes, t.metadata, t.correlation_id, t.causation_id, v_now, t.payload_bytes,
+               t.ordering_key
+          FROM unnest(p_event_ids, p_event_types, p_content_types, p_data_json, p_data_bytes,
+                      p_metadata, p_correlation_ids, p_causation_ids, p_payload_bytes,
+                      p_ordering_keys)
+               WITH ORDINALITY AS t(id, event_type, content_type, data_json, data_bytes,
+                                    metadata, correlation_id, causation_id, payload_bytes,
+                                    ordering_key, ord)
+        ON CONFLICT (stream_id, event_id) DO NOTHING
+        RETURNING 1
+    )
+    SELECT count(*) INTO v_inserted FROM inserted;
+    IF v_inserted < v_count THEN
+        -- Some id was already there: take back what this call wrote (nobody else
+        -- can see it yet, and the stream row's lock keeps other appends out), then
+        -- tell an exact repeat from a partial one.
+        DELETE FROM event_streaming.events
+         WHERE stream_id = v_stream_id AND stream_offset >= v_next;
+        SELECT * INTO v_repeat FROM event_streaming.repeated_batch(v_stream_id, p_event_ids);
+        IF v_repeat.exact THEN
+            RETURN QUERY SELECT 'repeat'::text, v_repeat.first_offset,
+                                v_repeat.first_offset + v_count - 1, NULL::uuid, v_type;
+        ELSE
+            RETURN QUERY SELECT 'duplicate'::text, NULL::bigint, NULL::bigint,
+                                v_repeat.conflict_event_id, v_type;
+        END IF;
+        RETURN;
+    END IF;
+    -- The write and the stream's type (when it had none yet) go together.
+    UPDATE event_streaming.streams SET next_offset = v_next + v_count, stream_type = 1
+     WHERE stream_id = v_stream_id;
+    RETURN QUERY SELECT 'appended'::text, v_next, v_next + v_count - 1, NULL::uuid, v_type;
+END
+$$;
