@@ -17,6 +17,7 @@ RELEASED = {
     "002_queues.sql": "315630c720b9b0e9e70d66c9960447918e2a9a231d460f65c00291dff68243dd",
     "003_consumers.sql": "285f6ba4d9bb2e4e7251c977fe858db4f8d0a20e45586040db7e600e222c4db4",
     "004_clean_writes.sql": "86e16e62ddff89f6413f086645f00a225bbc21c4c56adb747509a9c16fe989d5",
+    "006_queue_features.sql": "3b1eee24e658d5032579c320c7d5b93afcb9b8f24352aeae9109c8567458458f",
 }
 
 
