@@ -931,13 +931,3 @@ async def test_metadata_gives_the_oldest_message_enqueue_time(stub: Stub, stream
     for remaining in await dequeue(stub, stream_name, "a"):
         await ack(stub, stream_name, "a", [remaining.event.event_id])
     assert not (await metadata(stub, stream_name)).HasField("oldest_message_enqueued_at")
-
-
-async def test_a_log_event_keeps_its_ordering_key(stub: Stub, stream_name: str) -> None:
-    await stub.AppendToStream(
-        pb.AppendToStreamRequest(
-            stream_name=stream_name, events=[event(ordering_key="order-7"), event()]
-        )
-    )
-    reply = await stub.ReadStream(pb.ReadStreamRequest(stream_name=stream_name))
-    assert [e.ordering_key for e in reply.events] == ["order-7", ""]

@@ -29,8 +29,7 @@ from storage.rules import check_stream_type
 
 
 class AppendOutcome(enum.StrEnum):
-    """What event_streaming.append_events (migrations/004_clean_writes.sql, with
-    ordering keys since 006_queue_features.sql) did."""
+    """What event_streaming.append_events (migrations/004_clean_writes.sql) did."""
 
     APPENDED = "appended"
     #: An exact repeat of an earlier batch: nothing written, its offsets returned.
@@ -44,19 +43,13 @@ class AppendOutcome(enum.StrEnum):
 
 
 APPEND_SQL = (
-    "SELECT * FROM event_streaming.append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+    "SELECT * FROM event_streaming.append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 )
 
-_PAGE_COLUMNS = (
-    "stream_offset",
-    "created_at",
-    "ordering_key",
-    *(c.strip() for c in EVENT_COLUMNS.split(",")),
-)
+_PAGE_COLUMNS = ("stream_offset", "created_at", *(c.strip() for c in EVENT_COLUMNS.split(",")))
 
 _READ_PAGE = f"""
-SELECT ev.stream_offset, ev.created_at, ev.ordering_key, {EVENT_COLUMNS},
-       {payload_size("ev")} AS size
+SELECT ev.stream_offset, ev.created_at, {EVENT_COLUMNS}, {payload_size("ev")} AS size
   FROM event_streaming.events ev
  WHERE ev.stream_id = s.stream_id AND ev.stream_offset >= $2 {{filters}}
  ORDER BY ev.stream_offset
@@ -107,11 +100,7 @@ class PostgresLog(PostgresBase):
         expected_last_offset: int | None = None,
     ) -> AppendResult:
         row = await self.db.fetchrow(
-            APPEND_SQL,
-            stream_name,
-            expected_last_offset,
-            *event_arrays(events),
-            [e.ordering_key or None for e in events],
+            APPEND_SQL, stream_name, expected_last_offset, *event_arrays(events)
         )
         assert row is not None
         outcome = AppendOutcome(row["outcome"])

@@ -301,12 +301,6 @@ async def test_a_redriven_keyed_message_goes_behind_its_key(
     )
 
 
-async def test_on_a_log_the_key_is_stored_and_returned(store: EventStore, stream_name: str) -> None:
-    await store.append_to_stream(stream_name, [keyed("k-1"), new_event(), keyed("k-1")])
-    page = await store.read_stream(stream_name, 0, 10)
-    assert [e.ordering_key for e in page.events] == ["k-1", "", "k-1"]
-
-
 async def test_keys_of_different_queues_do_not_meet(store: EventStore, stream_name: str) -> None:
     other_queue = f"{stream_name}-other"
     (mine,) = await enqueue(store, stream_name, [keyed("k")])
