@@ -552,7 +552,8 @@ class ConsumeClient:
 
     async def finished(self, timeout: float = 10.0) -> grpc.StatusCode:
         assert self._reader is not None
-        with contextlib.suppress(grpc.aio.AioRpcError):
+        # A call cancelled by the test ends its reader with CancelledError.
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
             await asyncio.wait_for(self._reader, timeout)
         code: grpc.StatusCode = await self.call.code()
         return code

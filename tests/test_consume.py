@@ -141,12 +141,16 @@ async def test_a_broken_connection_leaves_messages_to_their_leases(
     stub: Stub, stream_name: str
 ) -> None:
     (only,) = await enqueue(stub, stream_name)
-    client = await ConsumeClient.start(stub, stream_name, "c", max_outstanding=1, visibility=1)
-    await client.receive()
+    client = await ConsumeClient.start(stub, stream_name, "c", max_outstanding=1, visibility=3)
+    (held,) = await client.receive()
     client.cancel()
-    assert await dequeue(stub, stream_name, "other") == []
-    (again,) = await dequeue(stub, stream_name, "other", wait=10)
+    await client.finished()
+    # Not given back: while its lease runs, nobody else gets it.
+    if time.time() < epoch(held.visible_until) - 1:
+        assert await dequeue(stub, stream_name, "other") == []
+    (again,) = await dequeue(stub, stream_name, "other", wait=15)
     assert (again.event.event_id, again.delivery_attempt) == (only, 2)
+    assert time.time() >= epoch(held.visible_until) - 0.05
 
 
 async def test_a_lease_that_runs_out_frees_room_in_the_window(stub: Stub, stream_name: str) -> None:
