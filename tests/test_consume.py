@@ -383,3 +383,17 @@ async def test_deliveries_cut_by_the_byte_budget_go_on_without_a_write(
             await client.close()
     finally:
         await server.close()
+
+
+async def test_a_stopping_server_ends_its_streams_unavailable(stream_name: str) -> None:
+    server = await start_server(server_settings("memory"), "memory")
+    try:
+        (only,) = await enqueue(server.stub, stream_name)
+        client = await ConsumeClient.start(server.stub, stream_name, "c", max_outstanding=5)
+        (held,) = await client.receive()
+        assert held.event.event_id == only
+        stopping = asyncio.create_task(server.app.stop(grace=10))
+        assert await client.finished() == grpc.StatusCode.UNAVAILABLE
+        await asyncio.wait_for(stopping, 10)
+    finally:
+        await server.channel.close()
