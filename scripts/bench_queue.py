@@ -1,34 +1,58 @@
-"""Benchmark: work-queue throughput through gRPC on both backends, next to a raw
-asyncpg baseline doing the same queue work against the same database and schema.
+"""Benchmark: work-queue throughput through gRPC. Reported, never asserted.
 
-The work: 4 producers enqueue the messages in batches of 100, then 4 consumers
-drain the queue, each dequeuing up to 100 messages at a time and acknowledging
-each batch in one call. Reported per backend: the enqueue rate, the drain rate
-(dequeue + acknowledge) and the end-to-end rate (messages / (enqueue time + drain
-time)). On PostgreSQL the baseline does the same with plain SQL: an INSERT of the
-batch, an UPDATE ... FOR UPDATE SKIP LOCKED lease of the 100 oldest visible rows
-and a DELETE of the batch; its rows are decoded as the server decodes them.
+Scenarios (--scenarios, comma-separated; scripts/bench.py runs ``drain``):
 
-    python scripts/bench_queue.py                    # both backends, a table
-    python scripts/bench_queue.py --json             # machine-readable
-    python scripts/bench_queue.py --backend postgres --messages 50000 --rounds 5
+drain
+    4 producers enqueue the messages in batches of 100, then 4 consumers drain the
+    queue, each dequeuing up to 100 messages at a time and acknowledging each batch
+    in one call; on both backends, next to a raw asyncpg baseline doing the same
+    queue work in plain SQL against the same database and schema (an INSERT of the
+    batch, an UPDATE ... FOR UPDATE SKIP LOCKED lease of the 100 oldest visible
+    rows, a DELETE of the batch). Enqueue, drain and end-to-end rates.
+
+pipeline (PostgreSQL)
+    Enqueue -> deliver -> ack with producers and consumers running together (4 and
+    4, batches of 100): the rate from the first enqueue to the last ack, and each
+    message's latency from its enqueue to its ack. Side by side, in one run:
+    ``Consume`` streams (batches of up to 100 per response; acks sent as batches
+    arrive, coalesced), ``Dequeue``
+    polling (long polls of 100 + one Acknowledge per batch), the same polling
+    against *today's* server (``--baseline-ref``, default ``main``: that commit's
+    tree run from a temporary directory on a database of its own), and the same
+    pipeline on NATS JetStream (pull + ack) and on Redis streams (XREADGROUP +
+    XACK) when they answer (scripts/queue_peers.py; the ``bench`` extra).
+
+keys (PostgreSQL)
+    The Consume pipeline with every message under one of 1,000 ordering keys,
+    against the same pipeline without keys.
+
+soak (PostgreSQL; scripts/queue_soak.py)
+    Millions of messages enqueued, leased and acknowledged over minutes: dequeue
+    p50/p99 of the first and last minute, table and index sizes, dead tuples.
+
+    python scripts/bench_queue.py                                 # drain, both backends
+    python scripts/bench_queue.py --scenarios pipeline,keys --rounds 3
+    python scripts/bench_queue.py --scenarios soak --soak-messages 3000000
+    python scripts/bench_queue.py --backend postgres --messages 50000 --json
 
 Bounded: a fixed number of messages (20,000 by default, times --scale when run from
-scripts/bench.py) in a fixed number of rounds (3); each round runs the gRPC pass and
-then the raw pass, and the median round of each is reported. Not a test: it asserts
-nothing, but it reports a drain that acknowledged a different number of messages
-than were enqueued.
+scripts/bench.py) in a fixed number of rounds (3); the rounds interleave the
+contenders and the median round of each is reported, so one noisy moment on a
+shared machine does not decide a ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import subprocess
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +63,8 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import Result, bench_database, emit, latency_ms, server_process
+from benchlib import ROOT, Result, bench_database, emit, latency_ms, server_process
+from queue_peers import Pipeline, Unavailable, nats_pipeline, redis_pipeline, run_pipeline
 
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
 from server.generated.eventstreaming.v1 import event_streaming_pb2_grpc as pb_grpc
@@ -271,15 +296,30 @@ def median_run(runs: Sequence[Run]) -> Run | None:
 
 
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The benchmark on the database ``args.dsn`` for ``args.backends``; one dict per
-    result row (the fields of benchlib.Result).
-
-    Each round runs the gRPC pass and then, on PostgreSQL, the raw pass; the rows
-    report the median round of each, so one noisy moment on a shared machine does
-    not decide the ratio."""
+    """The benchmark on the database ``args.dsn``; one dict per result row (the
+    fields of benchlib.Result). Runs the scenarios of ``args.scenarios`` (drain
+    when not given, as scripts/bench.py asks)."""
     messages = int(getattr(args, "messages", 0) or MESSAGES * int(getattr(args, "scale", 1)))
     messages = max(BATCH, messages - messages % BATCH)
     rounds = max(1, int(getattr(args, "rounds", ROUNDS)))
+    scenarios = list(getattr(args, "scenarios", ["drain"]))
+    rows: list[dict[str, Any]] = []
+    if "drain" in scenarios:
+        rows += await drain_rows(args, messages, rounds)
+    if "pipeline" in scenarios or "keys" in scenarios:
+        rows += await pipeline_rows(args, messages, rounds, scenarios)
+    if "soak" in scenarios:
+        from queue_soak import soak_rows
+
+        rows += await soak_rows(args)
+    for row in rows:
+        row.pop("ratio", None)
+    return rows
+
+
+async def drain_rows(args: argparse.Namespace, messages: int, rounds: int) -> list[dict[str, Any]]:
+    """Enqueue everything, then drain it; gRPC next to raw SQL. Each round runs the
+    gRPC pass and then, on PostgreSQL, the raw pass."""
     backends = list(getattr(args, "backends", ["memory", "postgres"]))
     rows: list[dict[str, Any]] = []
     for backend in backends:
@@ -306,8 +346,283 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         result = median_run(grpc_runs)
         assert result is not None
         rows.extend(_rows(backend, messages, result, median_run(raw_runs), rounds))
-    for row in rows:
-        row.pop("ratio", None)
+    return rows
+
+
+# -- the pipeline: enqueue -> deliver -> ack, all at once ----------------------------
+#: Messages a Consume stream may hold unacknowledged.
+OUTSTANDING = 500
+#: Ordering keys of the keyed pipeline.
+KEYS = 1000
+#: How long a Dequeue long poll waits for a message.
+WAIT_SECONDS = 0.5
+
+
+def _seconds(timestamp: Any) -> float:
+    return float(timestamp.seconds) + timestamp.nanos / 1e9
+
+
+def _requests(name: str, keys: int) -> Callable[[int], pb.EnqueueRequest]:
+    """The n-th batch to enqueue; keyed messages take the keys in turn, so a batch
+    spreads over BATCH keys and each key's messages come in order."""
+    data = PAYLOAD.encode()
+
+    def request(n: int) -> pb.EnqueueRequest:
+        return pb.EnqueueRequest(
+            stream_name=name,
+            events=[
+                pb.EventData(
+                    event_type="OrderPlaced",
+                    data=data,
+                    ordering_key=f"key-{(n * BATCH + i) % keys}" if keys else "",
+                )
+                for i in range(BATCH)
+            ],
+        )
+
+    return request
+
+
+async def server_pipeline(address: str, messages: int, mode: str, keys: int = 0) -> Pipeline:
+    """The pipeline through a server: ``mode`` "consume" (streams) or "dequeue"
+    (long polls of 100 and one Acknowledge per batch)."""
+    name = f"bench-pipe-{uuid.uuid4().hex[:10]}"
+    channels = [grpc.aio.insecure_channel(address) for _ in range(PRODUCERS + CONSUMERS)]
+    stubs = [pb_grpc.EventStreamingStub(c) for c in channels]
+    request = _requests(name, keys)
+    sent = 0
+
+    async def produce(worker: int) -> None:
+        nonlocal sent
+        sent += 1
+        await stubs[worker].Enqueue(request(sent))
+
+    async def poll(
+        worker: int, done: Callable[[list[float]], None], finished: asyncio.Event
+    ) -> None:
+        stub = stubs[PRODUCERS + worker]
+        consumer = f"consumer-{worker}"
+        while not finished.is_set():
+            reply = await stub.Dequeue(
+                pb.DequeueRequest(
+                    stream_name=name,
+                    consumer_id=consumer,
+                    max_messages=BATCH,
+                    visibility_timeout={"seconds": VISIBILITY_SECONDS},
+                    wait_time={"nanos": int(WAIT_SECONDS * 1e9)},
+                )
+            )
+            if not reply.messages:
+                continue
+            acked = await stub.Acknowledge(
+                pb.AcknowledgeRequest(
+                    stream_name=name,
+                    consumer_id=consumer,
+                    event_ids=[m.event.event_id for m in reply.messages],
+                )
+            )
+            done([_seconds(m.event.timestamp) for m in reply.messages][: len(acked.acknowledged)])
+
+    async def stream(
+        worker: int, done: Callable[[list[float]], None], finished: asyncio.Event
+    ) -> None:
+        outgoing: asyncio.Queue[pb.ConsumeRequest | None] = asyncio.Queue()
+        outgoing.put_nowait(
+            pb.ConsumeRequest(
+                start=pb.ConsumeStart(
+                    stream_name=name,
+                    consumer_id=f"consumer-{worker}",
+                    max_outstanding=OUTSTANDING,
+                    max_batch=BATCH,
+                    visibility_timeout={"seconds": VISIBILITY_SECONDS},
+                )
+            )
+        )
+
+        async def requests() -> AsyncIterator[pb.ConsumeRequest]:
+            while (item := await outgoing.get()) is not None:
+                yield item
+
+        pending: list[tuple[str, float]] = []
+        sent_acks: dict[int, list[float]] = {}
+        wake = asyncio.Event()
+
+        async def acker() -> None:
+            request_id = 0
+            while True:
+                await wake.wait()
+                wake.clear()
+                await asyncio.sleep(0.001)  # let a few more arrive: fewer, larger acks
+                batch, pending[:] = pending[:1000], pending[1000:]
+                if pending:
+                    wake.set()
+                if not batch:
+                    continue
+                request_id += 1
+                sent_acks[request_id] = [t for _, t in batch]
+                outgoing.put_nowait(
+                    pb.ConsumeRequest(
+                        ack=pb.ConsumeAck(request_id=request_id, receipts=[r for r, _ in batch])
+                    )
+                )
+
+        call = stubs[PRODUCERS + worker].Consume(requests())
+        acking = asyncio.create_task(acker())
+        try:
+            async for response in call:
+                if response.HasField("batch"):
+                    pending.extend(
+                        (m.receipt, _seconds(m.event.timestamp)) for m in response.batch.messages
+                    )
+                    wake.set()
+                elif response.HasField("message"):
+                    message = response.message
+                    pending.append((message.receipt, _seconds(message.event.timestamp)))
+                    wake.set()
+                else:
+                    times = sent_acks.pop(response.result.request_id)
+                    done(times[: len(response.result.succeeded)])
+                if finished.is_set():
+                    break
+        finally:
+            acking.cancel()
+            outgoing.put_nowait(None)
+            call.cancel()
+
+    try:
+        return await run_pipeline(
+            messages, BATCH, PRODUCERS, CONSUMERS, produce, stream if mode == "consume" else poll
+        )
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
+@contextlib.contextmanager
+def checkout(ref: str) -> Any:
+    """The tree of git ``ref`` in a temporary directory (a server to run as it was)."""
+    with tempfile.TemporaryDirectory(prefix="bench-baseline-") as folder:
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", ref], check=True, capture_output=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
+        yield Path(folder)
+
+
+def _median(passes: Sequence[Pipeline]) -> Pipeline | None:
+    if not passes:
+        return None
+    return sorted(passes, key=lambda p: p.rate)[len(passes) // 2]
+
+
+def _pipeline_row(
+    scenario: str, run: Pipeline | None, base: Pipeline | None, notes: str
+) -> dict[str, Any]:
+    if run is None:
+        return Result(scenario, "postgres", float("nan"), notes="skipped: " + notes).as_dict()
+    p50, p99 = latency_ms(run.latencies)
+    problem = "" if run.acknowledged >= run.messages else f"; ACKED {run.acknowledged}"
+    return Result(
+        scenario,
+        "postgres",
+        run.rate,
+        p50,
+        p99,
+        None if base is None else base.rate,
+        notes=notes + problem,
+        extra={"seconds": run.seconds},
+    ).as_dict()
+
+
+async def pipeline_rows(
+    args: argparse.Namespace, messages: int, rounds: int, scenarios: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The pipeline scenarios; the contenders take turns in every round."""
+    passes: dict[str, list[Pipeline]] = {}
+    skipped: dict[str, str] = {}
+    wanted = ["consume", "dequeue"] if "pipeline" in scenarios else ["consume"]
+    if "keys" in scenarios:
+        wanted.append("keyed")
+
+    def keep(label: str, result: Pipeline) -> None:
+        passes.setdefault(label, []).append(result)
+
+    async with server_process("postgres", args.dsn) as address:
+        await server_pipeline(address, 10 * BATCH, "consume")  # warm up
+        await server_pipeline(address, 10 * BATCH, "dequeue")
+        for _ in range(rounds):
+            for label in wanted:
+                mode = "dequeue" if label == "dequeue" else "consume"
+                keep(
+                    label,
+                    await server_pipeline(address, messages, mode, KEYS if label == "keyed" else 0),
+                )
+    if "pipeline" in scenarios:
+        ref = getattr(args, "baseline_ref", "main")
+        async with bench_database() as baseline_dsn:
+            with checkout(ref) as tree:
+                async with server_process("postgres", baseline_dsn, root=tree) as address:
+                    await server_pipeline(address, 10 * BATCH, "dequeue")
+                    for _ in range(rounds):
+                        keep("today", await server_pipeline(address, messages, "dequeue"))
+        body = PAYLOAD.encode()
+        for label, peer in (("nats", nats_pipeline), ("redis", redis_pipeline)):
+            try:
+                for _ in range(rounds):
+                    keep(label, await peer(messages, BATCH, PRODUCERS, CONSUMERS, body))
+            except Unavailable as exc:
+                skipped[label] = str(exc)
+    best = {label: _median(runs) for label, runs in passes.items()}
+    common = (
+        f"{messages} messages, {PRODUCERS} producers, {CONSUMERS} consumers, median of {rounds}"
+    )
+    rows: list[dict[str, Any]] = []
+    if "pipeline" in scenarios:
+        ref = getattr(args, "baseline_ref", "main")
+        rows += [
+            _pipeline_row(
+                f"pipeline: Dequeue polling, server at {ref}", best.get("today"), None, common
+            ),
+            _pipeline_row(
+                "pipeline: Dequeue polling (vs server at base)",
+                best.get("dequeue"),
+                best.get("today"),
+                common,
+            ),
+            _pipeline_row(
+                "pipeline: Consume (vs Dequeue at base)",
+                best.get("consume"),
+                best.get("today"),
+                common + f"; max_outstanding {OUTSTANDING}",
+            ),
+            _pipeline_row(
+                "pipeline: Consume (vs NATS JetStream)",
+                best.get("consume"),
+                best.get("nats"),
+                common,
+            ),
+            _pipeline_row(
+                "pipeline: NATS JetStream pull + ack",
+                best.get("nats"),
+                None,
+                skipped.get("nats", common + "; file storage, work-queue retention"),
+            ),
+            _pipeline_row(
+                "pipeline: Redis XREADGROUP + XACK",
+                best.get("redis"),
+                None,
+                skipped.get("redis", common + "; Redis's own persistence settings"),
+            ),
+        ]
+    if "keys" in scenarios:
+        rows.append(
+            _pipeline_row(
+                f"pipeline: Consume, {KEYS:,} ordering keys (vs none)",
+                best.get("keyed"),
+                best.get("consume"),
+                common,
+            )
+        )
     return rows
 
 
@@ -323,8 +638,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--rounds", type=int, default=ROUNDS, help=f"passes per backend (default {ROUNDS})"
     )
+    parser.add_argument(
+        "--scenarios",
+        default="drain",
+        help="comma-separated: drain, pipeline, keys, soak (default drain)",
+    )
+    parser.add_argument(
+        "--baseline-ref",
+        default="main",
+        help="git ref of the server the pipeline compares with (default main)",
+    )
+    parser.add_argument("--soak-messages", type=int, default=3_000_000, help="messages of the soak")
+    parser.add_argument(
+        "--soak-rate", type=int, default=0, help="soak enqueue rate per second (0: adaptive)"
+    )
+    parser.add_argument(
+        "--soak-ref", default=None, help="git ref of a server to soak instead of this one"
+    )
     args = parser.parse_args(argv)
     args.backends = ["memory", "postgres"] if args.backend == "both" else [args.backend]
+    args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    for scenario in args.scenarios:
+        if scenario not in ("drain", "pipeline", "keys", "soak"):
+            parser.error(f"unknown scenario {scenario!r}")
     return args
 
 

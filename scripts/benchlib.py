@@ -106,7 +106,9 @@ async def started_server(
     backend: str, dsn: str = "", *, root: Path = ROOT, **env: str
 ) -> AsyncIterator[ServerProcess]:
     """Run ``python -m server serve`` of the checkout at ``root`` in a child process
-    (an earlier commit's worktree, to measure it beside this one)."""
+    (an earlier commit's worktree, to measure it beside this one). Its output is
+    kept in the file named by BENCH_SERVER_LOG when set."""
+    kept = os.environ.get("BENCH_SERVER_LOG")
     with tempfile.TemporaryDirectory() as folder:
         server = await ServerProcess.start(
             {
@@ -115,7 +117,7 @@ async def started_server(
                 **({"EVENTSTREAMING_DATABASE_URL": dsn} if dsn else {}),
                 **env,
             },
-            Path(folder) / "server.log",
+            Path(kept) if kept else Path(folder) / "server.log",
             root=root,
         )
         try:

@@ -335,7 +335,7 @@ check "ExtendVisibility returns the new lease end" '"visible_until" in r'
 
 call Acknowledge "{\"stream_name\":\"$QUEUE\",\"consumer_id\":\"smoke-2\",\"event_ids\":[\"$FIRST\"]}"
 check "Acknowledge by a consumer that does not hold it fails as NOT_HELD" \
-    "r.get('acknowledged', []) == [] and r['failed'] == [{'event_id': '$FIRST', 'reason': 'NOT_HELD'}]"
+    "r.get('acknowledged', []) == [] and [(f['event_id'], f['reason']) for f in r['failed']] == [('$FIRST', 'NOT_HELD')]"
 
 call Acknowledge "{\"stream_name\":\"$QUEUE\",\"consumer_id\":\"smoke-1\",\"event_ids\":[\"$FIRST\"]}"
 check "Acknowledge deletes a held message" \
@@ -366,6 +366,19 @@ check "Dequeue gets the redriven message with its attempts reset" \
 
 call Acknowledge "{\"stream_name\":\"$QUEUE\",\"consumer_id\":\"smoke-2\",\"event_ids\":[\"$SECOND\"]}"
 check "Acknowledge empties the queue" "r['acknowledged'] == ['$SECOND']"
+
+call ConfigureStream "{\"stream_name\":\"$QUEUE\",\"configuration\":{
+  \"stream_type\":\"STREAM_TYPE_EPHEMERAL\",\"max_delivery_attempts\":5}}"
+check "ConfigureStream allows the queue 5 deliveries again" \
+    'r["configuration"]["max_delivery_attempts"] == 5'
+call Enqueue "{\"stream_name\":\"$QUEUE\",\"events\":[{\"event_type\":\"Job\",\"data\":\"$D1\"}]}"
+call Consume "{\"start\":{\"stream_name\":\"$QUEUE\",\"consumer_id\":\"smoke-3\",
+  \"max_outstanding\":5}}"
+check "Consume pushes messages and ends OK when the client half-closes" \
+    'not any("code" in d for d in docs) and all("message" in d for d in docs)'
+call Dequeue "{\"stream_name\":\"$QUEUE\",\"consumer_id\":\"smoke-4\",\"wait_time\":\"2s\"}"
+check "Dequeue then gets what the closed Consume stream held, given back at once" \
+    "len(r['messages']) == 1 and data(r['messages'][0]['event'])['n'] == 1"
 
 call Enqueue "{\"stream_name\":\"$LOG\",\"events\":[{\"event_type\":\"Job\",\"data\":\"$D0\"}]}"
 check "Enqueue on a persistent stream is FAILED_PRECONDITION" 'r.get("code") == 9'

@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from server.calls import CallPath
+from server.consume import Consumers
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
 from server.generated.eventstreaming.v1 import event_streaming_pb2_grpc as pb_grpc
 from server.metrics import Metrics, MetricsService
@@ -94,6 +95,8 @@ class EventStreamingServer:
     subscriptions: Subscriptions | None = None
     #: The append sessions in progress (made at start).
     sessions: AppendSessions | None = None
+    #: The Consume streams in progress (made at start).
+    consumers: Consumers | None = None
     _server: grpc.aio.Server | None = None
     _retention: RetentionTask | None = None
     _metrics: MetricsService | None = None
@@ -126,6 +129,7 @@ class EventStreamingServer:
         sessions = self.sessions = AppendSessions(
             store, self.settings.append_session_max_in_flight, metered
         )
+        consumers = self.consumers = Consumers(store)
         tokens = self.settings.auth_token_list
         calls = CallPath(
             metered,
@@ -133,7 +137,7 @@ class EventStreamingServer:
         )
         calls.register(
             pb_grpc.add_EventStreamingServicer_to_server,
-            EventStreamingServicer(store, subscriptions, sessions),
+            EventStreamingServicer(store, subscriptions, sessions, consumers),
             server,
         )
         calls.register(health_pb2_grpc.add_HealthServicer_to_server, self._health, server)
@@ -200,6 +204,9 @@ class EventStreamingServer:
         if self.sessions is not None:
             # Sessions stop reading, answer what they read, and end (UNAVAILABLE).
             self.sessions.close()
+        if self.consumers is not None:
+            # Nor do Consume streams; their messages are left to their leases.
+            self.consumers.close()
         if self._server is not None:
             await self._server.stop(grace)
         if self._metrics is not None:

@@ -9,13 +9,16 @@ from typing import Any
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from server.consume import Batch, ConsumeItem
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
 from server.subscriptions import AllCheckpoint, CaughtUp, SubscriptionItem
 from storage.records import (
+    AckFailure,
     AckResult,
     AllPage,
     AppendResult,
     DeadLetterPage,
+    EnqueueResult,
     QueueMessage,
     ReadResult,
     RecordedEvent,
@@ -80,6 +83,8 @@ def fill_event(message: pb.Event, record: RecordedEvent) -> pb.Event:
         message.causation_id = record.causation_id
     if record.global_position:
         message.global_position = record.global_position
+    if record.ordering_key:
+        message.ordering_key = record.ordering_key
     return message
 
 
@@ -136,28 +141,74 @@ def metadata_response(meta: StreamMetadata) -> pb.GetStreamMetadataResponse:
         pending_count=meta.pending_count,
         in_flight_count=meta.in_flight_count,
         dead_letter_count=meta.dead_letter_count,
+        oldest_message_enqueued_at=optional_timestamp(meta.oldest_message_enqueued_at),
     )
 
 
 # -- queues -------------------------------------------------------------------------------------
+def enqueue_response(result: EnqueueResult) -> pb.EnqueueResponse:
+    return pb.EnqueueResponse(
+        event_ids=[str(i) for i in result.event_ids],
+        duplicate_event_ids=[str(i) for i in result.duplicate_event_ids],
+    )
+
+
+def fill_queue_message(item: pb.QueueMessage, message: QueueMessage) -> pb.QueueMessage:
+    """Write ``message`` into an empty QueueMessage in place."""
+    item.delivery_attempt = message.delivery_attempt
+    fill_event(item.event, message.event)
+    set_timestamp(item.visible_until, message.visible_until)
+    item.receipt = str(message.receipt)
+    return item
+
+
 def dequeue_response(messages: Sequence[QueueMessage]) -> pb.DequeueResponse:
     """Filled in place (no message is built and then copied)."""
     response = pb.DequeueResponse()
     add = response.messages.add
     for message in messages:
-        item = add(delivery_attempt=message.delivery_attempt)
-        fill_event(item.event, message.event)
-        set_timestamp(item.visible_until, message.visible_until)
+        fill_queue_message(add(), message)
     return response
+
+
+def _ack_failures(failures: Sequence[AckFailure]) -> list[pb.AckFailure]:
+    return [
+        pb.AckFailure(
+            event_id=str(f.event_id),
+            reason=f.reason.value,
+            receipt="" if f.receipt is None else str(f.receipt),
+        )
+        for f in failures
+    ]
 
 
 def acknowledge_response(result: AckResult) -> pb.AcknowledgeResponse:
     return pb.AcknowledgeResponse(
         acknowledged=[str(i) for i in result.acknowledged],
-        failed=[
-            pb.AckFailure(event_id=str(f.event_id), reason=f.reason.value) for f in result.failed
-        ],
+        failed=_ack_failures(result.failed),
     )
+
+
+def consume_response(item: ConsumeItem) -> pb.ConsumeResponse:
+    """A delivery (one message or a batch) on a Consume stream, or the answer to an
+    ack, nack or extend (a nack's or an extend's outcome expressed as the AckResult
+    of its message)."""
+    response = pb.ConsumeResponse()
+    if isinstance(item, QueueMessage):
+        fill_queue_message(response.message, item)
+        return response
+    if isinstance(item, Batch):
+        add = response.batch.messages.add
+        for message in item.messages:
+            fill_queue_message(add(), message)
+        return response
+    answer = response.result
+    answer.request_id = item.request_id
+    answer.succeeded.extend(str(i) for i in item.result.acknowledged)
+    answer.failed.extend(_ack_failures(item.result.failed))
+    if item.visible_until is not None:
+        set_timestamp(answer.visible_until, item.visible_until)
+    return response
 
 
 def dead_letters_response(page: DeadLetterPage) -> pb.ListDeadLettersResponse:
@@ -180,6 +231,10 @@ def configuration(config: StreamConfiguration) -> pb.StreamConfiguration:
         retention_max_count=config.retention_max_count or 0,
         max_delivery_attempts=config.max_delivery_attempts,
         default_visibility_timeout=duration(config.default_visibility_timeout),
+        retry_initial_delay=duration(config.retry_initial_delay),
+        retry_max_delay=duration(config.retry_max_delay),
+        retry_multiplier=config.retry_multiplier,
+        deduplication_window=duration(config.deduplication_window),
     )
 
 

@@ -15,6 +15,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from threading import Thread
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -23,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from storage.errors import StorageError, StreamNotFound
 from storage.interface import EventStore
-from storage.records import StreamType
+from storage.records import IN_FLIGHT_AGE_BOUNDS, QueueTableStats, StreamType
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ class QueueSample:
     pending: int
     in_flight: int
     dead_letters: int
+    #: Seconds since the oldest message still in the queue was enqueued (0: none).
+    oldest_age: float = 0.0
 
 
 class Metrics:
@@ -126,6 +129,39 @@ class Metrics:
             ["stream"],
             registry=registry,
         )
+        self.queue_oldest_age = Gauge(
+            "eventstreaming_queue_oldest_message_age_seconds",
+            "Seconds since the oldest message still in a queue (waiting, delayed or held) "
+            "was enqueued, per stream; 0 when the queue is empty. For _other, the largest.",
+            ["stream"],
+            registry=registry,
+        )
+        self.queue_table_dead_tuples = Gauge(
+            "eventstreaming_queue_table_dead_tuples",
+            "Rows of the queue table deleted or replaced and not yet vacuumed, as the "
+            "database counts them (PostgreSQL only).",
+            registry=registry,
+        )
+        self.queue_table_live_tuples = Gauge(
+            "eventstreaming_queue_table_live_tuples",
+            "Live rows of the queue table, as the database counts them (PostgreSQL only).",
+            registry=registry,
+        )
+        self.queue_table_bytes = Gauge(
+            "eventstreaming_queue_table_bytes",
+            "Size of the queue table (part=table) and of its indexes (part=indexes) "
+            "(PostgreSQL only).",
+            ["part"],
+            registry=registry,
+        )
+        self.queue_in_flight_by_age = Gauge(
+            "eventstreaming_queue_in_flight_by_age",
+            "Messages of every queue leased to a consumer whose lease has not run out, "
+            "counted by their age since enqueue: those at most le seconds old "
+            "(cumulative, as histogram buckets) (PostgreSQL only).",
+            ["le"],
+            registry=registry,
+        )
         self.subscriptions_open = Gauge(
             "eventstreaming_subscriptions_open",
             "Subscriptions in progress (SubscribeToStream and SubscribeToAll calls).",
@@ -195,14 +231,18 @@ class Metrics:
 
     # -- sampled from storage ---------------------------------------------------------
     async def refresh(self, store: EventStore) -> None:
-        """Sample the database pool and the tracked queues' depths."""
+        """Sample the database pool, the queue table and the tracked queues' depths."""
         self._sample_pool(store)
+        table = await store.queue_table_stats()
+        if table is not None:
+            self.publish_queue_table(table)
         candidates = list(reversed(self._recent_queues))
         if len(candidates) < MAX_TRACKED_QUEUES:
             candidates += [
                 name for name in await self._listed_queues(store) if name not in self._recent_queues
             ][: MAX_TRACKED_QUEUES - len(candidates)]
         samples: list[QueueSample] = []
+        now = datetime.now(UTC)
         for name in candidates:
             try:
                 meta = await store.get_stream_metadata(name)
@@ -212,8 +252,15 @@ class Metrics:
             if meta.stream_type != StreamType.EPHEMERAL:
                 self._recent_queues.pop(name, None)
                 continue
+            oldest = meta.oldest_message_enqueued_at
             samples.append(
-                QueueSample(name, meta.pending_count, meta.in_flight_count, meta.dead_letter_count)
+                QueueSample(
+                    name,
+                    meta.pending_count,
+                    meta.in_flight_count,
+                    meta.dead_letter_count,
+                    0.0 if oldest is None else max(0.0, (now - oldest).total_seconds()),
+                )
             )
         self.publish_queues(samples)
 
@@ -238,23 +285,36 @@ class Metrics:
                 self.messages_dead_lettered.inc(sample.dead_letters - before)
         self._dead_letters_seen = {s.stream_name: s.dead_letters for s in ordered}
         named, rest = ordered[: self.queue_streams], ordered[self.queue_streams :]
-        values: dict[str, tuple[int, int, int]] = {
-            s.stream_name: (s.pending, s.in_flight, s.dead_letters) for s in named
+        values: dict[str, tuple[int, int, int, float]] = {
+            s.stream_name: (s.pending, s.in_flight, s.dead_letters, s.oldest_age) for s in named
         }
         if rest:
             values[OTHER_STREAMS] = (
                 sum(s.pending for s in rest),
                 sum(s.in_flight for s in rest),
                 sum(s.dead_letters for s in rest),
+                max(s.oldest_age for s in rest),
             )
+        gauges = (self.queue_depth, self.queue_in_flight, self.queue_dead_letters)
         for gone in self._labelled - values.keys():
-            for gauge in (self.queue_depth, self.queue_in_flight, self.queue_dead_letters):
+            for gauge in (*gauges, self.queue_oldest_age):
                 gauge.remove(gone)
-        for label, (pending, in_flight, dead) in values.items():
+        for label, (pending, in_flight, dead, age) in values.items():
             self.queue_depth.labels(label).set(pending)
             self.queue_in_flight.labels(label).set(in_flight)
             self.queue_dead_letters.labels(label).set(dead)
+            self.queue_oldest_age.labels(label).set(age)
         self._labelled = set(values)
+
+    def publish_queue_table(self, table: QueueTableStats) -> None:
+        """The queue table's dead and live rows, sizes, and in-flight messages by age."""
+        self.queue_table_dead_tuples.set(table.dead_tuples)
+        self.queue_table_live_tuples.set(table.live_tuples)
+        self.queue_table_bytes.labels("table").set(table.table_bytes)
+        self.queue_table_bytes.labels("indexes").set(table.index_bytes)
+        bounds = [f"{b:g}" for b in IN_FLIGHT_AGE_BOUNDS] + ["+Inf"]
+        for bound, count in zip(bounds, table.in_flight_by_age, strict=True):
+            self.queue_in_flight_by_age.labels(bound).set(count)
 
     def _sample_pool(self, store: EventStore) -> None:
         usage = store.pool_usage()

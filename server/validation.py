@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, NamedTuple
@@ -20,9 +20,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from server.errors import InvalidArgument
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
+from storage.receipts import Receipt
 from storage.records import (
     ALL_STREAM,
+    DEFAULT_DEDUPLICATION_WINDOW,
     DEFAULT_MAX_DELIVERY_ATTEMPTS,
+    DEFAULT_RETRY_MULTIPLIER,
     DEFAULT_VISIBILITY_TIMEOUT,
     JSON_CONTENT_TYPE,
     NO_ALL_FILTER,
@@ -30,6 +33,7 @@ from storage.records import (
     STREAM_NAME_RE,
     AllFilter,
     ConsumerCheckpoint,
+    MessageRef,
     NewEvent,
     ReadFilter,
     StreamAppend,
@@ -53,6 +57,16 @@ MAX_ACK_IDS = 1000
 MAX_REDRIVE_IDS = 1000
 MAX_REASON_LENGTH = 1000
 MAX_DELIVERY_ATTEMPTS = 1000
+#: Enqueue's delay and deliver_at: at most this far ahead.
+MAX_DELIVERY_DELAY = timedelta(days=7)
+#: Queue retry delays (StreamConfiguration.retry_*).
+MAX_RETRY_DELAY = timedelta(hours=12)
+MIN_RETRY_MULTIPLIER = 1.0
+MAX_RETRY_MULTIPLIER = 100.0
+MAX_DEDUPLICATION_WINDOW = timedelta(days=7)
+#: Consume: messages a stream may hold unacknowledged, and per response.
+MAX_OUTSTANDING = 1000
+MAX_BATCH = 100
 MAX_RETENTION_AGE = timedelta(days=36500)
 #: Event types a read or subscription may filter on.
 MAX_FILTER_TYPES = 1000
@@ -142,6 +156,45 @@ def required_event_id(value: str, field: str = "event_id") -> uuid.UUID:
     if not value:
         raise InvalidArgument(field, "is required")
     return event_id(value, field)
+
+
+def receipt(value: str, field: str) -> Receipt:
+    """A receipt this service issued (QueueMessage.receipt), passed back unchanged."""
+    try:
+        return Receipt.parse(value)
+    except ValueError:
+        raise InvalidArgument(
+            field,
+            "is not a receipt this service issued; pass back QueueMessage.receipt exactly "
+            "as received",
+        ) from None
+
+
+def message_ref(event_id_value: str, receipt_value: str, prefix: str = "") -> MessageRef:
+    """One message named by ``event_id`` or by ``receipt`` (exactly one of them)."""
+    if receipt_value:
+        if event_id_value:
+            raise InvalidArgument(f"{prefix}receipt", "give either event_id or receipt, not both")
+        return receipt(receipt_value, f"{prefix}receipt")
+    return required_event_id(event_id_value, f"{prefix}event_id")
+
+
+def message_refs(
+    event_id_values: Sequence[str], receipt_values: Sequence[str], prefix: str = ""
+) -> list[MessageRef]:
+    """1..MAX_ACK_IDS messages named by ``event_ids`` or by ``receipts``."""
+    if receipt_values:
+        if event_id_values:
+            raise InvalidArgument(
+                f"{prefix}receipts", "give either event_ids or receipts, not both"
+            )
+        if len(receipt_values) > MAX_ACK_IDS:
+            raise InvalidArgument(
+                f"{prefix}receipts",
+                f"has {len(receipt_values)} receipts; between 1 and {MAX_ACK_IDS} allowed",
+            )
+        return [receipt(v, f"{prefix}receipts[{i}]") for i, v in enumerate(receipt_values)]
+    return list(event_ids(event_id_values, f"{prefix}event_ids", minimum=1, maximum=MAX_ACK_IDS))
 
 
 def event_ids(values: Sequence[str], field: str, *, minimum: int, maximum: int) -> list[uuid.UUID]:
@@ -359,6 +412,7 @@ def new_events(items: Sequence[pb.EventData], field: str = "events") -> list[New
         if not item.event_type:
             raise InvalidArgument(f"{where}.event_type", "is required")
         _text(item.event_type, f"{where}.event_type")
+        _text(item.ordering_key, f"{where}.ordering_key")
         content_type = _text(item.content_type, f"{where}.content_type") or JSON_CONTENT_TYPE
         if content_type == JSON_CONTENT_TYPE:
             json_payload(item.data, f"{where}.data")
@@ -371,6 +425,7 @@ def new_events(items: Sequence[pb.EventData], field: str = "events") -> list[New
                 metadata=_metadata(item.metadata, f"{where}.metadata"),
                 correlation_id=_text(item.correlation_id, f"{where}.correlation_id"),
                 causation_id=_text(item.causation_id, f"{where}.causation_id"),
+                ordering_key=item.ordering_key,
             )
         )
     return result
@@ -486,10 +541,28 @@ def append_streams_request(request: pb.AppendToStreamsRequest) -> AppendStreamsA
 class EnqueueArgs(NamedTuple):
     stream_name: str
     events: list[NewEvent]
+    #: Invisible until then (None: visible at once).
+    deliver_at: datetime | None
 
 
 def enqueue_request(request: pb.EnqueueRequest) -> EnqueueArgs:
-    return EnqueueArgs(stream_name(request.stream_name), new_events(request.events))
+    name = stream_name(request.stream_name)
+    batch = new_events(request.events)
+    now = datetime.now(UTC)
+    deliver_at: datetime | None = None
+    if request.HasField("deliver_at"):
+        if request.HasField("delay"):
+            raise InvalidArgument("deliver_at", "give either delay or deliver_at, not both")
+        deliver_at = timestamp(request.deliver_at, "deliver_at")
+        if deliver_at > now + MAX_DELIVERY_DELAY:
+            raise InvalidArgument(
+                "deliver_at",
+                f"is {deliver_at.isoformat()}, more than {MAX_DELIVERY_DELAY.days} days ahead",
+            )
+    elif request.HasField("delay"):
+        delay = duration(request.delay, "delay", maximum=MAX_DELIVERY_DELAY)
+        deliver_at = now + delay if delay else None
+    return EnqueueArgs(name, batch, deliver_at)
 
 
 def all_filter(message: pb.AllFilter, field: str = "filter") -> AllFilter:
@@ -545,52 +618,180 @@ def dequeue_request(request: pb.DequeueRequest) -> DequeueArgs:
 class AcknowledgeArgs(NamedTuple):
     stream_name: str
     consumer_id: str
-    event_ids: list[uuid.UUID]
+    targets: list[MessageRef]
 
 
 def acknowledge_request(request: pb.AcknowledgeRequest) -> AcknowledgeArgs:
     return AcknowledgeArgs(
         stream_name(request.stream_name),
         identifier(request.consumer_id, "consumer_id"),
-        event_ids(request.event_ids, "event_ids", minimum=1, maximum=MAX_ACK_IDS),
+        message_refs(request.event_ids, request.receipts),
     )
 
 
 class NackArgs(NamedTuple):
     stream_name: str
     consumer_id: str
-    event_id: uuid.UUID
-    delay: timedelta
+    target: MessageRef
+    #: None: after the stream's retry delay.
+    delay: timedelta | None
     reason: str
 
 
-def nack_request(request: pb.NackRequest) -> NackArgs:
-    delay = timedelta(0)
+class NackFields(NamedTuple):
+    target: MessageRef
+    delay: timedelta | None
+    reason: str
+
+
+def _nack_fields(request: pb.NackRequest | pb.ConsumeNack, prefix: str = "") -> NackFields:
+    target = message_ref(request.event_id, request.receipt, prefix)
+    delay = None
     if request.HasField("delay"):
-        delay = duration(request.delay, "delay", maximum=MAX_NACK_DELAY)
-    return NackArgs(
-        stream_name(request.stream_name),
-        identifier(request.consumer_id, "consumer_id"),
-        required_event_id(request.event_id),
-        delay,
-        _text(request.reason, "reason", limit=MAX_REASON_LENGTH),
-    )
+        delay = duration(request.delay, f"{prefix}delay", maximum=MAX_NACK_DELAY)
+    reason = _text(request.reason, f"{prefix}reason", limit=MAX_REASON_LENGTH)
+    return NackFields(target, delay, reason)
+
+
+def nack_request(request: pb.NackRequest) -> NackArgs:
+    name = stream_name(request.stream_name)
+    consumer = identifier(request.consumer_id, "consumer_id")
+    return NackArgs(name, consumer, *_nack_fields(request))
 
 
 class ExtendArgs(NamedTuple):
     stream_name: str
     consumer_id: str
-    event_id: uuid.UUID
+    target: MessageRef
     visibility_timeout: timedelta
+
+
+class ExtendFields(NamedTuple):
+    target: MessageRef
+    visibility_timeout: timedelta
+
+
+def _extend_fields(
+    request: pb.ExtendVisibilityRequest | pb.ConsumeExtend, prefix: str = ""
+) -> ExtendFields:
+    target = message_ref(request.event_id, request.receipt, prefix)
+    if not request.HasField("visibility_timeout"):
+        raise InvalidArgument(f"{prefix}visibility_timeout", "is required")
+    return ExtendFields(
+        target, _visibility_timeout(request.visibility_timeout, f"{prefix}visibility_timeout")
+    )
 
 
 def extend_request(request: pb.ExtendVisibilityRequest) -> ExtendArgs:
     name = stream_name(request.stream_name)
     consumer = identifier(request.consumer_id, "consumer_id")
-    eid = required_event_id(request.event_id)
-    if not request.HasField("visibility_timeout"):
-        raise InvalidArgument("visibility_timeout", "is required")
-    return ExtendArgs(name, consumer, eid, _visibility_timeout(request.visibility_timeout))
+    return ExtendArgs(name, consumer, *_extend_fields(request))
+
+
+class ConsumeArgs(NamedTuple):
+    """The start of a Consume stream."""
+
+    stream_name: str
+    consumer_id: str
+    visibility_timeout: timedelta | None
+    max_outstanding: int
+    #: Messages per response (1: each alone, as ConsumeResponse.message).
+    max_batch: int = 1
+
+
+def consume_start(request: pb.ConsumeRequest) -> ConsumeArgs:
+    """The first request of a Consume stream, which must be ``start``."""
+    if request.WhichOneof("kind") != "start":
+        raise InvalidArgument("start", "the first request of a Consume stream must be start")
+    start = request.start
+    if not 1 <= start.max_outstanding <= MAX_OUTSTANDING:
+        raise InvalidArgument(
+            "start.max_outstanding",
+            f"is {start.max_outstanding}; must be between 1 and {MAX_OUTSTANDING}",
+        )
+    if not 0 <= start.max_batch <= MAX_BATCH:
+        raise InvalidArgument(
+            "start.max_batch",
+            f"is {start.max_batch}; must be between 0 and {MAX_BATCH} (0 or 1: one message "
+            "per response)",
+        )
+    return ConsumeArgs(
+        stream_name(start.stream_name, "start.stream_name"),
+        identifier(start.consumer_id, "start.consumer_id"),
+        _visibility_timeout(start.visibility_timeout, "start.visibility_timeout")
+        if start.HasField("visibility_timeout")
+        else None,
+        start.max_outstanding,
+        max(1, start.max_batch),
+    )
+
+
+class ConsumeAckArgs(NamedTuple):
+    request_id: int
+    targets: list[MessageRef]
+
+
+class ConsumeNackArgs(NamedTuple):
+    request_id: int
+    target: MessageRef
+    delay: timedelta | None
+    reason: str
+
+
+class ConsumeExtendArgs(NamedTuple):
+    request_id: int
+    target: MessageRef
+    visibility_timeout: timedelta
+
+
+ConsumeCommand = ConsumeAckArgs | ConsumeNackArgs | ConsumeExtendArgs
+
+
+def _consume_message(request: object) -> pb.ConsumeRequest:
+    """A request of the stream as decoded: one whose bytes did not decode stands
+    for its own InvalidArgument (server.calls.Undecodable)."""
+    if isinstance(request, pb.ConsumeRequest):
+        return request
+    error = getattr(request, "error", None)
+    if callable(error):
+        raise error()
+    raise InvalidArgument("request", "is not a ConsumeRequest")
+
+
+async def consume_requests(
+    requests: AsyncIterator[object],
+) -> tuple[ConsumeArgs, AsyncIterator[ConsumeCommand]]:
+    """A Consume call's start, and its later requests validated one by one as they
+    come (a bad one raises InvalidArgument when reached)."""
+    try:
+        first = await anext(requests)
+    except StopAsyncIteration:
+        raise InvalidArgument(
+            "start", "the stream ended before its first request (start)"
+        ) from None
+    start = consume_start(_consume_message(first))
+
+    async def commands() -> AsyncIterator[ConsumeCommand]:
+        async for request in requests:
+            yield consume_command(_consume_message(request))
+
+    return start, commands()
+
+
+def consume_command(request: pb.ConsumeRequest) -> ConsumeCommand:
+    """A request of a Consume stream after its start: an ack, nack or extend."""
+    kind = request.WhichOneof("kind")
+    if kind == "ack":
+        ack = request.ack
+        return ConsumeAckArgs(ack.request_id, message_refs(ack.event_ids, ack.receipts, "ack."))
+    if kind == "nack":
+        return ConsumeNackArgs(request.nack.request_id, *_nack_fields(request.nack, "nack."))
+    if kind == "extend":
+        extend = request.extend
+        return ConsumeExtendArgs(extend.request_id, *_extend_fields(extend, "extend."))
+    if kind == "start":
+        raise InvalidArgument("start", "is sent once, as the first request of the stream")
+    raise InvalidArgument("kind", "set one of ack, nack or extend")
 
 
 class PageArgs(NamedTuple):
@@ -751,13 +952,54 @@ def stream_configuration(
             )
             or DEFAULT_VISIBILITY_TIMEOUT
         )
+    initial, maximum, multiplier = _retry_policy(message, field)
+    window = DEFAULT_DEDUPLICATION_WINDOW
+    if message.HasField("deduplication_window"):
+        window = duration(
+            message.deduplication_window,
+            f"{field}.deduplication_window",
+            maximum=MAX_DEDUPLICATION_WINDOW,
+        )
     return StreamConfiguration(
         stream_type=stream_type,
         retention_max_age=max_age,
         retention_max_count=message.retention_max_count or None,
         max_delivery_attempts=attempts or DEFAULT_MAX_DELIVERY_ATTEMPTS,
         default_visibility_timeout=visibility,
+        retry_initial_delay=initial,
+        retry_max_delay=maximum,
+        retry_multiplier=multiplier,
+        deduplication_window=window,
     )
+
+
+def _retry_policy(
+    message: pb.StreamConfiguration, field: str
+) -> tuple[timedelta, timedelta, float]:
+    """retry_initial_delay, retry_max_delay and retry_multiplier (0 means 2)."""
+    initial = maximum = timedelta(0)
+    if message.HasField("retry_initial_delay"):
+        initial = duration(
+            message.retry_initial_delay, f"{field}.retry_initial_delay", maximum=MAX_RETRY_DELAY
+        )
+    if message.HasField("retry_max_delay"):
+        maximum = duration(
+            message.retry_max_delay, f"{field}.retry_max_delay", maximum=MAX_RETRY_DELAY
+        )
+    if maximum < initial:
+        raise InvalidArgument(
+            f"{field}.retry_max_delay",
+            f"is {maximum}; must be at least retry_initial_delay ({initial})",
+        )
+    multiplier = message.retry_multiplier or DEFAULT_RETRY_MULTIPLIER
+    # Written so that NaN fails too.
+    if not MIN_RETRY_MULTIPLIER <= multiplier <= MAX_RETRY_MULTIPLIER:
+        raise InvalidArgument(
+            f"{field}.retry_multiplier",
+            f"is {multiplier}; must be between {MIN_RETRY_MULTIPLIER:g} and "
+            f"{MAX_RETRY_MULTIPLIER:g} (0 means {DEFAULT_RETRY_MULTIPLIER:g})",
+        )
+    return initial, maximum, multiplier
 
 
 def configure_request(request: pb.ConfigureStreamRequest) -> ConfigureArgs:

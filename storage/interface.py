@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from uuid import UUID
 
 from storage.errors import WrongExpectedOffset, WrongExpectedOffsets
+from storage.receipts import Receipt
 from storage.records import (
     NO_ALL_FILTER,
     NO_FILTER,
@@ -23,9 +24,12 @@ from storage.records import (
     AppendResult,
     ConsumerCheckpoint,
     DeadLetterPage,
+    EnqueueResult,
+    MessageRef,
     NewEvent,
     PoolUsage,
     QueueMessage,
+    QueueTableStats,
     ReadFilter,
     ReadResult,
     RetentionReport,
@@ -34,7 +38,7 @@ from storage.records import (
     StreamMetadata,
     StreamPage,
 )
-from storage.signals import StreamSignals
+from storage.signals import Look, StreamSignals
 
 
 class EventStore(abc.ABC):
@@ -144,9 +148,20 @@ class EventStore(abc.ABC):
         """Raises StreamNotFound."""
 
     # -- queues ------------------------------------------------------------------
+    # Messages are named by id or by the receipt of one delivery (MessageRef): a
+    # receipt acts only while that delivery is the one held.
     @abc.abstractmethod
-    async def enqueue(self, stream_name: str, events: Sequence[NewEvent]) -> Sequence[UUID]:
-        """Add messages to the end of a queue. Raises WrongStreamType, DuplicateEvent."""
+    async def enqueue(
+        self,
+        stream_name: str,
+        events: Sequence[NewEvent],
+        deliver_at: datetime | None = None,
+    ) -> EnqueueResult:
+        """Add messages to the end of a queue, invisible until ``deliver_at`` when
+        given. Ids the queue knows (in it, in its dead-letter queue, or enqueued
+        within its deduplication window) are not written and are reported as
+        duplicates. Keyed messages behind an earlier one of their key wait for it.
+        Raises WrongStreamType."""
 
     @abc.abstractmethod
     async def dequeue(
@@ -161,31 +176,52 @@ class EventStore(abc.ABC):
         wait_time for one to become visible. Raises WrongStreamType."""
 
     @abc.abstractmethod
+    async def lease_messages(
+        self,
+        stream_name: str,
+        consumer_id: str,
+        visibility_timeout: timedelta | None,
+        max_messages: int,
+    ) -> Look[QueueMessage]:
+        """One look at the queue, never waiting: lease up to max_messages messages
+        visible now, oldest first; when there are fewer, say when one may next
+        become visible with no write (a lease, delay or retry delay running out).
+        What dequeue() repeats while it waits, for callers that wait on their own
+        terms (Consume streams). Raises WrongStreamType."""
+
+    @abc.abstractmethod
     async def acknowledge(
-        self, stream_name: str, consumer_id: str, event_ids: Sequence[UUID]
+        self, stream_name: str, consumer_id: str, targets: Sequence[MessageRef]
     ) -> AckResult:
-        """Delete held messages; per-id failures in the result."""
+        """Delete held messages; per-message failures in the result."""
 
     @abc.abstractmethod
     async def nack(
         self,
         stream_name: str,
         consumer_id: str,
-        event_id: UUID,
-        delay: timedelta,
+        target: MessageRef,
+        delay: timedelta | None,
         reason: str,
     ) -> None:
-        """Release a held message. Raises MessageNotFound, MessageNotHeld."""
+        """Release a held message, visible again after ``delay`` (None: after the
+        stream's retry delay). Raises MessageNotFound, MessageNotHeld."""
 
     @abc.abstractmethod
     async def extend_visibility(
         self,
         stream_name: str,
         consumer_id: str,
-        event_id: UUID,
+        target: MessageRef,
         visibility_timeout: timedelta,
     ) -> datetime:
         """New lease end, counted from now. Raises MessageNotFound, MessageNotHeld."""
+
+    @abc.abstractmethod
+    async def release(self, stream_name: str, consumer_id: str, receipts: Sequence[Receipt]) -> int:
+        """Give back the deliveries named, visible again at once with the attempt
+        counted (one that had had its last allowed delivery is dead-lettered);
+        those no longer held are left alone. Returns how many were given back."""
 
     @abc.abstractmethod
     async def list_dead_letters(
@@ -229,4 +265,10 @@ class EventStore(abc.ABC):
 
     @abc.abstractmethod
     async def enforce_retention(self, now: datetime | None = None) -> RetentionReport:
-        """One retention pass over every persistent stream (now: for tests)."""
+        """One retention pass over every persistent stream, and over the queues'
+        remembered ids whose deduplication window has passed (now: for tests)."""
+
+    async def queue_table_stats(self) -> QueueTableStats | None:
+        """Dead tuples, sizes and in-flight ages of the queue table; None when the
+        backend keeps no table."""
+        return None

@@ -7,8 +7,10 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from typing import NamedTuple, TypeAlias
 from uuid import UUID
+
+from storage.receipts import Receipt
 
 #: A stream name: 1-200 characters of A-Z a-z 0-9 . _ : -, starting with a letter or
 #: a digit (so no name can start with "$", which is kept for names of the service's own).
@@ -19,6 +21,10 @@ JSON_CONTENT_TYPE = "application/json"
 ALL_STREAM = "$all"
 DEFAULT_MAX_DELIVERY_ATTEMPTS = 5
 DEFAULT_VISIBILITY_TIMEOUT = timedelta(seconds=30)
+#: How long a queue remembers an enqueued id (StreamConfiguration.deduplication_window).
+DEFAULT_DEDUPLICATION_WINDOW = timedelta(minutes=5)
+#: Growth of the retry delay from one delivery to the next, unless configured.
+DEFAULT_RETRY_MULTIPLIER = 2.0
 
 
 class StreamType(enum.IntEnum):
@@ -56,6 +62,8 @@ class NewEvent:
     metadata: Mapping[str, str] = field(default_factory=dict)
     correlation_id: str = ""
     causation_id: str = ""
+    #: Queues: messages of one non-empty key are delivered one at a time, in order.
+    ordering_key: str = ""
 
     @property
     def size(self) -> int:
@@ -80,6 +88,7 @@ class NewEvent:
             causation_id=self.causation_id,
             timestamp=timestamp,
             global_position=global_position,
+            ordering_key=self.ordering_key,
         )
 
 
@@ -102,6 +111,7 @@ class RecordedEvent(NamedTuple):
     #: Its place in the global log (1 for the first event ever appended); 0 for
     #: queue messages.
     global_position: int = 0
+    ordering_key: str = ""
 
     @property
     def size(self) -> int:
@@ -202,6 +212,13 @@ class StreamConfiguration:
     retention_max_count: int | None = None
     max_delivery_attempts: int = DEFAULT_MAX_DELIVERY_ATTEMPTS
     default_visibility_timeout: timedelta = DEFAULT_VISIBILITY_TIMEOUT
+    #: Queues: the wait before a redelivery after a lease ran out or a nack
+    #: without a delay (storage.rules.retry_delay); 0: none.
+    retry_initial_delay: timedelta = timedelta(0)
+    retry_max_delay: timedelta = timedelta(0)
+    retry_multiplier: float = DEFAULT_RETRY_MULTIPLIER
+    #: Queues: how long an enqueued id is remembered (0: only while in the queue).
+    deduplication_window: timedelta = DEFAULT_DEDUPLICATION_WINDOW
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +235,26 @@ class StreamMetadata:
     pending_count: int = 0
     in_flight_count: int = 0
     dead_letter_count: int = 0
+    #: Queues: enqueue time of the oldest message in the queue (dead letters aside).
+    oldest_message_enqueued_at: datetime | None = None
+
+
+#: A queue message named by its id (whatever delivery is current) or by the
+#: receipt of one delivery (that delivery only).
+MessageRef: TypeAlias = UUID | Receipt
+
+
+def event_id_of(ref: MessageRef) -> UUID:
+    return ref.event_id if isinstance(ref, Receipt) else ref
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueResult:
+    """The ids of an Enqueue's messages in request order, and those of them that
+    were not written because the queue knows them already."""
+
+    event_ids: tuple[UUID, ...]
+    duplicate_event_ids: tuple[UUID, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +262,8 @@ class QueueMessage:
     event: RecordedEvent
     delivery_attempt: int
     visible_until: datetime
+    #: Names this delivery (and no other delivery of the message).
+    receipt: Receipt
 
 
 class AckFailureReason(enum.StrEnum):
@@ -236,6 +275,8 @@ class AckFailureReason(enum.StrEnum):
 class AckFailure:
     event_id: UUID
     reason: AckFailureReason
+    #: The receipt the message was named by; None when named by id.
+    receipt: Receipt | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +318,28 @@ class RetentionReport:
 
     streams_examined: int
     events_deleted: int
+    #: Queue message ids whose deduplication window had passed, forgotten.
+    ids_forgotten: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class QueueTableStats:
+    """What the database says about its queue tables (for metrics)."""
+
+    #: Rows of queue_messages removed or replaced and not yet vacuumed.
+    dead_tuples: int
+    live_tuples: int
+    #: Bytes of the table (heap and TOAST) and of its indexes.
+    table_bytes: int
+    index_bytes: int
+    #: In-flight messages (lease not run out) by age since enqueue: the count of
+    #: those at most ``bound`` seconds old, for each bound of IN_FLIGHT_AGE_BOUNDS,
+    #: and then all of them.
+    in_flight_by_age: tuple[int, ...]
+
+
+#: Upper bounds (seconds) of the in-flight-by-age buckets (QueueTableStats).
+IN_FLIGHT_AGE_BOUNDS = (1.0, 10.0, 60.0, 600.0, 3600.0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,26 +9,43 @@ says, how acknowledgements are reported, and the reasons recorded with dead lett
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
+from datetime import timedelta
 from typing import TypeVar
 from uuid import UUID
 
 from storage.errors import WrongStreamType
+from storage.receipts import Receipt
 from storage.records import (
     AckFailure,
     AckFailureReason,
     AckResult,
     AllPage,
+    MessageRef,
     RecordedEvent,
+    StreamConfiguration,
     StreamType,
+    event_id_of,
 )
 
 T = TypeVar("T")
 
 #: Why a message whose last allowed lease ran out was dead-lettered.
 EXPIRED_REASON = "visibility timeout expired"
-#: The reason of a Nack that gave none, when it dead-letters the message.
+#: The reason of a Nack that gave none, when it dead-letters a message.
 NACKED_REASON = "nacked"
+#: The reason recorded when a Consume stream's clean close gives back a message
+#: that had had its last allowed delivery.
+RELEASED_REASON = "released when its consumer closed the stream"
+
+#: A retry delay is chosen at random within this fraction either side of its
+#: nominal value, so that messages that failed together do not return together.
+RETRY_JITTER = 0.1
+
+#: Remembered queue ids (deduplication) forgotten per statement by the retention
+#: task, so that a large backlog never holds locks or a snapshot for long.
+FORGET_BATCH_SIZE = 5000
 
 #: The default byte budget of one response's events (see :func:`within_budget`).
 DEFAULT_PAGE_BYTES = 3 * 1024 * 1024
@@ -54,6 +71,24 @@ def nack_reason(reason: str) -> str:
     return reason or NACKED_REASON
 
 
+def retry_delay(config: StreamConfiguration, attempt: int, randomness: float) -> timedelta:
+    """How long a message waits before its next delivery once delivery ``attempt``
+    (1 for the first) failed by its lease running out or by a nack without a
+    delay: ``min(max, initial * multiplier^(attempt-1))``, moved by up to
+    RETRY_JITTER of itself by ``randomness`` (uniform in [0, 1)). Zero without an
+    initial delay. Computed in log space, so no attempt count overflows.
+
+    (PostgreSQL computes the same in event_streaming.retry_delay,
+    migrations/006_queue_features.sql.)"""
+    initial = config.retry_initial_delay.total_seconds()
+    if initial <= 0:
+        return timedelta(0)
+    ceiling = max(config.retry_max_delay.total_seconds(), initial)
+    growth = (attempt - 1) * math.log(config.retry_multiplier)
+    nominal = initial * math.exp(min(growth, math.log(ceiling / initial)))
+    return timedelta(seconds=nominal * (1 - RETRY_JITTER + 2 * RETRY_JITTER * randomness))
+
+
 def first_page(items: Sequence[T], page_size: int) -> tuple[Sequence[T], bool]:
     """A page from ``page_size + 1`` items looked up: the page, and whether more follow."""
     return items[:page_size], len(items) > page_size
@@ -75,22 +110,25 @@ def within_budget(items: Iterable[T], size: Callable[[T], int], budget: int) -> 
 
 
 def classify_acks(
-    event_ids: Sequence[UUID], acknowledged: Iterable[UUID], present: Iterable[UUID]
+    targets: Sequence[MessageRef], acknowledged: Iterable[MessageRef], present: Iterable[UUID]
 ) -> AckResult:
-    """The answer to an Acknowledge of ``event_ids`` (duplicates counted once, in
-    request order): acknowledged, else NOT_HELD while the message is still in the
-    queue (someone else holds it, or nobody does), else NOT_FOUND."""
-    done_ids = set(acknowledged)
+    """The answer to an Acknowledge of ``targets`` (ids or receipts; duplicates
+    counted once, in request order): acknowledged, else NOT_HELD while the message
+    was in the queue when the call began (someone else holds it, nobody does, or
+    the receipt names an earlier delivery), else NOT_FOUND."""
+    done_refs = set(acknowledged)
     present_ids = set(present)
     done: list[UUID] = []
     failed: list[AckFailure] = []
-    for event_id in dict.fromkeys(event_ids):
-        if event_id in done_ids:
+    for target in dict.fromkeys(targets):
+        event_id = event_id_of(target)
+        receipt = target if isinstance(target, Receipt) else None
+        if target in done_refs:
             done.append(event_id)
         elif event_id in present_ids:
-            failed.append(AckFailure(event_id, AckFailureReason.NOT_HELD))
+            failed.append(AckFailure(event_id, AckFailureReason.NOT_HELD, receipt))
         else:
-            failed.append(AckFailure(event_id, AckFailureReason.NOT_FOUND))
+            failed.append(AckFailure(event_id, AckFailureReason.NOT_FOUND, receipt))
     return AckResult(tuple(done), tuple(failed))
 
 

@@ -26,6 +26,8 @@ from server.app import EventStreamingServer
 from server.generated.eventstreaming.v1 import event_streaming_pb2_grpc as pb_grpc
 from server.settings import Settings
 from storage.interface import EventStore
+from storage.memory import InMemoryEventStore
+from storage.postgres import PostgresEventStore
 from tests.support import (
     ADMIN_DSN,
     TcpProxy,
@@ -187,6 +189,24 @@ def stream_name() -> str:
 async def proxy() -> AsyncIterator[TcpProxy]:
     """A loopback proxy to PostgreSQL that a test can hold or cut (an outage)."""
     running = await TcpProxy().start()
+    try:
+        yield running
+    finally:
+        await running.close()
+
+
+@pytest_asyncio.fixture(params=["memory", "postgres"])
+async def quiet_server(request: pytest.FixtureRequest) -> AsyncIterator[RunningServer]:
+    """A server whose long polls can only be woken by the enqueue itself: the
+    in-memory backend has no other wake-up, and PostgreSQL's look for lost
+    notifications is put off for an hour."""
+    store: EventStore = InMemoryEventStore()
+    dsn = ""
+    if request.param == "postgres":
+        dsn = request.getfixturevalue("pg_dsn")
+        store = PostgresEventStore(dsn, watch_interval=3600)
+    settings = server_settings(request.param, dsn)
+    running = await start_server(settings, request.param, store=store)
     try:
         yield running
     finally:

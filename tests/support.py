@@ -410,13 +410,27 @@ async def nack(
 
 
 async def configure_queue(
-    stub: Stub, name: str, *, max_attempts: int = 0, visibility: float | None = None
+    stub: Stub,
+    name: str,
+    *,
+    max_attempts: int = 0,
+    visibility: float | None = None,
+    dedup_window: float | None = None,
+    retry: tuple[float, float, float] | None = None,
 ) -> pb.StreamConfiguration:
+    """Make ``name`` a queue with these settings; ``retry`` is (initial delay, max
+    delay, multiplier)."""
     config = pb.StreamConfiguration(
         stream_type=pb.STREAM_TYPE_EPHEMERAL, max_delivery_attempts=max_attempts
     )
     if visibility is not None:
         config.default_visibility_timeout.CopyFrom(seconds(visibility))
+    if dedup_window is not None:
+        config.deduplication_window.CopyFrom(seconds(dedup_window))
+    if retry is not None:
+        config.retry_initial_delay.CopyFrom(seconds(retry[0]))
+        config.retry_max_delay.CopyFrom(seconds(retry[1]))
+        config.retry_multiplier = retry[2]
     reply = await stub.ConfigureStream(
         pb.ConfigureStreamRequest(stream_name=name, configuration=config)
     )
@@ -465,3 +479,101 @@ async def redrive(stub: Stub, name: str, ids: list[str] | None = None) -> int:
 async def lease_ended(message: pb.QueueMessage, margin: float = 0.1) -> None:
     """Wait until the message's lease has run out (by ``margin`` seconds)."""
     await wait_until(lambda: time.time() - margin > epoch(message.visible_until))
+
+
+class ConsumeClient:
+    """One Consume call driven by a test: messages and results arrive on queues of
+    their own; requests go out as the test sends them; ``close()`` half-closes."""
+
+    def __init__(self, stub: Stub) -> None:
+        self.stub = stub
+        self._requests: asyncio.Queue[pb.ConsumeRequest | None] = asyncio.Queue()
+        self.messages: asyncio.Queue[pb.QueueMessage] = asyncio.Queue()
+        self.results: asyncio.Queue[pb.ConsumeResult] = asyncio.Queue()
+        self.call: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        self._next_request_id = 0
+
+    @classmethod
+    async def start(
+        cls,
+        stub: Stub,
+        name: str,
+        consumer: str,
+        *,
+        max_outstanding: int = 10,
+        visibility: float | None = 30.0,
+    ) -> ConsumeClient:
+        client = cls(stub)
+        start = pb.ConsumeStart(
+            stream_name=name, consumer_id=consumer, max_outstanding=max_outstanding
+        )
+        if visibility is not None:
+            start.visibility_timeout.CopyFrom(seconds(visibility))
+        client.send(pb.ConsumeRequest(start=start))
+        client.call = stub.Consume(client._outgoing())
+        client._reader = asyncio.create_task(client._read())
+        return client
+
+    async def _outgoing(self) -> Any:
+        while (request := await self._requests.get()) is not None:
+            yield request
+
+    async def _read(self) -> None:
+        async for response in self.call:
+            if response.WhichOneof("kind") == "message":
+                self.messages.put_nowait(response.message)
+            else:
+                self.results.put_nowait(response.result)
+
+    def send(self, request: pb.ConsumeRequest) -> None:
+        self._requests.put_nowait(request)
+
+    def request_id(self) -> int:
+        self._next_request_id += 1
+        return self._next_request_id
+
+    async def receive(self, count: int = 1, timeout: float = 10.0) -> list[pb.QueueMessage]:
+        return [await asyncio.wait_for(self.messages.get(), timeout) for _ in range(count)]
+
+    async def ack(
+        self, event_ids: Sequence[str] = (), receipts: Sequence[str] = ()
+    ) -> pb.ConsumeResult:
+        request_id = self.request_id()
+        self.send(
+            pb.ConsumeRequest(
+                ack=pb.ConsumeAck(request_id=request_id, event_ids=event_ids, receipts=receipts)
+            )
+        )
+        return await self.result(request_id)
+
+    async def nack(self, **fields: Any) -> pb.ConsumeResult:
+        request_id = self.request_id()
+        self.send(pb.ConsumeRequest(nack=pb.ConsumeNack(request_id=request_id, **fields)))
+        return await self.result(request_id)
+
+    async def extend(self, **fields: Any) -> pb.ConsumeResult:
+        request_id = self.request_id()
+        self.send(pb.ConsumeRequest(extend=pb.ConsumeExtend(request_id=request_id, **fields)))
+        return await self.result(request_id)
+
+    async def result(self, request_id: int, timeout: float = 10.0) -> pb.ConsumeResult:
+        result = await asyncio.wait_for(self.results.get(), timeout)
+        assert result.request_id == request_id, "results come in the order sent"
+        return result
+
+    async def close(self, timeout: float = 10.0) -> grpc.StatusCode:
+        """Half-close and wait for the call to end; its status code."""
+        self._requests.put_nowait(None)
+        return await self.finished(timeout)
+
+    async def finished(self, timeout: float = 10.0) -> grpc.StatusCode:
+        assert self._reader is not None
+        # A call cancelled by the test ends its reader with CancelledError.
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
+            await asyncio.wait_for(self._reader, timeout)
+        code: grpc.StatusCode = await self.call.code()
+        return code
+
+    def cancel(self) -> None:
+        self.call.cancel()

@@ -291,3 +291,69 @@ async def test_open_subscriptions_gauge_counts_the_global_log_too(metered: Meter
     await wait_until(lambda: _equals(metered.value(gauge), before + 1))
     call.cancel()
     await wait_until(lambda: _equals(metered.value(gauge), before))
+
+
+AGE = "eventstreaming_queue_oldest_message_age_seconds"
+
+
+async def test_the_age_of_each_queue_is_a_gauge() -> None:
+    server = await start_metered(metrics_queue_streams=5)
+    try:
+        queue = unique_name("aged")
+        await server.stub.Enqueue(pb.EnqueueRequest(stream_name=queue, events=events(2)))
+
+        async def aged() -> bool:
+            age = await server.value(
+                "eventstreaming_queue_oldest_message_age_seconds", stream=queue
+            )
+            return age is not None and age >= 0.3
+
+        await wait_until(aged)
+        reply = await server.stub.Dequeue(
+            pb.DequeueRequest(stream_name=queue, consumer_id="c", max_messages=2)
+        )
+        await server.stub.Acknowledge(
+            pb.AcknowledgeRequest(
+                stream_name=queue,
+                consumer_id="c",
+                event_ids=[m.event.event_id for m in reply.messages],
+            )
+        )
+
+        async def empty() -> bool:
+            age = await server.value(
+                "eventstreaming_queue_oldest_message_age_seconds", stream=queue
+            )
+            return age == 0
+
+        await wait_until(empty)
+    finally:
+        await server.close()
+
+
+async def test_the_queue_table_dead_rows_sizes_and_in_flight_ages(pg_dsn: str) -> None:
+    server = await start_metered("postgres", pg_dsn)
+    try:
+        queue = unique_name("table")
+        await server.stub.Enqueue(pb.EnqueueRequest(stream_name=queue, events=events(3)))
+        await server.stub.Dequeue(
+            pb.DequeueRequest(stream_name=queue, consumer_id="c", max_messages=3)
+        )
+
+        async def sampled() -> bool:
+            samples = await server.scrape()
+            in_flight = samples.get(("eventstreaming_queue_in_flight_by_age", (("le", "+Inf"),)))
+            young = samples.get(("eventstreaming_queue_in_flight_by_age", (("le", "3600"),)))
+            table = samples.get(("eventstreaming_queue_table_bytes", (("part", "table"),)))
+            dead = samples.get(("eventstreaming_queue_table_dead_tuples", ()))
+            return (
+                in_flight is not None
+                and young is not None
+                and in_flight >= young >= 3
+                and (table or 0) > 0
+                and dead is not None
+            )
+
+        await wait_until(sampled)
+    finally:
+        await server.close()

@@ -18,6 +18,7 @@ RELEASED = {
     "003_consumers.sql": "285f6ba4d9bb2e4e7251c977fe858db4f8d0a20e45586040db7e600e222c4db4",
     "004_clean_writes.sql": "86e16e62ddff89f6413f086645f00a225bbc21c4c56adb747509a9c16fe989d5",
     "005_global_log.sql": "eac9d012a012c711457692d2cbe6748338ee0b21f779d95a3001353a3a3e6501",
+    "006_queue_features.sql": "3496e486380ae851efd555301890acb17e52100f1a3992f125091fdcc527743f",
 }
 
 

@@ -5,18 +5,17 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
 import pytest
-import pytest_asyncio
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
-from storage.interface import EventStore
-from storage.memory import InMemoryEventStore
-from storage.postgres import PostgresEventStore
-from tests.conftest import RunningServer, server_settings, start_server
+from storage.receipts import Receipt
+from tests.conftest import RunningServer
 from tests.support import (
     Stub,
     ack,
@@ -97,41 +96,34 @@ async def test_message_content_comes_back_as_enqueued(stub: Stub, stream_name: s
     assert got.timestamp.seconds > 0
 
 
-async def test_enqueue_of_an_id_already_in_the_queue_is_already_exists(
+async def test_enqueue_of_an_id_already_in_the_queue_is_a_duplicate(
     stub: Stub, stream_name: str
 ) -> None:
     (existing,) = await enqueue(stub, stream_name)
-    error = await rpc_error(
-        stub.Enqueue(
-            pb.EnqueueRequest(stream_name=stream_name, events=[event(), event(event_id=existing)])
-        )
+    reply = await stub.Enqueue(
+        pb.EnqueueRequest(stream_name=stream_name, events=[event(), event(event_id=existing)])
     )
-    assert error.code() == grpc.StatusCode.ALREADY_EXISTS
-    assert existing in (error.details() or "")
-    # Atomic: nothing of the refused batch went in.
-    assert (await metadata(stub, stream_name)).length == 1
+    assert reply.event_ids[1] == existing
+    assert list(reply.duplicate_event_ids) == [existing]
+    # The other message went in; the duplicate took no position.
+    assert (await metadata(stub, stream_name)).length == 2
+    assert ids_of(await dequeue(stub, stream_name, "a")) == [existing, reply.event_ids[0]]
 
 
-async def test_enqueue_of_an_id_in_the_dead_letter_queue_is_already_exists(
+async def test_enqueue_of_a_dead_lettered_or_acknowledged_id_is_a_duplicate(
     stub: Stub, stream_name: str
 ) -> None:
     await configure_queue(stub, stream_name, max_attempts=1)
-    (existing,) = await enqueue(stub, stream_name)
+    dead, done = await enqueue(stub, stream_name, 2)
     await dequeue(stub, stream_name, "a")
-    await nack(stub, stream_name, "a", existing, reason="bad")
-    error = await rpc_error(
-        stub.Enqueue(pb.EnqueueRequest(stream_name=stream_name, events=[event(event_id=existing)]))
+    await nack(stub, stream_name, "a", dead, reason="bad")
+    await ack(stub, stream_name, "a", [done])
+    reply = await stub.Enqueue(
+        pb.EnqueueRequest(stream_name=stream_name, events=[event(event_id=i) for i in (dead, done)])
     )
-    assert error.code() == grpc.StatusCode.ALREADY_EXISTS
-    assert existing in (error.details() or "")
-    # Once acknowledged (gone for good), the id may be enqueued again.
-    (other,) = await enqueue(stub, stream_name)
-    await dequeue(stub, stream_name, "a")
-    await ack(stub, stream_name, "a", [other])
-    again = await stub.Enqueue(
-        pb.EnqueueRequest(stream_name=stream_name, events=[event(event_id=other)])
-    )
-    assert list(again.event_ids) == [other]
+    assert list(reply.duplicate_event_ids) == [dead, done]
+    meta = await metadata(stub, stream_name)
+    assert (meta.length, meta.pending_count, meta.dead_letter_count) == (2, 0, 1)
 
 
 async def test_max_messages_zero_means_one_and_large_values_are_capped(
@@ -283,6 +275,8 @@ async def test_nack_and_extend_need_the_holder(stub: Stub, stream_name: str) -> 
 async def test_an_old_lease_does_not_free_the_same_id_enqueued_again_after_its_ack(
     stub: Stub, stream_name: str
 ) -> None:
+    # Ids are remembered only while in the queue.
+    await configure_queue(stub, stream_name, dedup_window=0)
     given = str(uuid.uuid4())
     await enqueue_ids(stub, stream_name, [given])
     (first,) = await dequeue(stub, stream_name, "a", visibility=0.2)
@@ -496,24 +490,6 @@ async def test_redrive_of_all_dead_letters_empties_the_dead_letter_queue(
 # -- long polling ------------------------------------------------------------------
 
 
-@pytest_asyncio.fixture(params=["memory", "postgres"])
-async def quiet_server(request: pytest.FixtureRequest) -> AsyncIterator[RunningServer]:
-    """A server whose long polls can only be woken by the enqueue itself: the
-    in-memory backend has no other wake-up, and PostgreSQL's look for lost
-    notifications is put off for an hour."""
-    store: EventStore = InMemoryEventStore()
-    dsn = ""
-    if request.param == "postgres":
-        dsn = request.getfixturevalue("pg_dsn")
-        store = PostgresEventStore(dsn, watch_interval=3600)
-    settings = server_settings(request.param, dsn)
-    running = await start_server(settings, request.param, store=store)
-    try:
-        yield running
-    finally:
-        await running.close()
-
-
 async def test_a_long_poll_is_woken_by_the_enqueue(
     quiet_server: RunningServer, stream_name: str
 ) -> None:
@@ -706,6 +682,100 @@ INVALID_REQUESTS: list[tuple[str, tuple[str, Any]]] = [
 ]
 
 
+_RECEIPT = str(Receipt(uuid.uuid4(), uuid.uuid4()))
+
+
+def _configure(**fields: Any) -> tuple[str, Any]:
+    return "ConfigureStream", pb.ConfigureStreamRequest(
+        stream_name="q", configuration=pb.StreamConfiguration(**fields)
+    )
+
+
+def _enqueue(**fields: Any) -> tuple[str, Any]:
+    return "Enqueue", pb.EnqueueRequest(stream_name="q", events=[event()], **fields)
+
+
+def _in(days: float) -> Timestamp:
+    at = Timestamp()
+    at.FromDatetime(datetime.now(UTC) + timedelta(days=days))
+    return at
+
+
+INVALID_REQUESTS += [
+    ("delay", _enqueue(delay=seconds(-1))),
+    ("delay", _enqueue(delay=seconds(7 * 86400 + 1))),
+    ("deliver_at", _enqueue(deliver_at=_in(7.01))),
+    ("deliver_at", _enqueue(delay=seconds(1), deliver_at=_in(0))),
+    (
+        "events[0].ordering_key",
+        ("Enqueue", pb.EnqueueRequest(stream_name="q", events=[event(ordering_key=_LONG)])),
+    ),
+    (
+        "events[0].ordering_key",
+        ("Enqueue", pb.EnqueueRequest(stream_name="q", events=[event(ordering_key="a\x00")])),
+    ),
+    (
+        "receipts",
+        (
+            "Acknowledge",
+            pb.AcknowledgeRequest(
+                stream_name="q", consumer_id="a", event_ids=[_ID], receipts=[_RECEIPT]
+            ),
+        ),
+    ),
+    (
+        "receipts[1]",
+        (
+            "Acknowledge",
+            pb.AcknowledgeRequest(stream_name="q", consumer_id="a", receipts=[_RECEIPT, "r"]),
+        ),
+    ),
+    (
+        "receipts",
+        (
+            "Acknowledge",
+            pb.AcknowledgeRequest(stream_name="q", consumer_id="a", receipts=[_RECEIPT] * 1001),
+        ),
+    ),
+    ("receipt", ("Nack", pb.NackRequest(stream_name="q", consumer_id="a", receipt="x"))),
+    (
+        "receipt",
+        ("Nack", pb.NackRequest(stream_name="q", consumer_id="a", event_id=_ID, receipt=_RECEIPT)),
+    ),
+    (
+        "receipt",
+        (
+            "ExtendVisibility",
+            pb.ExtendVisibilityRequest(
+                stream_name="q",
+                consumer_id="a",
+                receipt=_RECEIPT + "=",
+                visibility_timeout=seconds(5),
+            ),
+        ),
+    ),
+    (
+        "configuration.retry_initial_delay",
+        _configure(retry_initial_delay=seconds(12 * 3600 + 1), retry_max_delay=seconds(1)),
+    ),
+    (
+        "configuration.retry_max_delay",
+        _configure(retry_initial_delay=seconds(2), retry_max_delay=seconds(1)),
+    ),
+    ("configuration.retry_max_delay", _configure(retry_initial_delay=seconds(2))),
+    ("configuration.retry_max_delay", _configure(retry_max_delay=seconds(-1))),
+    ("configuration.retry_multiplier", _configure(retry_multiplier=0.5)),
+    ("configuration.retry_multiplier", _configure(retry_multiplier=101)),
+    ("configuration.retry_multiplier", _configure(retry_multiplier=float("nan"))),
+    ("configuration.retry_multiplier", _configure(retry_multiplier=float("-inf"))),
+    ("configuration.deduplication_window", _configure(deduplication_window=seconds(-1))),
+    (
+        "configuration.deduplication_window",
+        _configure(deduplication_window=seconds(7 * 86400 + 1)),
+    ),
+]
+
+
 @pytest.mark.parametrize(
     ("field", "call"),
     INVALID_REQUESTS,
@@ -754,3 +824,110 @@ async def test_metadata_counts_pending_in_flight_and_dead_lettered_messages(
     assert (meta.pending_count, meta.in_flight_count, meta.dead_letter_count) == (0, 0, 1)
     assert (meta.retained_count, meta.oldest_offset) == (0, -1)
     assert len(ids) == 4
+
+
+# -- delays, keys, receipts, settings, age -------------------------------------------
+
+
+async def test_enqueue_with_a_delay_or_a_time_hides_the_messages_until_then(
+    stub: Stub, stream_name: str
+) -> None:
+    delayed = await stub.Enqueue(
+        pb.EnqueueRequest(stream_name=stream_name, events=[event()], delay=seconds(0.5))
+    )
+    at = Timestamp()
+    at.FromDatetime(datetime.now(UTC) + timedelta(seconds=0.5))
+    timed = await stub.Enqueue(
+        pb.EnqueueRequest(stream_name=stream_name, events=[event()], deliver_at=at)
+    )
+    assert await dequeue(stub, stream_name, "a") == []
+    assert (await metadata(stub, stream_name)).pending_count == 2
+    got: list[str] = []
+    while len(got) < 2:
+        got += ids_of(await dequeue(stub, stream_name, "a", wait=10))
+    assert got == [*delayed.event_ids, *timed.event_ids]
+    assert time.time() >= epoch(at) - 0.05
+
+
+async def test_ordering_keys_come_back_and_hold_their_order(stub: Stub, stream_name: str) -> None:
+    first, second = await enqueue_ids_keyed(stub, stream_name, ["k", "k"])
+    (message,) = await dequeue(stub, stream_name, "a")
+    assert (message.event.event_id, message.event.ordering_key) == (first, "k")
+    assert await dequeue(stub, stream_name, "b") == []
+    await ack(stub, stream_name, "a", [first])
+    assert ids_of(await dequeue(stub, stream_name, "b")) == [second]
+
+
+async def enqueue_ids_keyed(stub: Stub, name: str, keys: list[str]) -> list[str]:
+    reply = await stub.Enqueue(
+        pb.EnqueueRequest(stream_name=name, events=[event(ordering_key=k) for k in keys])
+    )
+    return list(reply.event_ids)
+
+
+async def test_receipts_act_on_their_delivery_only(stub: Stub, stream_name: str) -> None:
+    (only,) = await enqueue(stub, stream_name)
+    (first,) = await dequeue(stub, stream_name, "a", visibility=0.3)
+    (second,) = await dequeue(stub, stream_name, "a", wait=10)
+    assert first.receipt
+    assert first.receipt != second.receipt
+    stale = await stub.Acknowledge(
+        pb.AcknowledgeRequest(stream_name=stream_name, consumer_id="a", receipts=[first.receipt])
+    )
+    assert [(f.event_id, f.reason, f.receipt) for f in stale.failed] == [
+        (only, "NOT_HELD", first.receipt)
+    ]
+    for call in (
+        stub.Nack(pb.NackRequest(stream_name=stream_name, consumer_id="a", receipt=first.receipt)),
+        stub.ExtendVisibility(
+            pb.ExtendVisibilityRequest(
+                stream_name=stream_name,
+                consumer_id="a",
+                receipt=first.receipt,
+                visibility_timeout=seconds(5),
+            )
+        ),
+    ):
+        assert (await rpc_error(call)).code() == grpc.StatusCode.FAILED_PRECONDITION
+    extended = await stub.ExtendVisibility(
+        pb.ExtendVisibilityRequest(
+            stream_name=stream_name,
+            consumer_id="a",
+            receipt=second.receipt,
+            visibility_timeout=seconds(60),
+        )
+    )
+    assert epoch(extended.visible_until) > time.time() + 50
+    done = await stub.Acknowledge(
+        pb.AcknowledgeRequest(stream_name=stream_name, consumer_id="a", receipts=[second.receipt])
+    )
+    assert list(done.acknowledged) == [only]
+
+
+async def test_the_queue_settings_round_trip(stub: Stub, stream_name: str) -> None:
+    stored = await configure_queue(stub, stream_name, dedup_window=600, retry=(1.5, 60, 3))
+    fetched = (
+        await stub.GetStreamConfiguration(pb.GetStreamConfigurationRequest(stream_name=stream_name))
+    ).configuration
+    for config in (stored, fetched):
+        assert config.retry_initial_delay.ToTimedelta() == timedelta(seconds=1.5)
+        assert config.retry_max_delay.ToTimedelta() == timedelta(seconds=60)
+        assert config.retry_multiplier == 3
+        assert config.deduplication_window.ToTimedelta() == timedelta(minutes=10)
+    defaults = await configure_queue(stub, f"{stream_name}-defaults")
+    assert defaults.retry_multiplier == 2
+    assert defaults.deduplication_window.ToTimedelta() == timedelta(minutes=5)
+    assert defaults.retry_initial_delay.ToTimedelta() == timedelta(0)
+
+
+async def test_metadata_gives_the_oldest_message_enqueue_time(stub: Stub, stream_name: str) -> None:
+    first, _ = await enqueue(stub, stream_name, 2)
+    (message,) = await dequeue(stub, stream_name, "a", max_messages=1)
+    meta = await metadata(stub, stream_name)
+    assert meta.oldest_message_enqueued_at == message.event.timestamp
+    await ack(stub, stream_name, "a", [first])
+    meta = await metadata(stub, stream_name)
+    assert epoch(meta.oldest_message_enqueued_at) >= epoch(message.event.timestamp)
+    for remaining in await dequeue(stub, stream_name, "a"):
+        await ack(stub, stream_name, "a", [remaining.event.event_id])
+    assert not (await metadata(stub, stream_name)).HasField("oldest_message_enqueued_at")

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import asyncpg
 import grpc
-import pytest
 import pytest_asyncio
 
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
 from tests.conftest import RunningServer
 from tests.support import (
+    ConsumeClient,
     ServerProcess,
     Stub,
     ack,
@@ -26,8 +26,8 @@ from tests.support import (
     dead_letters,
     dequeue,
     enqueue,
-    enqueue_ids,
     epoch,
+    event,
     events,
     ids_of,
     lease_ended,
@@ -176,8 +176,8 @@ SELECT EXISTS (SELECT 1 FROM pg_stat_activity
                 WHERE datname = current_database() AND pid <> pg_backend_pid()
                   AND wait_event_type = 'Lock' AND strpos(query, $1) > 0)
 """
-#: Text of the statement each call runs (migrations/002_queues.sql, storage/postgres/queue.py).
-DEQUEUE_TEXT = "FOR UPDATE SKIP LOCKED"
+#: Text of the statement each call runs (storage/postgres/queue.py, migrations/006).
+DEQUEUE_TEXT = "SKIP LOCKED"
 ENQUEUE_TEXT = "event_streaming.enqueue_messages("
 REDRIVE_TEXT = "event_streaming.redrive_dead_letters("
 
@@ -211,8 +211,10 @@ async def _waiting(watcher: asyncpg.Connection, statement_text: str) -> bool:
 
 
 async def _expired_final_leases(stub: Stub, name: str, count: int) -> list[str]:
-    """Messages whose only allowed delivery has run out (dead letters still in the queue)."""
-    await configure_queue(stub, name, max_attempts=1)
+    """Messages whose only allowed delivery has run out (dead letters still in the queue).
+    Ids are remembered only while in the queue, so an enqueue of one of them goes as
+    far as the queue's unique index."""
+    await configure_queue(stub, name, max_attempts=1, dedup_window=0)
     ids = await enqueue(stub, name, count)
     held = await dequeue(stub, name, "a", visibility=0.2)
     assert ids_of(held) == ids
@@ -270,7 +272,7 @@ async def test_a_redrive_and_a_dequeue_that_dead_letters_do_not_deadlock(
     assert [(m.event.event_id, m.delivery_attempt) for m in delivered] == [(only, 1)]
 
 
-async def test_an_id_dead_lettered_while_enqueued_again_is_refused_not_kept_twice(
+async def test_an_id_dead_lettered_while_enqueued_again_is_a_duplicate_not_kept_twice(
     pg_server: RunningServer, sessions: tuple[asyncpg.Connection, asyncpg.Connection]
 ) -> None:
     stub = pg_server.stub
@@ -283,12 +285,13 @@ async def test_an_id_dead_lettered_while_enqueued_again_is_refused_not_kept_twic
         await wait_until(lambda: _waiting(watcher, DEQUEUE_TEXT))
         # The enqueue finds no dead letter with the id yet; its insert waits for the
         # dequeue that is deleting the message with that id from the queue.
-        enqueuing = asyncio.create_task(enqueue_ids(stub, name, [only]))
+        enqueuing = asyncio.ensure_future(
+            stub.Enqueue(pb.EnqueueRequest(stream_name=name, events=[event(event_id=only)]))
+        )
         await wait_until(lambda: _waiting(watcher, ENQUEUE_TEXT))
     assert await asyncio.wait_for(dequeuing, 30) == []
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await asyncio.wait_for(enqueuing, 30)
-    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    reply = await asyncio.wait_for(enqueuing, 30)
+    assert list(reply.duplicate_event_ids) == [only]
     meta = await metadata(stub, name)
     assert (meta.pending_count, meta.in_flight_count, meta.dead_letter_count) == (0, 0, 1)
     (letter,) = await dead_letters(stub, name)
@@ -319,3 +322,72 @@ async def test_redrive_leaves_a_dead_letter_whose_id_is_in_the_queue_again(
     assert [d.event.event_id for d in await dead_letters(stub, name)] == [queued]
     back = await dequeue(stub, name, "b")
     assert ids_of(back) == [queued, dead]
+
+
+# -- Consume streams on two servers ---------------------------------------------------
+
+
+async def test_consume_streams_on_two_servers_share_a_queue_without_overlap(
+    two_servers: list[ServerProcess],
+) -> None:
+    name = unique_name("consume-two")
+    channels = [grpc.aio.insecure_channel(s.address) for s in two_servers]
+    stubs = [stub_for(c) for c in channels]
+    total = 400
+    received: dict[str, list[str]] = {"a": [], "b": []}
+
+    async def consume(client: ConsumeClient, label: str, done: asyncio.Event) -> None:
+        while not done.is_set():
+            try:
+                (message,) = await client.receive(timeout=0.2)
+            except TimeoutError:
+                continue
+            received[label].append(message.event.event_id)
+            await client.ack(receipts=[message.receipt])
+            if sum(len(r) for r in received.values()) >= total:
+                done.set()
+
+    try:
+        await configure_queue(stubs[0], name, visibility=120)
+        a = await ConsumeClient.start(stubs[0], name, "a", max_outstanding=10, visibility=120)
+        b = await ConsumeClient.start(stubs[1], name, "b", max_outstanding=10, visibility=120)
+        done = asyncio.Event()
+        consumers = [
+            asyncio.create_task(consume(a, "a", done)),
+            asyncio.create_task(consume(b, "b", done)),
+        ]
+        enqueued: list[str] = []
+        for i in range(total // 20):
+            reply = await stubs[i % 2].Enqueue(
+                pb.EnqueueRequest(stream_name=name, events=events(20))
+            )
+            enqueued += reply.event_ids
+        await asyncio.wait_for(done.wait(), timeout=60)
+        await asyncio.gather(*consumers)
+        assert await a.close() == grpc.StatusCode.OK
+        assert await b.close() == grpc.StatusCode.OK
+        # Each delivered once, to one of the two; both took part.
+        assert sorted(received["a"] + received["b"]) == sorted(enqueued)
+        assert not set(received["a"]) & set(received["b"])
+        assert received["a"]
+        assert received["b"]
+
+        # A stream that half-closes gives its messages back at once, and a stream
+        # on the other server gets them.
+        held = await enqueue(stubs[0], name, 5)
+        a = await ConsumeClient.start(stubs[0], name, "a", max_outstanding=10, visibility=120)
+        assert sorted(ids_of(await a.receive(5))) == sorted(held)
+        c = await ConsumeClient.start(stubs[1], name, "c", max_outstanding=10, visibility=120)
+        await asyncio.sleep(0.3)
+        assert c.messages.empty()
+        assert await a.close() == grpc.StatusCode.OK
+        again = await c.receive(5)
+        assert sorted(ids_of(again)) == sorted(held)
+        assert {m.delivery_attempt for m in again} == {2}
+        await c.ack(receipts=[m.receipt for m in again])
+        assert await c.close() == grpc.StatusCode.OK
+        meta = await metadata(stubs[1], name)
+        assert (meta.pending_count, meta.in_flight_count) == (0, 0)
+    finally:
+        for channel in channels:
+            await channel.close()

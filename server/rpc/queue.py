@@ -1,7 +1,9 @@
 """Queue RPCs: Enqueue, Dequeue, Acknowledge, Nack, ExtendVisibility, ListDeadLetters,
-RedriveDeadLetters."""
+RedriveDeadLetters, Consume."""
 
 from __future__ import annotations
+
+from collections.abc import AsyncIterator
 
 from server import convert, validation
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
@@ -11,8 +13,8 @@ from server.rpc.base import Context, RpcBase
 class QueueRpcs(RpcBase):
     async def Enqueue(self, request: pb.EnqueueRequest, context: Context) -> pb.EnqueueResponse:
         """Add messages to the end of a queue, atomically."""
-        ids = await self.store.enqueue(*validation.enqueue_request(request))
-        return pb.EnqueueResponse(event_ids=[str(i) for i in ids])
+        result = await self.store.enqueue(*validation.enqueue_request(request))
+        return convert.enqueue_response(result)
 
     async def Dequeue(self, request: pb.DequeueRequest, context: Context) -> pb.DequeueResponse:
         """Lease visible messages, oldest first, waiting up to wait_time for one."""
@@ -51,3 +53,11 @@ class QueueRpcs(RpcBase):
         """Put some (or all) dead letters back at the end of the queue."""
         count = await self.store.redrive_dead_letters(*validation.redrive_request(request))
         return pb.RedriveDeadLettersResponse(redriven_count=count)
+
+    async def Consume(
+        self, requests: AsyncIterator[pb.ConsumeRequest], context: Context
+    ) -> AsyncIterator[pb.ConsumeResponse]:
+        """Push visible messages under flow control; answer acks, nacks and extends."""
+        start, commands = await validation.consume_requests(requests)
+        async for item in self.consumers.consume(start, commands):
+            yield convert.consume_response(item)

@@ -1,40 +1,48 @@
 """Ephemeral streams (work queues) for the in-memory backend.
 
-No timers: leases and delays are entries in a heap ordered by the time they end,
-looked at (and moved to the ready heap) whenever someone dequeues. Each method
-runs without awaiting between reading and writing state, so it is atomic.
+No timers: leases, delays and retry delays are entries in a heap ordered by the
+time they end, looked at (and moved to the ready heap) whenever someone dequeues.
+Messages of an ordering key wait, in neither heap, behind the first of their key
+(``QueueState.keys``) until it leaves the queue. Each method runs without awaiting
+between reading and writing state, so it is atomic.
 """
 
 from __future__ import annotations
 
 import heapq
+import random
+import uuid
+from collections import deque
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from uuid import UUID
 
-from storage.errors import (
-    DuplicateMessage,
-    MessageNotFound,
-    MessageNotHeld,
-    StreamNotFound,
-)
+from storage.errors import MessageNotFound, MessageNotHeld, StreamNotFound
 from storage.memory.base import MemoryBase
 from storage.memory.state import MemoryStream, QueueEntry, QueueState, utc_now
 from storage.page_tokens import DEAD_LETTERS, decode_position_token, encode_position_token
+from storage.receipts import Receipt
 from storage.records import (
     AckResult,
     DeadLetter,
     DeadLetterPage,
+    EnqueueResult,
+    MessageRef,
     NewEvent,
     QueueMessage,
+    StreamConfiguration,
     StreamMetadata,
     StreamType,
+    event_id_of,
 )
 from storage.rules import (
     EXPIRED_REASON,
+    FORGET_BATCH_SIZE,
+    RELEASED_REASON,
     classify_acks,
     first_page,
     nack_reason,
+    retry_delay,
     within_budget,
 )
 from storage.signals import Look, wait_for_items
@@ -42,9 +50,11 @@ from storage.signals import Look, wait_for_items
 
 def _schedule(queue: QueueState, entry: QueueEntry, now: datetime) -> None:
     """File the entry's current state in the heap it belongs to, under a version
-    no item in either heap has had before."""
+    no item in either heap has had before (a parked entry goes in neither)."""
     queue.next_version += 1
     entry.version = queue.next_version
+    if entry.parked:
+        return
     item_id = entry.event.event_id
     if entry.visible_at <= now:
         heapq.heappush(queue.ready, (entry.event.offset, entry.version, item_id))
@@ -54,9 +64,46 @@ def _schedule(queue: QueueState, entry: QueueEntry, now: datetime) -> None:
         )
 
 
+def _add(queue: QueueState, entry: QueueEntry, now: datetime) -> None:
+    """Put a new entry in the queue: behind the messages of its ordering key, if
+    it has one and they are there."""
+    event_id = entry.event.event_id
+    key = entry.event.ordering_key
+    if key:
+        waiting = queue.keys.setdefault(key, deque())
+        entry.parked = bool(waiting)
+        waiting.append(event_id)
+    queue.messages[event_id] = entry
+    _schedule(queue, entry, now)
+
+
+def _remove(queue: QueueState, entry: QueueEntry, now: datetime) -> bool:
+    """Take an entry out of the queue; the next message of its ordering key, if
+    any, becomes deliverable (then True)."""
+    event_id = entry.event.event_id
+    del queue.messages[event_id]
+    key = entry.event.ordering_key
+    if not key:
+        return False
+    waiting = queue.keys[key]
+    if waiting[0] == event_id:
+        waiting.popleft()
+    else:  # only a key's first message is ever delivered, so only it ever leaves
+        waiting.remove(event_id)
+    if not waiting:
+        del queue.keys[key]
+        return False
+    following = queue.messages[waiting[0]]
+    if not following.parked:
+        return False
+    following.parked = False
+    _schedule(queue, following, now)
+    return True
+
+
 def _bury(queue: QueueState, entry: QueueEntry, reason: str, now: datetime) -> None:
-    """Move a message to the dead-letter queue."""
-    del queue.messages[entry.event.event_id]
+    """Move a message to the dead-letter queue (releasing its ordering key)."""
+    _remove(queue, entry, now)
     queue.dead_letters[entry.event.event_id] = (
         queue.next_dead_letter,
         DeadLetter(entry.event, entry.delivery_attempts, reason, now),
@@ -65,7 +112,7 @@ def _bury(queue: QueueState, entry: QueueEntry, reason: str, now: datetime) -> N
 
 
 def _exhausted(entry: QueueEntry, max_attempts: int, now: datetime) -> bool:
-    """Its last allowed lease has run out: a dead letter, wherever it still is."""
+    """Due for another delivery with none left: a dead letter, wherever it still is."""
     return entry.visible_at <= now and entry.delivery_attempts >= max_attempts
 
 
@@ -78,25 +125,57 @@ def _bury_expired(stream: MemoryStream, now: datetime) -> None:
         _bury(stream.queue, entry, EXPIRED_REASON, now)
 
 
+def _next_visible(config: StreamConfiguration, entry: QueueEntry, lease_end: datetime) -> datetime:
+    """When a leased entry may be delivered again if its lease runs out: at once
+    on its last allowed delivery (it is then a dead letter), else after the
+    stream's retry delay."""
+    if entry.delivery_attempts >= config.max_delivery_attempts:
+        return lease_end
+    return lease_end + retry_delay(config, entry.delivery_attempts, random.random())
+
+
+def _is_duplicate(queue: QueueState, event_id: UUID, now: datetime) -> bool:
+    if event_id in queue.messages or event_id in queue.dead_letters:
+        return True
+    forget_at = queue.remembered.get(event_id)
+    return forget_at is not None and forget_at > now
+
+
 class MemoryQueue(MemoryBase):
-    async def enqueue(self, stream_name: str, events: Sequence[NewEvent]) -> Sequence[UUID]:
+    async def enqueue(
+        self,
+        stream_name: str,
+        events: Sequence[NewEvent],
+        deliver_at: datetime | None = None,
+    ) -> EnqueueResult:
         found = self._writable(stream_name, StreamType.EPHEMERAL)
-        if found is not None:
-            for new in events:
-                if new.event_id in found.queue.messages or new.event_id in found.queue.dead_letters:
-                    raise DuplicateMessage(stream_name, new.event_id)
+        now = utc_now()
+        duplicates = (
+            [e.event_id for e in events if _is_duplicate(found.queue, e.event_id, now)]
+            if found is not None
+            else []
+        )
+        ids = tuple(e.event_id for e in events)
+        if len(duplicates) == len(events):
+            return EnqueueResult(ids, tuple(duplicates))
         stream = self._written(stream_name, found, StreamType.EPHEMERAL)
         queue = stream.queue
-        now = utc_now()
+        window = stream.configuration.deduplication_window
+        skipped = set(duplicates)
+        visible_at = now if deliver_at is None else max(now, deliver_at)
         for new in events:
+            if new.event_id in skipped:
+                continue
             entry = QueueEntry(
-                event=new.recorded(stream_name, stream.next_offset, now), visible_at=now
+                event=new.recorded(stream_name, stream.next_offset, now), visible_at=visible_at
             )
             stream.next_offset += 1
-            queue.messages[new.event_id] = entry
-            _schedule(queue, entry, now)
+            _add(queue, entry, now)
+            if window > timedelta(0):
+                queue.remembered[new.event_id] = now + window
+                heapq.heappush(queue.forget_order, (now + window, new.event_id))
         self.signals.notify(stream_name)
-        return [e.event_id for e in events]
+        return EnqueueResult(ids, tuple(duplicates))
 
     def _lease(
         self,
@@ -104,14 +183,15 @@ class MemoryQueue(MemoryBase):
         consumer_id: str,
         visibility_timeout: timedelta | None,
         max_messages: int,
-    ) -> list[QueueMessage]:
-        """Lease up to max_messages visible messages, oldest first."""
+    ) -> tuple[list[QueueMessage], bool]:
+        """Lease up to max_messages visible messages, oldest first; and whether the
+        byte budget left visible ones behind."""
         queue = stream.queue
         config = stream.configuration
         now = utc_now()
         if visibility_timeout is None:
             visibility_timeout = config.default_visibility_timeout
-        visible_until = now + visibility_timeout
+        lease_end = now + visibility_timeout
         while queue.waiting and queue.waiting[0][0] <= now:
             _, offset, version, event_id = heapq.heappop(queue.waiting)
             entry = queue.messages.get(event_id)
@@ -131,14 +211,42 @@ class MemoryQueue(MemoryBase):
                 continue
             size += entry.event.size
             if leased and size > self.page_bytes:
-                break  # the byte budget: it stays at the head for the next dequeue
+                return leased, True  # the byte budget: it stays at the head for next time
             heapq.heappop(queue.ready)
             entry.delivery_attempts += 1
             entry.consumer_id = consumer_id
-            entry.visible_at = visible_until
+            entry.lease_until = lease_end
+            entry.delivery_id = uuid.uuid4()
+            entry.visible_at = _next_visible(config, entry, lease_end)
             _schedule(queue, entry, now)
-            leased.append(QueueMessage(entry.event, entry.delivery_attempts, visible_until))
-        return leased
+            leased.append(
+                QueueMessage(
+                    entry.event,
+                    entry.delivery_attempts,
+                    lease_end,
+                    Receipt(event_id, entry.delivery_id),
+                )
+            )
+        return leased, False
+
+    async def lease_messages(
+        self,
+        stream_name: str,
+        consumer_id: str,
+        visibility_timeout: timedelta | None,
+        max_messages: int,
+    ) -> Look[QueueMessage]:
+        try:
+            stream = self._find(stream_name, StreamType.EPHEMERAL)
+        except StreamNotFound:
+            return Look()  # an enqueue may create it while we wait
+        leased, cut = self._lease(stream, consumer_id, visibility_timeout, max_messages)
+        if cut or len(leased) >= max_messages or not stream.queue.waiting:
+            # Cut short by the byte budget: more are visible (look again at once).
+            return Look(leased, again=cut)
+        # Possibly stale (acked since); then we just look once more.
+        due = (stream.queue.waiting[0][0] - utc_now()).total_seconds()
+        return Look(leased, next_visible=max(0.0, due))
 
     async def dequeue(
         self,
@@ -148,19 +256,12 @@ class MemoryQueue(MemoryBase):
         max_messages: int,
         wait_time: timedelta = timedelta(0),
     ) -> Sequence[QueueMessage]:
-        async def look() -> Look[QueueMessage]:
-            try:
-                stream = self._find(stream_name, StreamType.EPHEMERAL)
-            except StreamNotFound:
-                return Look()  # an enqueue may create it while we wait
-            leased = self._lease(stream, consumer_id, visibility_timeout, max_messages)
-            if leased or not stream.queue.waiting:
-                return Look(leased)
-            # Possibly stale (acked since); then we just look once more.
-            due = (stream.queue.waiting[0][0] - utc_now()).total_seconds()
-            return Look(next_visible=max(0.0, due))
-
-        return await wait_for_items(self.signals, stream_name, wait_time, look)
+        return await wait_for_items(
+            self.signals,
+            stream_name,
+            wait_time,
+            lambda: self.lease_messages(stream_name, consumer_id, visibility_timeout, max_messages),
+        )
 
     def _queue_or_none(self, stream_name: str) -> MemoryStream | None:
         """The queue, None when the stream does not exist; WrongStreamType for a log."""
@@ -170,31 +271,40 @@ class MemoryQueue(MemoryBase):
             return None
 
     async def acknowledge(
-        self, stream_name: str, consumer_id: str, event_ids: Sequence[UUID]
+        self, stream_name: str, consumer_id: str, targets: Sequence[MessageRef]
     ) -> AckResult:
         """Delete held messages. A late ack succeeds while nobody else has dequeued
         the message since (the contract), even when the lease that ran out was its
         last allowed delivery and the message already counts as dead-lettered: the
         consumer did finish with it, and it never left the queue. Once a listing,
-        redrive or dequeue has moved it to the dead-letter queue it is not found."""
+        redrive or dequeue has moved it to the dead-letter queue it is not found.
+        A receipt acknowledges only while its delivery is the latest."""
         stream = self._queue_or_none(stream_name)
-        messages = stream.queue.messages if stream is not None else {}
-        done = [
-            event_id
-            for event_id in dict.fromkeys(event_ids)
-            if event_id in messages and messages[event_id].consumer_id == consumer_id
-        ]
-        for event_id in done:
-            del messages[event_id]
-        return classify_acks(event_ids, done, messages.keys())
+        if stream is None:
+            return classify_acks(targets, (), ())
+        queue = stream.queue
+        present = {event_id_of(t) for t in targets if event_id_of(t) in queue.messages}
+        done: list[MessageRef] = []
+        freed = False
+        now = utc_now()
+        for target in dict.fromkeys(targets):
+            entry = queue.messages.get(event_id_of(target))
+            if entry is not None and _holds(entry, consumer_id, target):
+                done.append(target)
+                freed |= _remove(queue, entry, now)
+        if freed:
+            self.signals.notify(stream_name)  # the next message of a key is deliverable
+        return classify_acks(targets, done, present)
 
-    def _held(self, stream_name: str, consumer_id: str, event_id: UUID) -> MemoryStream:
-        """The stream of a message this consumer holds, for Nack and ExtendVisibility.
+    def _held(self, stream_name: str, consumer_id: str, target: MessageRef) -> MemoryStream:
+        """The stream of a message this consumer holds (by this very delivery, for
+        a receipt), for Nack and ExtendVisibility.
 
         A message whose last allowed lease has run out is a dead letter already
         (Dequeue never hands it out again, GetStreamMetadata counts it as one), so
         it goes to the dead-letter queue as its expiry left it and is not found,
         whoever asks. (Acknowledge is different: see there.)"""
+        event_id = event_id_of(target)
         stream = self._queue_or_none(stream_name)
         if stream is None or event_id not in stream.queue.messages:
             raise MessageNotFound(stream_name, event_id)
@@ -203,42 +313,70 @@ class MemoryQueue(MemoryBase):
         if _exhausted(entry, stream.configuration.max_delivery_attempts, now):
             _bury(stream.queue, entry, EXPIRED_REASON, now)
             raise MessageNotFound(stream_name, event_id)
-        if entry.consumer_id != consumer_id:
+        if not _holds(entry, consumer_id, target):
             raise MessageNotHeld(stream_name, event_id, consumer_id)
         return stream
+
+    def _give_back(
+        self, stream: MemoryStream, entry: QueueEntry, delay: timedelta | None, reason: str
+    ) -> None:
+        """A nack of a held entry: dead-lettered with ``reason`` after its last
+        allowed delivery, else visible again after ``delay`` (None: the retry
+        delay)."""
+        now = utc_now()
+        config = stream.configuration
+        if entry.delivery_attempts >= config.max_delivery_attempts:
+            _bury(stream.queue, entry, reason, now)
+            return
+        if delay is None:
+            delay = retry_delay(config, entry.delivery_attempts, random.random())
+        entry.consumer_id = None
+        entry.lease_until = None
+        entry.visible_at = now + delay
+        _schedule(stream.queue, entry, now)
 
     async def nack(
         self,
         stream_name: str,
         consumer_id: str,
-        event_id: UUID,
-        delay: timedelta,
+        target: MessageRef,
+        delay: timedelta | None,
         reason: str,
     ) -> None:
-        stream = self._held(stream_name, consumer_id, event_id)
-        entry = stream.queue.messages[event_id]
-        now = utc_now()
-        if entry.delivery_attempts >= stream.configuration.max_delivery_attempts:
-            _bury(stream.queue, entry, nack_reason(reason), now)
-            return
-        entry.consumer_id = None
-        entry.visible_at = now + delay
-        _schedule(stream.queue, entry, now)
+        stream = self._held(stream_name, consumer_id, target)
+        entry = stream.queue.messages[event_id_of(target)]
+        self._give_back(stream, entry, delay, nack_reason(reason))
         self.signals.notify(stream_name)
+
+    async def release(self, stream_name: str, consumer_id: str, receipts: Sequence[Receipt]) -> int:
+        stream = self._queue_or_none(stream_name)
+        if stream is None:
+            return 0
+        released = 0
+        for receipt in dict.fromkeys(receipts):
+            entry = stream.queue.messages.get(receipt.event_id)
+            if entry is not None and _holds(entry, consumer_id, receipt):
+                self._give_back(stream, entry, timedelta(0), RELEASED_REASON)
+                released += 1
+        if released:
+            self.signals.notify(stream_name)
+        return released
 
     async def extend_visibility(
         self,
         stream_name: str,
         consumer_id: str,
-        event_id: UUID,
+        target: MessageRef,
         visibility_timeout: timedelta,
     ) -> datetime:
-        stream = self._held(stream_name, consumer_id, event_id)
-        entry = stream.queue.messages[event_id]
+        stream = self._held(stream_name, consumer_id, target)
+        entry = stream.queue.messages[event_id_of(target)]
         now = utc_now()
-        entry.visible_at = now + visibility_timeout
+        lease_end = now + visibility_timeout
+        entry.lease_until = lease_end
+        entry.visible_at = _next_visible(stream.configuration, entry, lease_end)
         _schedule(stream.queue, entry, now)
-        return entry.visible_at
+        return lease_end
 
     async def list_dead_letters(
         self, stream_name: str, max_count: int, page_token: str
@@ -278,20 +416,39 @@ class MemoryQueue(MemoryBase):
             # Back at the end of the queue: a new position, the original timestamp.
             entry = QueueEntry(event=event._replace(offset=stream.next_offset), visible_at=now)
             stream.next_offset += 1
-            queue.messages[event.event_id] = entry
-            _schedule(queue, entry, now)
+            _add(queue, entry, now)
         if chosen:
             self.signals.notify(stream_name)
         return len(chosen)
+
+    def _forget_ids(self, now: datetime) -> int:
+        """Forget the remembered ids whose deduplication window has passed, in
+        batches of FORGET_BATCH_SIZE (as the PostgreSQL backend does)."""
+        forgotten = 0
+        for stream in list(self._streams.values()):
+            queue = stream.queue
+            while queue.forget_order and queue.forget_order[0][0] <= now:
+                for _ in range(min(FORGET_BATCH_SIZE, len(queue.forget_order))):
+                    if queue.forget_order[0][0] > now:
+                        break
+                    forget_at, event_id = heapq.heappop(queue.forget_order)
+                    if queue.remembered.get(event_id) == forget_at:
+                        del queue.remembered[event_id]
+                        forgotten += 1
+        return forgotten
 
     def _queue_metadata(self, stream: MemoryStream) -> StreamMetadata:
         now = utc_now()
         max_attempts = stream.configuration.max_delivery_attempts
         in_flight = expired = 0
+        oldest_enqueued: datetime | None = None
         for entry in stream.queue.messages.values():
             if _exhausted(entry, max_attempts, now):
                 expired += 1
-            elif entry.consumer_id is not None and entry.visible_at > now:
+                continue
+            if oldest_enqueued is None or entry.event.timestamp < oldest_enqueued:
+                oldest_enqueued = entry.event.timestamp
+            if entry.lease_until is not None and entry.lease_until > now:
                 in_flight += 1
         entries = stream.queue.messages.values()
         oldest = min(entries, key=lambda e: e.event.offset, default=None)
@@ -309,4 +466,12 @@ class MemoryQueue(MemoryBase):
             pending_count=retained - in_flight,
             in_flight_count=in_flight,
             dead_letter_count=len(stream.queue.dead_letters) + expired,
+            oldest_message_enqueued_at=oldest_enqueued,
         )
+
+
+def _holds(entry: QueueEntry, consumer_id: str, target: MessageRef) -> bool:
+    """Whether ``consumer_id`` holds the entry (by the delivery a receipt names)."""
+    if entry.consumer_id != consumer_id:
+        return False
+    return not isinstance(target, Receipt) or entry.delivery_id == target.delivery_id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from uuid import UUID
@@ -20,10 +21,19 @@ class QueueEntry:
     of this entry or of an earlier one with the same id, are recognised and dropped."""
 
     event: RecordedEvent
+    #: When it may next be delivered: its enqueue (or delivery) time, the end of a
+    #: nack's delay, or the end of its lease plus the stream's retry delay.
     visible_at: datetime
     delivery_attempts: int = 0
     #: The consumer of the latest delivery; None when never delivered or nacked.
     consumer_id: str | None = None
+    #: The end of the latest delivery's lease (None when never delivered or nacked).
+    lease_until: datetime | None = None
+    #: Names the latest delivery (receipts).
+    delivery_id: UUID | None = None
+    #: Behind an earlier message of its ordering key: in neither heap until that
+    #: one leaves the queue.
+    parked: bool = False
     version: int = 0
 
 
@@ -46,6 +56,14 @@ class QueueState:
     next_dead_letter: int = 1
     #: The last version handed out to an entry.
     next_version: int = 0
+    #: Per ordering key, the ids of its messages in the queue, in queue order: the
+    #: first is the key's head, the only one that may be delivered.
+    keys: dict[str, deque[UUID]] = field(default_factory=dict)
+    #: Ids enqueued within the deduplication window, with when they are forgotten,
+    #: and the same as a heap by that time (items whose time no longer matches the
+    #: dict are stale).
+    remembered: dict[UUID, datetime] = field(default_factory=dict)
+    forget_order: list[tuple[datetime, UUID]] = field(default_factory=list)
 
 
 @dataclass

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import datetime
+
 from storage.interface import EventStore
 from storage.memory.admin import MemoryAdmin
 from storage.memory.config import MemoryConfig
 from storage.memory.consumers import MemoryConsumers
 from storage.memory.log import MemoryLog
 from storage.memory.queue import MemoryQueue
-from storage.records import StreamMetadata, StreamType
+from storage.memory.state import utc_now
+from storage.records import RetentionReport, StreamMetadata, StreamType
 
 
 class InMemoryEventStore(
@@ -21,3 +25,7 @@ class InMemoryEventStore(
         if stream.stream_type == StreamType.EPHEMERAL:
             return self._queue_metadata(stream)
         return self._log_metadata(stream)
+
+    async def enforce_retention(self, now: datetime | None = None) -> RetentionReport:
+        report = await super().enforce_retention(now)
+        return replace(report, ids_forgotten=self._forget_ids(now or utc_now()))

@@ -10,7 +10,8 @@ from storage.records import StreamConfiguration, StreamType
 
 _CONFIG_COLUMNS = (
     "stream_type, retention_max_age, retention_max_count, max_delivery_attempts, "
-    "default_visibility_timeout"
+    "default_visibility_timeout, retry_initial_delay, retry_max_delay, retry_multiplier, "
+    "deduplication_window"
 )
 
 # Creates the stream or replaces its settings in one statement. A NULL type keeps
@@ -21,13 +22,17 @@ _CONFIG_COLUMNS = (
 CONFIGURE_SQL = f"""
 WITH upsert AS (
     INSERT INTO event_streaming.streams AS s (stream_name, {_CONFIG_COLUMNS})
-    VALUES ($1, $2, $3, $4, $5, $6)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
     ON CONFLICT (stream_name) DO UPDATE
        SET stream_type = COALESCE(EXCLUDED.stream_type, s.stream_type),
            retention_max_age = EXCLUDED.retention_max_age,
            retention_max_count = EXCLUDED.retention_max_count,
            max_delivery_attempts = EXCLUDED.max_delivery_attempts,
-           default_visibility_timeout = EXCLUDED.default_visibility_timeout
+           default_visibility_timeout = EXCLUDED.default_visibility_timeout,
+           retry_initial_delay = EXCLUDED.retry_initial_delay,
+           retry_max_delay = EXCLUDED.retry_max_delay,
+           retry_multiplier = EXCLUDED.retry_multiplier,
+           deduplication_window = EXCLUDED.deduplication_window
      WHERE EXCLUDED.stream_type IS NULL OR s.stream_type IS NULL
         OR s.stream_type = EXCLUDED.stream_type
     RETURNING {_CONFIG_COLUMNS}
@@ -51,6 +56,10 @@ def _configuration(row: Any) -> StreamConfiguration:
         retention_max_count=row["retention_max_count"],
         max_delivery_attempts=row["max_delivery_attempts"],
         default_visibility_timeout=row["default_visibility_timeout"],
+        retry_initial_delay=row["retry_initial_delay"],
+        retry_max_delay=row["retry_max_delay"],
+        retry_multiplier=row["retry_multiplier"],
+        deduplication_window=row["deduplication_window"],
     )
 
 
@@ -68,6 +77,10 @@ class PostgresConfig(PostgresBase):
                 configuration.retention_max_count,
                 configuration.max_delivery_attempts,
                 configuration.default_visibility_timeout,
+                configuration.retry_initial_delay,
+                configuration.retry_max_delay,
+                configuration.retry_multiplier,
+                configuration.deduplication_window,
             )
             if row is None:
                 continue

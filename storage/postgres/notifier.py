@@ -41,18 +41,20 @@ log = logging.getLogger(__name__)
 CHANNEL = "event_streaming"
 NOTIFY_SQL = "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload"
 PING_SQL = "SELECT 1"
-#: Per waited stream: its next offset (NULL: gone), and for a queue whether one of
-#: the first rows at its head is visible (bounded: never a walk of the queue). For
-#: the global log ("$all", no stream row): its head position.
+#: Per waited stream: its next offset (NULL: gone), and for a queue whether a
+#: message is deliverable: ready, or timed and due (the two partial indexes of
+#: migrations/006_queue_features.sql; never a walk of the queue). For the global
+#: log ("$all", no stream row): its head position.
 WATCH_SQL = """
 SELECT w.name,
        CASE WHEN w.name = '$all' THEN (SELECT last_position FROM event_streaming.log_head)
             ELSE s.next_offset END AS next_offset,
-       s.stream_type = 2 AND EXISTS (
-           SELECT 1 FROM (SELECT m.visible_at FROM event_streaming.queue_messages m
-                           WHERE m.stream_id = s.stream_id
-                           ORDER BY m.queue_offset LIMIT 100) h
-            WHERE h.visible_at <= now()) AS visible
+       s.stream_type = 2 AND (
+           EXISTS (SELECT 1 FROM event_streaming.queue_messages m
+                    WHERE m.stream_id = s.stream_id AND m.state = 0)
+           OR EXISTS (SELECT 1 FROM event_streaming.queue_messages m
+                       WHERE m.stream_id = s.stream_id AND m.state = 1
+                         AND m.visible_at <= now())) AS visible
   FROM unnest($1::text[]) AS w(name)
   LEFT JOIN event_streaming.streams s ON s.stream_name = w.name
 """

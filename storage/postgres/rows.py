@@ -121,4 +121,5 @@ def event_from_row(
         causation_id=row["causation_id"] or "",
         timestamp=row[timestamp_column],
         global_position=global_position,
+        ordering_key=row.get("ordering_key") or "",
     )

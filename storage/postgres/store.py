@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import datetime
+
 from storage.errors import StreamNotFound
 from storage.interface import EventStore
 from storage.postgres.admin import PostgresAdmin
@@ -11,12 +14,19 @@ from storage.postgres.consumers import PostgresConsumers
 from storage.postgres.log import METADATA_SQL, PostgresLog
 from storage.postgres.migrations import ensure_schema
 from storage.postgres.queue import PostgresQueue
-from storage.records import StreamMetadata, StreamType
+from storage.postgres.queue_admin import PostgresQueueAdmin
+from storage.records import RetentionReport, StreamMetadata, StreamType
 from storage.rules import DEFAULT_PAGE_BYTES
 
 
 class PostgresEventStore(
-    PostgresLog, PostgresQueue, PostgresConfig, PostgresConsumers, PostgresAdmin, EventStore
+    PostgresLog,
+    PostgresQueue,
+    PostgresQueueAdmin,
+    PostgresConfig,
+    PostgresConsumers,
+    PostgresAdmin,
+    EventStore,
 ):
     """The production backend. Migrations run at start() unless auto_migrate is off,
     in which case start() refuses to run against a schema with pending migrations."""
@@ -69,3 +79,11 @@ class PostgresEventStore(
         if row["stream_type"] == StreamType.EPHEMERAL:
             return await self._queue_metadata(row)
         return self._log_metadata(row)
+
+    async def enforce_retention(self, now: datetime | None = None) -> RetentionReport:
+        """The logs' retention, then the queues' upkeep: remembered ids past their
+        window are forgotten, and queue tables full of dead rows vacuumed."""
+        report = await super().enforce_retention(now)
+        forgotten = await self._forget_ids(now)
+        await self._vacuum_queue_tables()
+        return replace(report, ids_forgotten=forgotten)

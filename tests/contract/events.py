@@ -21,6 +21,7 @@ def new_event(
     metadata: Mapping[str, str] | None = None,
     correlation_id: str = "",
     causation_id: str = "",
+    ordering_key: str = "",
 ) -> NewEvent:
     """A NewEvent with a fresh id and a JSON ``payload`` (``{"n": 0}`` unless given),
     or the raw ``data`` when given."""
@@ -34,6 +35,7 @@ def new_event(
         metadata=dict(metadata or {}),
         correlation_id=correlation_id,
         causation_id=causation_id,
+        ordering_key=ordering_key,
     )
 
 

@@ -4,11 +4,14 @@ single leases, and waiting for a lease to run out."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from uuid import UUID
 
 from storage.interface import EventStore
 from storage.records import (
     DEFAULT_MAX_DELIVERY_ATTEMPTS,
+    NewEvent,
     QueueMessage,
     StreamConfiguration,
     StreamType,
@@ -37,6 +40,18 @@ async def configure_queue(
             default_visibility_timeout=visibility,
         ),
     )
+
+
+async def enqueue(
+    store: EventStore,
+    stream_name: str,
+    events: Sequence[NewEvent],
+    deliver_at: datetime | None = None,
+) -> list[UUID]:
+    """Enqueue ``events``; the ids of the call, checking that none was a duplicate."""
+    result = await store.enqueue(stream_name, events, deliver_at)
+    assert result.duplicate_event_ids == (), "unexpected duplicates"
+    return list(result.event_ids)
 
 
 async def lease_one(

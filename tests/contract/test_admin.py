@@ -22,7 +22,7 @@ from storage.records import (
     StreamType,
 )
 from tests.contract.events import appended_offsets, new_events, offsets_of, with_ids
-from tests.contract.leases import LONG_LEASE, configure_queue, lease_one
+from tests.contract.leases import LONG_LEASE, configure_queue, enqueue, lease_one
 from tests.contract.paging import all_dead_letters, all_streams, read_to_end
 
 # -- configuration -------------------------------------------------------------------
@@ -54,7 +54,7 @@ async def test_configure_without_a_type_leaves_it_to_the_first_write(
         assert stored.stream_type is None
         assert (await store.get_stream_configuration(name)).stream_type is None
     await store.append_to_stream(log, new_events(1))
-    await store.enqueue(queue, new_events(1))
+    await enqueue(store, queue, new_events(1))
     assert (await store.get_stream_configuration(log)).stream_type == StreamType.PERSISTENT
     assert (await store.get_stream_configuration(queue)).stream_type == StreamType.EPHEMERAL
     # The settings given before the first write stay.
@@ -80,7 +80,7 @@ async def test_configure_replaces_every_setting(store: EventStore, stream_name: 
 async def test_configure_without_a_type_keeps_the_type_decided(
     store: EventStore, stream_name: str
 ) -> None:
-    await store.enqueue(stream_name, new_events(1))
+    await enqueue(store, stream_name, new_events(1))
     stored = await store.configure_stream(stream_name, StreamConfiguration(max_delivery_attempts=7))
     assert (stored.stream_type, stored.max_delivery_attempts) == (StreamType.EPHEMERAL, 7)
     assert await store.get_stream_configuration(stream_name) == stored
@@ -120,7 +120,7 @@ async def test_a_type_decided_by_the_first_write_cannot_change(
 ) -> None:
     log, queue = f"{stream_name}-log", f"{stream_name}-queue"
     await store.append_to_stream(log, new_events(1))
-    await store.enqueue(queue, new_events(1))
+    await enqueue(store, queue, new_events(1))
     with pytest.raises(StreamTypeChange):
         await store.configure_stream(log, StreamConfiguration(StreamType.EPHEMERAL))
     with pytest.raises(StreamTypeChange):
@@ -132,7 +132,7 @@ async def test_a_stream_made_by_a_write_has_the_default_configuration(
 ) -> None:
     log, queue = f"{stream_name}-log", f"{stream_name}-queue"
     await store.append_to_stream(log, new_events(1))
-    await store.enqueue(queue, new_events(1))
+    await enqueue(store, queue, new_events(1))
     for name, stream_type in ((log, StreamType.PERSISTENT), (queue, StreamType.EPHEMERAL)):
         assert await store.get_stream_configuration(name) == StreamConfiguration(
             stream_type=stream_type,
@@ -161,7 +161,7 @@ async def test_list_streams_pages_through_a_prefix_in_name_order(
     for name in names[::2]:
         await store.append_to_stream(name, new_events(2))
     for name in names[1::2]:
-        await store.enqueue(name, new_events(1))
+        await enqueue(store, name, new_events(1))
     expected = sorted(names)  # code point order: digits, upper case, then lower case
     first = await store.list_streams(prefix, 3, "")
     assert [s.stream_name for s in first.streams] == expected[:3]
@@ -178,7 +178,7 @@ async def test_list_streams_pages_through_a_prefix_in_name_order(
 async def test_list_streams_summarises_type_and_length(store: EventStore, stream_name: str) -> None:
     prefix = f"{stream_name}-"
     await store.append_to_stream(f"{prefix}log", new_events(3))
-    await store.enqueue(f"{prefix}queue", new_events(2))
+    await enqueue(store, f"{prefix}queue", new_events(2))
     await store.configure_stream(f"{prefix}set", StreamConfiguration(StreamType.EPHEMERAL))
     assert await all_streams(store, prefix) == [
         StreamSummary(f"{prefix}log", StreamType.PERSISTENT, 3),
@@ -268,7 +268,7 @@ async def test_delete_removes_a_queue_its_messages_and_dead_letters(
     store: EventStore, stream_name: str
 ) -> None:
     await configure_queue(store, stream_name, max_attempts=1)
-    dead, held, pending = await store.enqueue(stream_name, new_events(3))
+    dead, held, pending = await enqueue(store, stream_name, new_events(3))
     await lease_one(store, stream_name, "a")
     await store.nack(stream_name, "a", dead, timedelta(0), "bad")
     await lease_one(store, stream_name, "a")
@@ -278,7 +278,7 @@ async def test_delete_removes_a_queue_its_messages_and_dead_letters(
     assert list(await store.dequeue(stream_name, "a", LONG_LEASE, 10)) == []
     assert await all_dead_letters(store, stream_name) == []
     # A fresh queue under the old name: every old id may be enqueued again.
-    assert list(await store.enqueue(stream_name, with_ids([dead, held, pending]))) == [
+    assert list(await enqueue(store, stream_name, with_ids([dead, held, pending]))) == [
         dead,
         held,
         pending,
@@ -289,7 +289,7 @@ async def test_delete_removes_a_queue_its_messages_and_dead_letters(
 
 
 async def test_a_deleted_name_may_take_the_other_type(store: EventStore, stream_name: str) -> None:
-    await store.enqueue(stream_name, new_events(1))
+    await enqueue(store, stream_name, new_events(1))
     await store.delete_stream(stream_name)
     assert appended_offsets(await store.append_to_stream(stream_name, new_events(1))) == (0, 0)
 
@@ -449,7 +449,7 @@ async def test_retention_is_for_logs_and_leaves_queues_alone(
             StreamType.EPHEMERAL, retention_max_age=timedelta(seconds=1), retention_max_count=1
         ),
     )
-    await store.enqueue(stream_name, new_events(3))
+    await enqueue(store, stream_name, new_events(3))
     await configure_retention(store, f"{stream_name}-log", max_count=1)
     await enforce_retention(store, datetime.now(UTC) + timedelta(days=1))
     assert (await store.get_stream_metadata(stream_name)).pending_count == 3

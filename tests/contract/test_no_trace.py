@@ -11,7 +11,6 @@ import pytest
 from storage.errors import (
     ConsumerOffsetNotFound,
     DuplicateEvent,
-    DuplicateMessage,
     MessageNotFound,
     OffsetOutOfRange,
     StorageError,
@@ -21,10 +20,10 @@ from storage.errors import (
     WrongStreamType,
 )
 from storage.interface import EventStore
-from storage.records import StreamConfiguration, StreamType
+from storage.records import EnqueueResult, StreamConfiguration, StreamType
 from tests.contract.backends import StoreCall
 from tests.contract.events import appended_offsets, new_event, new_events, with_ids
-from tests.contract.leases import LONG_LEASE, configure_queue, lease_one
+from tests.contract.leases import LONG_LEASE, configure_queue, enqueue, lease_one
 from tests.contract.paging import all_streams
 
 
@@ -51,7 +50,7 @@ async def test_after_a_refused_append_the_name_may_become_a_queue(
 ) -> None:
     with pytest.raises(WrongExpectedOffset):
         await store.append_to_stream(stream_name, new_events(1), 5)
-    (event_id,) = await store.enqueue(stream_name, new_events(1))
+    (event_id,) = await enqueue(store, stream_name, new_events(1))
     assert (await lease_one(store, stream_name, "a")).event.event_id == event_id
 
 
@@ -71,7 +70,7 @@ async def test_after_a_refused_append_a_typeless_stream_may_become_a_queue(
     await store.configure_stream(stream_name, StreamConfiguration(stream_type=None))
     with pytest.raises(WrongExpectedOffset):
         await store.append_to_stream(stream_name, new_events(1), 0)
-    await store.enqueue(stream_name, new_events(1))
+    await enqueue(store, stream_name, new_events(1))
     assert (await store.get_stream_metadata(stream_name)).stream_type == StreamType.EPHEMERAL
 
 
@@ -101,7 +100,7 @@ async def test_a_refused_partial_repeat_moves_no_offset(
 async def test_a_refused_append_to_a_queue_changes_nothing(
     store: EventStore, stream_name: str
 ) -> None:
-    await store.enqueue(stream_name, new_events(2))
+    await enqueue(store, stream_name, new_events(2))
     with pytest.raises(WrongStreamType):
         await store.append_to_stream(stream_name, new_events(1))
     meta = await store.get_stream_metadata(stream_name)
@@ -111,32 +110,31 @@ async def test_a_refused_append_to_a_queue_changes_nothing(
 # -- refused enqueues ----------------------------------------------------------------
 
 
-async def test_a_refused_enqueue_moves_no_offset(store: EventStore, stream_name: str) -> None:
-    (queued,) = await store.enqueue(stream_name, new_events(1))
+async def test_a_duplicate_in_an_enqueue_takes_no_position(
+    store: EventStore, stream_name: str
+) -> None:
+    (queued,) = await enqueue(store, stream_name, new_events(1))
     fresh = uuid.uuid4()
-    with pytest.raises(DuplicateMessage):
-        await store.enqueue(stream_name, with_ids([fresh, queued]))
+    result = await store.enqueue(stream_name, with_ids([queued, fresh]))
+    assert result == EnqueueResult((queued, fresh), (queued,))
     meta = await store.get_stream_metadata(stream_name)
-    assert (meta.length, meta.pending_count) == (1, 1)
-    # The refused batch's new id was not kept: it goes in now, at the next position.
-    assert list(await store.enqueue(stream_name, with_ids([fresh]))) == [fresh]
+    assert (meta.length, meta.pending_count) == (2, 2)
     leased = await store.dequeue(stream_name, "a", LONG_LEASE, 10)
     assert [(m.event.event_id, m.event.offset) for m in leased] == [(queued, 0), (fresh, 1)]
 
 
-async def test_an_enqueue_refused_for_a_dead_letter_moves_no_offset(
+async def test_an_enqueue_of_nothing_but_duplicates_changes_nothing(
     store: EventStore, stream_name: str
 ) -> None:
     await configure_queue(store, stream_name, max_attempts=1)
-    (dead,) = await store.enqueue(stream_name, new_events(1))
+    (dead,) = await enqueue(store, stream_name, new_events(1))
     await lease_one(store, stream_name, "a")
     await store.nack(stream_name, "a", dead, timedelta(0), "bad")
-    fresh = uuid.uuid4()
-    with pytest.raises(DuplicateMessage):
-        await store.enqueue(stream_name, with_ids([fresh, dead]))
+    assert await store.enqueue(stream_name, with_ids([dead])) == EnqueueResult((dead,), (dead,))
     meta = await store.get_stream_metadata(stream_name)
     assert (meta.length, meta.pending_count, meta.dead_letter_count) == (1, 0, 1)
-    await store.enqueue(stream_name, with_ids([fresh]))
+    fresh = uuid.uuid4()
+    await enqueue(store, stream_name, with_ids([fresh]))
     assert (await lease_one(store, stream_name, "a")).event.offset == 1
 
 
@@ -145,7 +143,7 @@ async def test_a_refused_enqueue_on_a_log_changes_nothing(
 ) -> None:
     await store.append_to_stream(stream_name, new_events(2))
     with pytest.raises(WrongStreamType):
-        await store.enqueue(stream_name, new_events(1))
+        await enqueue(store, stream_name, new_events(1))
     meta = await store.get_stream_metadata(stream_name)
     assert (meta.stream_type, meta.length) == (StreamType.PERSISTENT, 2)
 
@@ -192,7 +190,7 @@ async def test_a_refused_commit_sets_no_stream_type(store: EventStore, stream_na
     with pytest.raises(OffsetOutOfRange):
         await store.commit_offset(stream_name, "g", 0)
     assert (await store.get_stream_configuration(stream_name)).stream_type is None
-    await store.enqueue(stream_name, new_events(1))
+    await enqueue(store, stream_name, new_events(1))
 
 
 # -- failed calls on a name that is not a stream ------------------------------------

@@ -11,7 +11,7 @@ import pytest
 from storage.interface import EventStore
 from storage.records import NewEvent, ReadFilter
 from tests.contract.events import new_event
-from tests.contract.leases import LONG_LEASE, configure_queue
+from tests.contract.leases import LONG_LEASE, configure_queue, enqueue
 from tests.contract.paging import all_dead_letters, read_to_end
 
 BUDGET = 10_000
@@ -88,7 +88,7 @@ async def test_a_dequeue_stops_at_the_byte_budget(
     small_pages: EventStore, stream_name: str
 ) -> None:
     store = small_pages
-    ids = await store.enqueue(stream_name, sized(8))
+    ids = await enqueue(store, stream_name, sized(8))
     first = await store.dequeue(stream_name, "a", LONG_LEASE, 100)
     assert [m.event.event_id for m in first] == list(ids[:3])
     second = await store.dequeue(stream_name, "b", LONG_LEASE, 100)
@@ -100,7 +100,7 @@ async def test_a_dead_letter_page_stops_at_the_byte_budget(
 ) -> None:
     store = small_pages
     await configure_queue(store, stream_name, max_attempts=1)
-    ids = await store.enqueue(stream_name, sized(5, size=BUDGET // 2))
+    ids = await enqueue(store, stream_name, sized(5, size=BUDGET // 2))
     for _ in range(len(ids)):
         (message,) = await store.dequeue(stream_name, "a", LONG_LEASE, 1)
         await store.nack(stream_name, "a", message.event.event_id, timedelta(0), "bad")

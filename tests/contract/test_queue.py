@@ -10,8 +10,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from storage.errors import (
-    DuplicateEvent,
-    DuplicateMessage,
     InvalidPageToken,
     MessageNotFound,
     MessageNotHeld,
@@ -35,13 +33,13 @@ from tests.contract.events import (
     ids_of,
     new_event,
     new_events,
-    with_ids,
 )
 from tests.contract.leases import (
     LONG_LEASE,
     PATIENCE,
     SHORT_LEASE,
     configure_queue,
+    enqueue,
     lease_again,
     lease_one,
     wait_for_lease_end,
@@ -63,7 +61,7 @@ async def test_enqueue_returns_the_ids_and_makes_an_ephemeral_stream(
     store: EventStore, stream_name: str
 ) -> None:
     batch = new_events(3)
-    assert list(await store.enqueue(stream_name, batch)) == ids_of(batch)
+    assert list(await enqueue(store, stream_name, batch)) == ids_of(batch)
     meta = await store.get_stream_metadata(stream_name)
     assert meta.stream_type == StreamType.EPHEMERAL
     assert meta.length == 3
@@ -73,8 +71,8 @@ async def test_enqueue_returns_the_ids_and_makes_an_ephemeral_stream(
 
 async def test_dequeue_hands_out_the_oldest_first(store: EventStore, stream_name: str) -> None:
     first, second = new_events(3), new_events(2)
-    await store.enqueue(stream_name, first)
-    await store.enqueue(stream_name, second)
+    await enqueue(store, stream_name, first)
+    await enqueue(store, stream_name, second)
     leased = [
         *await store.dequeue(stream_name, "a", LONG_LEASE, 2),
         *await store.dequeue(stream_name, "a", LONG_LEASE, 10),
@@ -85,7 +83,7 @@ async def test_dequeue_hands_out_the_oldest_first(store: EventStore, stream_name
 
 
 async def test_dequeue_takes_at_most_max_messages(store: EventStore, stream_name: str) -> None:
-    await store.enqueue(stream_name, new_events(5))
+    await enqueue(store, stream_name, new_events(5))
     assert len(await store.dequeue(stream_name, "a", LONG_LEASE, 1)) == 1
     assert len(await store.dequeue(stream_name, "a", LONG_LEASE, 3)) == 3
     assert len(await store.dequeue(stream_name, "a", LONG_LEASE, 3)) == 1
@@ -109,7 +107,7 @@ async def test_a_message_comes_back_as_it_was_enqueued(store: EventStore, stream
         new_event("Binary", data=b"\x00\xffraw", content_type="application/octet-stream"),
     ]
     before = datetime.now(UTC)
-    await store.enqueue(stream_name, written)
+    await enqueue(store, stream_name, written)
     leased = await store.dequeue(stream_name, "a", LONG_LEASE, 10)
     for position, (message, sent) in enumerate(zip(leased, written, strict=True)):
         assert_recorded_as_written(message.event, sent, stream_name=stream_name, offset=position)
@@ -122,7 +120,7 @@ async def test_a_message_comes_back_as_it_was_enqueued(store: EventStore, stream
 async def test_a_lease_lasts_the_visibility_timeout_asked_for(
     store: EventStore, stream_name: str
 ) -> None:
-    await store.enqueue(stream_name, new_events(1))
+    await enqueue(store, stream_name, new_events(1))
     message = await lease_one(store, stream_name, "a", timedelta(minutes=7))
     assert near(message.visible_until, datetime.now(UTC) + timedelta(minutes=7))
     assert message.delivery_attempt == 1
@@ -132,7 +130,7 @@ async def test_without_a_visibility_timeout_the_stream_default_applies(
     store: EventStore, stream_name: str
 ) -> None:
     await configure_queue(store, stream_name, visibility=timedelta(minutes=3))
-    await store.enqueue(stream_name, new_events(1))
+    await enqueue(store, stream_name, new_events(1))
     message = await lease_one(store, stream_name, "a", None)
     assert near(message.visible_until, datetime.now(UTC) + timedelta(minutes=3))
 
@@ -140,7 +138,7 @@ async def test_without_a_visibility_timeout_the_stream_default_applies(
 async def test_the_default_visibility_timeout_is_thirty_seconds(
     store: EventStore, stream_name: str
 ) -> None:
-    await store.enqueue(stream_name, new_events(1))
+    await enqueue(store, stream_name, new_events(1))
     message = await lease_one(store, stream_name, "a", None)
     assert near(message.visible_until, datetime.now(UTC) + timedelta(seconds=30))
 
@@ -148,7 +146,7 @@ async def test_the_default_visibility_timeout_is_thirty_seconds(
 async def test_a_leased_message_is_invisible_to_every_consumer(
     store: EventStore, stream_name: str
 ) -> None:
-    await store.enqueue(stream_name, new_events(3))
+    await enqueue(store, stream_name, new_events(3))
     held = await store.dequeue(stream_name, "a", LONG_LEASE, 2)
     rest = await store.dequeue(stream_name, "b", LONG_LEASE, 10)
     assert [m.event.offset for m in rest] == [2]
@@ -160,7 +158,7 @@ async def test_concurrent_consumers_never_hold_the_same_message(
     store: EventStore, stream_name: str
 ) -> None:
     batch = new_events(40)
-    await store.enqueue(stream_name, batch)
+    await enqueue(store, stream_name, batch)
     leases = await asyncio.gather(
         *(store.dequeue(stream_name, f"c{i}", LONG_LEASE, 7) for i in range(8))
     )
@@ -172,7 +170,7 @@ async def test_concurrent_consumers_never_hold_the_same_message(
 async def test_an_expired_lease_is_delivered_again_with_the_next_attempt(
     store: EventStore, stream_name: str
 ) -> None:
-    (event_id,) = await store.enqueue(stream_name, new_events(1))
+    (event_id,) = await enqueue(store, stream_name, new_events(1))
     first = await lease_one(store, stream_name, "a", SHORT_LEASE)
     again = await lease_again(store, stream_name, "b")
     assert again.event.event_id == event_id
@@ -184,7 +182,7 @@ async def test_an_expired_lease_is_delivered_again_with_the_next_attempt(
 async def test_a_long_poll_returns_as_soon_as_a_lease_runs_out(
     store: EventStore, stream_name: str
 ) -> None:
-    await store.enqueue(stream_name, new_events(1))
+    await enqueue(store, stream_name, new_events(1))
     await lease_one(store, stream_name, "a", timedelta(seconds=0.5))
     started = time.monotonic()
     again = await lease_again(store, stream_name, "b")
@@ -203,7 +201,7 @@ async def test_a_long_poll_returns_when_a_message_is_enqueued(
     await asyncio.sleep(0.2)
     assert not poll.done()
     started = time.monotonic()
-    (event_id,) = await store.enqueue(stream_name, new_events(1))
+    (event_id,) = await enqueue(store, stream_name, new_events(1))
     (message,) = await asyncio.wait_for(poll, PATIENCE.total_seconds())
     assert message.event.event_id == event_id
     assert time.monotonic() - started < PATIENCE.total_seconds() / 2
@@ -214,7 +212,7 @@ async def test_a_long_poll_on_a_stream_not_yet_written_returns_on_its_first_enqu
 ) -> None:
     poll = asyncio.create_task(store.dequeue(stream_name, "a", LONG_LEASE, 1, PATIENCE))
     await asyncio.sleep(0.2)
-    (event_id,) = await store.enqueue(stream_name, new_events(1))
+    (event_id,) = await enqueue(store, stream_name, new_events(1))
     (message,) = await asyncio.wait_for(poll, PATIENCE.total_seconds())
     assert message.event.event_id == event_id
 
@@ -234,7 +232,7 @@ async def test_a_long_poll_with_nothing_to_give_waits_its_wait_time(
 async def test_acknowledge_deletes_held_messages_for_good(
     store: EventStore, stream_name: str
 ) -> None:
-    ids = list(await store.enqueue(stream_name, new_events(3)))
+    ids = list(await enqueue(store, stream_name, new_events(3)))
     leased = await store.dequeue(stream_name, "a", SHORT_LEASE, 2)
     result = await store.acknowledge(stream_name, "a", [m.event.event_id for m in leased])
     assert result == AckResult(tuple(ids[:2]), ())
@@ -248,7 +246,7 @@ async def test_acknowledge_deletes_held_messages_for_good(
 async def test_acknowledge_reports_each_id_that_failed_and_why(
     store: EventStore, stream_name: str
 ) -> None:
-    mine, theirs, pending = await store.enqueue(stream_name, new_events(3))
+    mine, theirs, pending = await enqueue(store, stream_name, new_events(3))
     await lease_one(store, stream_name, "a")
     await lease_one(store, stream_name, "b")
     unknown = uuid.uuid4()
@@ -264,7 +262,7 @@ async def test_acknowledge_reports_each_id_that_failed_and_why(
 
 
 async def test_a_second_acknowledge_finds_nothing(store: EventStore, stream_name: str) -> None:
-    (event_id,) = await store.enqueue(stream_name, new_events(1))
+    (event_id,) = await enqueue(store, stream_name, new_events(1))
     await lease_one(store, stream_name, "a")
     await store.acknowledge(stream_name, "a", [event_id])
     result = await store.acknowledge(stream_name, "a", [event_id])
@@ -282,7 +280,7 @@ async def test_acknowledge_on_an_unknown_stream_finds_nothing(
 async def test_a_late_acknowledge_succeeds_while_nobody_else_dequeued(
     store: EventStore, stream_name: str
 ) -> None:
-    (event_id,) = await store.enqueue(stream_name, new_events(1))
+    (event_id,) = await enqueue(store, stream_name, new_events(1))
     message = await lease_one(store, stream_name, "a", SHORT_LEASE)
     await wait_for_lease_end(message)
     assert (await store.acknowledge(stream_name, "a", [event_id])).acknowledged == (event_id,)
@@ -292,7 +290,7 @@ async def test_a_late_acknowledge_succeeds_while_nobody_else_dequeued(
 async def test_a_late_acknowledge_after_another_consumer_dequeued_is_not_held(
     store: EventStore, stream_name: str
 ) -> None:
-    (event_id,) = await store.enqueue(stream_name, new_events(1))
+    (event_id,) = await enqueue(store, stream_name, new_events(1))
     await lease_one(store, stream_name, "a", SHORT_LEASE)
     await lease_again(store, stream_name, "b")
     result = await store.acknowledge(stream_name, "a", [event_id])
@@ -305,7 +303,7 @@ async def test_a_late_acknowledge_of_an_expired_last_lease_succeeds_until_it_is_
     store: EventStore, stream_name: str
 ) -> None:
     await configure_queue(store, stream_name, max_attempts=1)
-    done, dead = await store.enqueue(stream_name, new_events(2))
+    done, dead = await enqueue(store, stream_name, new_events(2))
     leased = await store.dequeue(stream_name, "a", SHORT_LEASE, 2)
     await wait_for_lease_end(leased[-1])
     # Nobody else can have dequeued it: the consumer did finish with it.
@@ -319,7 +317,7 @@ async def test_a_late_acknowledge_of_an_expired_last_lease_succeeds_until_it_is_
 
 
 async def test_the_same_consumer_holds_its_redelivery(store: EventStore, stream_name: str) -> None:
-    (event_id,) = await store.enqueue(stream_name, new_events(1))
+    (event_id,) = await enqueue(store, stream_name, new_events(1))
     await lease_one(store, stream_name, "a", SHORT_LEASE)
     again = await lease_again(store, stream_name, "a")
     assert again.delivery_attempt == 2
@@ -332,7 +330,7 @@ async def test_the_same_consumer_holds_its_redelivery(store: EventStore, stream_
 async def test_a_nack_without_delay_makes_the_message_visible_at_once(
     store: EventStore, stream_name: str
 ) -> None:
-    first, second = await store.enqueue(stream_name, new_events(2))
+    first, second = await enqueue(store, stream_name, new_events(2))
     await lease_one(store, stream_name, "a")
     await store.nack(stream_name, "a", first, timedelta(0), "retry")
     leased = await store.dequeue(stream_name, "b", LONG_LEASE, 10)
@@ -344,7 +342,7 @@ async def test_a_nack_without_delay_makes_the_message_visible_at_once(
 async def test_a_nack_with_a_delay_hides_the_message_until_then(
     store: EventStore, stream_name: str
 ) -> None:
-    (event_id,) = await store.enqueue(stream_name, new_events(1))
+    (event_id,) = await enqueue(store, stream_name, new_events(1))
     await lease_one(store, stream_name, "a")
     nacked_at = time.monotonic()
     await store.nack(stream_name, "a", event_id, timedelta(seconds=1), "later")
@@ -355,7 +353,7 @@ async def test_a_nack_with_a_delay_hides_the_message_until_then(
 
 
 async def test_a_nacked_message_is_no_longer_held(store: EventStore, stream_name: str) -> None:
-    (event_id,) = await store.enqueue(stream_name, new_events(1))
+    (event_id,) = await enqueue(store, stream_name, new_events(1))
     await lease_one(store, stream_name, "a")
     await store.nack(stream_name, "a", event_id, timedelta(minutes=5), "")
     result = await store.acknowledge(stream_name, "a", [event_id])
@@ -365,7 +363,7 @@ async def test_a_nacked_message_is_no_longer_held(store: EventStore, stream_name
 
 
 async def test_nack_of_an_unknown_message_is_not_found(store: EventStore, stream_name: str) -> None:
-    await store.enqueue(stream_name, new_events(1))
+    await enqueue(store, stream_name, new_events(1))
     missing = uuid.uuid4()
     with pytest.raises(MessageNotFound) as caught:
         await store.nack(stream_name, "a", missing, timedelta(0), "")
@@ -373,7 +371,7 @@ async def test_nack_of_an_unknown_message_is_not_found(store: EventStore, stream
 
 
 async def test_nack_by_another_consumer_is_not_held(store: EventStore, stream_name: str) -> None:
-    held, pending = await store.enqueue(stream_name, new_events(2))
+    held, pending = await enqueue(store, stream_name, new_events(2))
     await lease_one(store, stream_name, "a")
     for event_id in (held, pending):
         with pytest.raises(MessageNotHeld) as caught:
@@ -390,7 +388,7 @@ async def test_nack_by_another_consumer_is_not_held(store: EventStore, stream_na
 async def test_extend_visibility_moves_the_lease_end_from_now(
     store: EventStore, stream_name: str
 ) -> None:
-    (event_id,) = await store.enqueue(stream_name, new_events(1))
+    (event_id,) = await enqueue(store, stream_name, new_events(1))
     message = await lease_one(store, stream_name, "a", SHORT_LEASE)
     until = await store.extend_visibility(stream_name, "a", event_id, timedelta(minutes=10))
     assert near(until, datetime.now(UTC) + timedelta(minutes=10))
@@ -400,7 +398,7 @@ async def test_extend_visibility_moves_the_lease_end_from_now(
 
 
 async def test_extend_visibility_can_shorten_a_lease(store: EventStore, stream_name: str) -> None:
-    (event_id,) = await store.enqueue(stream_name, new_events(1))
+    (event_id,) = await enqueue(store, stream_name, new_events(1))
     await lease_one(store, stream_name, "a")
     await store.extend_visibility(stream_name, "a", event_id, SHORT_LEASE)
     again = await lease_again(store, stream_name, "b")
@@ -410,7 +408,7 @@ async def test_extend_visibility_can_shorten_a_lease(store: EventStore, stream_n
 async def test_extend_visibility_of_an_unknown_message_is_not_found(
     store: EventStore, stream_name: str
 ) -> None:
-    await store.enqueue(stream_name, new_events(1))
+    await enqueue(store, stream_name, new_events(1))
     with pytest.raises(MessageNotFound):
         await store.extend_visibility(stream_name, "a", uuid.uuid4(), LONG_LEASE)
     with pytest.raises(MessageNotFound):
@@ -420,7 +418,7 @@ async def test_extend_visibility_of_an_unknown_message_is_not_found(
 async def test_extend_visibility_by_another_consumer_is_not_held(
     store: EventStore, stream_name: str
 ) -> None:
-    (event_id,) = await store.enqueue(stream_name, new_events(1))
+    (event_id,) = await enqueue(store, stream_name, new_events(1))
     await lease_one(store, stream_name, "a")
     with pytest.raises(MessageNotHeld):
         await store.extend_visibility(stream_name, "b", event_id, LONG_LEASE)
@@ -434,7 +432,7 @@ async def test_a_message_whose_last_lease_expires_is_dead_lettered(
 ) -> None:
     await configure_queue(store, stream_name, max_attempts=2)
     written = new_event("Poison", {"p": 1}, metadata={"m": "1"}, correlation_id="c")
-    await store.enqueue(stream_name, [written])
+    await enqueue(store, stream_name, [written])
     await lease_one(store, stream_name, "a", SHORT_LEASE)
     last = await lease_again(store, stream_name, "a", SHORT_LEASE)
     assert last.delivery_attempt == 2
@@ -451,7 +449,7 @@ async def test_an_expired_last_lease_counts_as_dead_letter_before_anyone_looks(
     store: EventStore, stream_name: str
 ) -> None:
     await configure_queue(store, stream_name, max_attempts=1)
-    await store.enqueue(stream_name, new_events(1))
+    await enqueue(store, stream_name, new_events(1))
     message = await lease_one(store, stream_name, "a", SHORT_LEASE)
     await wait_for_lease_end(message)
     meta = await store.get_stream_metadata(stream_name)
@@ -462,7 +460,7 @@ async def test_a_nack_on_the_last_attempt_dead_letters_with_its_reason(
     store: EventStore, stream_name: str
 ) -> None:
     await configure_queue(store, stream_name, max_attempts=1)
-    (event_id,) = await store.enqueue(stream_name, new_events(1))
+    (event_id,) = await enqueue(store, stream_name, new_events(1))
     await lease_one(store, stream_name, "a")
     await store.nack(stream_name, "a", event_id, timedelta(0), "cannot parse")
     assert list(await store.dequeue(stream_name, "a", LONG_LEASE, 1)) == []
@@ -478,7 +476,7 @@ async def test_a_nack_without_reason_dead_letters_as_nacked(
     store: EventStore, stream_name: str
 ) -> None:
     await configure_queue(store, stream_name, max_attempts=2)
-    (event_id,) = await store.enqueue(stream_name, new_events(1))
+    (event_id,) = await enqueue(store, stream_name, new_events(1))
     await lease_one(store, stream_name, "a")
     await store.nack(stream_name, "a", event_id, timedelta(0), "first try")
     await lease_one(store, stream_name, "a")
@@ -491,7 +489,7 @@ async def test_nack_and_extend_of_an_expired_last_lease_find_it_dead(
     store: EventStore, stream_name: str
 ) -> None:
     await configure_queue(store, stream_name, max_attempts=1)
-    first, second = await store.enqueue(stream_name, new_events(2))
+    first, second = await enqueue(store, stream_name, new_events(2))
     leased = await store.dequeue(stream_name, "a", SHORT_LEASE, 2)
     await wait_for_lease_end(leased[-1])
     with pytest.raises(MessageNotFound):
@@ -507,7 +505,7 @@ async def test_dead_letters_list_in_pages_in_the_order_they_died(
     store: EventStore, stream_name: str
 ) -> None:
     await configure_queue(store, stream_name, max_attempts=1)
-    ids = list(await store.enqueue(stream_name, new_events(5)))
+    ids = list(await enqueue(store, stream_name, new_events(5)))
     await store.dequeue(stream_name, "a", LONG_LEASE, 5)
     for event_id in reversed(ids):
         await store.nack(stream_name, "a", event_id, timedelta(0), f"bad {event_id}")
@@ -536,7 +534,7 @@ async def test_dead_letters_of_an_unknown_or_clean_queue_are_none(
 ) -> None:
     page = await store.list_dead_letters(stream_name, 10, "")
     assert (page.dead_letters, page.next_page_token) == ((), "")
-    await store.enqueue(stream_name, new_events(1))
+    await enqueue(store, stream_name, new_events(1))
     assert await all_dead_letters(store, stream_name) == []
 
 
@@ -561,7 +559,7 @@ async def test_a_dead_letter_token_beyond_every_position_is_refused_or_finds_not
     store: EventStore, stream_name: str
 ) -> None:
     await configure_queue(store, stream_name, max_attempts=1)
-    (event_id,) = await store.enqueue(stream_name, new_events(1))
+    (event_id,) = await enqueue(store, stream_name, new_events(1))
     await lease_one(store, stream_name, "a")
     await store.nack(stream_name, "a", event_id, timedelta(0), "bad")
     token = encode_position_token(DEAD_LETTERS, 2**63)
@@ -576,11 +574,11 @@ async def test_redrive_of_all_puts_them_back_at_the_end_with_attempts_reset(
     store: EventStore, stream_name: str
 ) -> None:
     await configure_queue(store, stream_name, max_attempts=1)
-    dead = list(await store.enqueue(stream_name, new_events(2)))
+    dead = list(await enqueue(store, stream_name, new_events(2)))
     await store.dequeue(stream_name, "a", LONG_LEASE, 2)
     for event_id in dead:
         await store.nack(stream_name, "a", event_id, timedelta(0), "bad")
-    (waiting,) = await store.enqueue(stream_name, new_events(1))
+    (waiting,) = await enqueue(store, stream_name, new_events(1))
     assert await store.redrive_dead_letters(stream_name, []) == 2
     assert await all_dead_letters(store, stream_name) == []
     leased = await store.dequeue(stream_name, "b", LONG_LEASE, 10)
@@ -593,7 +591,7 @@ async def test_redrive_of_all_puts_them_back_at_the_end_with_attempts_reset(
 
 async def test_redrive_of_some_moves_only_those(store: EventStore, stream_name: str) -> None:
     await configure_queue(store, stream_name, max_attempts=1)
-    ids = list(await store.enqueue(stream_name, new_events(3)))
+    ids = list(await enqueue(store, stream_name, new_events(3)))
     await store.dequeue(stream_name, "a", LONG_LEASE, 3)
     for event_id in ids:
         await store.nack(stream_name, "a", event_id, timedelta(0), "bad")
@@ -607,7 +605,7 @@ async def test_redrive_of_some_moves_only_those(store: EventStore, stream_name: 
 
 async def test_redrive_includes_expired_last_leases(store: EventStore, stream_name: str) -> None:
     await configure_queue(store, stream_name, max_attempts=1)
-    (event_id,) = await store.enqueue(stream_name, new_events(1))
+    (event_id,) = await enqueue(store, stream_name, new_events(1))
     message = await lease_one(store, stream_name, "a", SHORT_LEASE)
     await wait_for_lease_end(message)
     assert await store.redrive_dead_letters(stream_name, []) == 1
@@ -617,7 +615,7 @@ async def test_redrive_includes_expired_last_leases(store: EventStore, stream_na
 
 async def test_a_redriven_message_can_die_again(store: EventStore, stream_name: str) -> None:
     await configure_queue(store, stream_name, max_attempts=1)
-    (event_id,) = await store.enqueue(stream_name, new_events(1))
+    (event_id,) = await enqueue(store, stream_name, new_events(1))
     await lease_one(store, stream_name, "a")
     await store.nack(stream_name, "a", event_id, timedelta(0), "first")
     await store.redrive_dead_letters(stream_name, [event_id])
@@ -637,62 +635,6 @@ async def test_redrive_of_an_unknown_queue_moves_nothing(
     assert await store.redrive_dead_letters(stream_name, []) == 0
 
 
-# -- duplicate ids ---------------------------------------------------------------------
-
-
-async def test_enqueue_of_an_id_already_queued_is_refused_whole(
-    store: EventStore, stream_name: str
-) -> None:
-    (queued,) = await store.enqueue(stream_name, new_events(1))
-    fresh = uuid.uuid4()
-    with pytest.raises(DuplicateMessage) as caught:
-        await store.enqueue(stream_name, with_ids([fresh, queued]))
-    assert (caught.value.stream_name, caught.value.event_id) == (stream_name, queued)
-    assert (await store.get_stream_metadata(stream_name)).length == 1
-    leased = await store.dequeue(stream_name, "a", LONG_LEASE, 10)
-    assert [m.event.event_id for m in leased] == [queued]
-
-
-async def test_enqueue_of_an_id_held_by_a_consumer_is_refused(
-    store: EventStore, stream_name: str
-) -> None:
-    (held,) = await store.enqueue(stream_name, new_events(1))
-    await lease_one(store, stream_name, "a")
-    with pytest.raises(DuplicateMessage):
-        await store.enqueue(stream_name, with_ids([held]))
-
-
-async def test_enqueue_of_a_dead_lettered_id_is_refused(
-    store: EventStore, stream_name: str
-) -> None:
-    await configure_queue(store, stream_name, max_attempts=1)
-    (dead,) = await store.enqueue(stream_name, new_events(1))
-    await lease_one(store, stream_name, "a")
-    await store.nack(stream_name, "a", dead, timedelta(0), "bad")
-    with pytest.raises(DuplicateMessage) as caught:
-        await store.enqueue(stream_name, with_ids([uuid.uuid4(), dead]))
-    assert caught.value.event_id == dead
-    assert (await store.get_stream_metadata(stream_name)).length == 1
-
-
-async def test_an_acknowledged_id_may_be_enqueued_again(
-    store: EventStore, stream_name: str
-) -> None:
-    (done,) = await store.enqueue(stream_name, new_events(1))
-    await lease_one(store, stream_name, "a")
-    await store.acknowledge(stream_name, "a", [done])
-    assert list(await store.enqueue(stream_name, with_ids([done]))) == [done]
-    again = await lease_one(store, stream_name, "b")
-    assert (again.event.event_id, again.delivery_attempt, again.event.offset) == (done, 1, 1)
-
-
-async def test_a_duplicate_is_a_duplicate_event_too(store: EventStore, stream_name: str) -> None:
-    """Callers that handle DuplicateEvent handle a queue's duplicate as well."""
-    (queued,) = await store.enqueue(stream_name, new_events(1))
-    with pytest.raises(DuplicateEvent):
-        await store.enqueue(stream_name, with_ids([queued]))
-
-
 # -- metadata and types --------------------------------------------------------------
 
 
@@ -700,7 +642,7 @@ async def test_queue_metadata_counts_pending_in_flight_and_dead(
     store: EventStore, stream_name: str
 ) -> None:
     await configure_queue(store, stream_name, max_attempts=1)
-    ids = list(await store.enqueue(stream_name, new_events(6)))
+    ids = list(await enqueue(store, stream_name, new_events(6)))
     await store.dequeue(stream_name, "a", LONG_LEASE, 3)
     await store.acknowledge(stream_name, "a", [ids[0]])
     await store.nack(stream_name, "a", ids[1], timedelta(0), "bad")

@@ -104,6 +104,7 @@ def recorded(**fields: object) -> RecordedEvent:
         "causation_id": "cause",
         "timestamp": datetime(2024, 5, 6, 7, 8, 9, 123_456, tzinfo=UTC),
         "global_position": 7,
+        "ordering_key": "order-7",
     }
     values.update(fields)
     return RecordedEvent(**values)  # type: ignore[arg-type]
@@ -123,6 +124,7 @@ def test_fill_event_sets_every_field() -> None:
     assert message.causation_id == "cause"
     assert message.timestamp == convert.timestamp(record.timestamp)
     assert message.global_position == 7
+    assert message.ordering_key == "order-7"
     every_field = {f.name for f in pb.Event.DESCRIPTOR.fields}
     assert {f.name for f, _ in message.ListFields()} == every_field
 
@@ -130,11 +132,18 @@ def test_fill_event_sets_every_field() -> None:
 def test_fill_event_leaves_optional_fields_unset_when_empty() -> None:
     message = convert.fill_event(
         pb.Event(),
-        recorded(metadata={}, correlation_id="", causation_id="", data=b"", global_position=0),
+        recorded(
+            metadata={},
+            correlation_id="",
+            causation_id="",
+            data=b"",
+            global_position=0,
+            ordering_key="",
+        ),
     )
     listed = {f.name for f, _ in message.ListFields()}
     assert listed.isdisjoint(
-        {"metadata", "correlation_id", "causation_id", "data", "global_position"}
+        {"metadata", "correlation_id", "causation_id", "data", "global_position", "ordering_key"}
     )
     assert message.metadata == {}
     assert (message.correlation_id, message.causation_id) == ("", "")

@@ -23,7 +23,7 @@ STREAM_TYPE_PERSISTENT: StreamType
 STREAM_TYPE_EPHEMERAL: StreamType
 
 class EventData(_message.Message):
-    __slots__ = ("event_id", "event_type", "data", "content_type", "metadata", "correlation_id", "causation_id")
+    __slots__ = ("event_id", "event_type", "data", "content_type", "metadata", "correlation_id", "causation_id", "ordering_key")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,7 @@ class EventData(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     CAUSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ORDERING_KEY_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     event_type: str
     data: bytes
@@ -45,10 +46,11 @@ class EventData(_message.Message):
     metadata: _containers.ScalarMap[str, str]
     correlation_id: str
     causation_id: str
-    def __init__(self, event_id: _Optional[str] = ..., event_type: _Optional[str] = ..., data: _Optional[bytes] = ..., content_type: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., correlation_id: _Optional[str] = ..., causation_id: _Optional[str] = ...) -> None: ...
+    ordering_key: str
+    def __init__(self, event_id: _Optional[str] = ..., event_type: _Optional[str] = ..., data: _Optional[bytes] = ..., content_type: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., correlation_id: _Optional[str] = ..., causation_id: _Optional[str] = ..., ordering_key: _Optional[str] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("stream_name", "offset", "event_id", "event_type", "data", "content_type", "metadata", "correlation_id", "causation_id", "timestamp", "global_position")
+    __slots__ = ("stream_name", "offset", "event_id", "event_type", "data", "content_type", "metadata", "correlation_id", "causation_id", "timestamp", "global_position", "ordering_key")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +69,7 @@ class Event(_message.Message):
     CAUSATION_ID_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     GLOBAL_POSITION_FIELD_NUMBER: _ClassVar[int]
+    ORDERING_KEY_FIELD_NUMBER: _ClassVar[int]
     stream_name: str
     offset: int
     event_id: str
@@ -78,7 +81,8 @@ class Event(_message.Message):
     causation_id: str
     timestamp: _timestamp_pb2.Timestamp
     global_position: int
-    def __init__(self, stream_name: _Optional[str] = ..., offset: _Optional[int] = ..., event_id: _Optional[str] = ..., event_type: _Optional[str] = ..., data: _Optional[bytes] = ..., content_type: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., correlation_id: _Optional[str] = ..., causation_id: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., global_position: _Optional[int] = ...) -> None: ...
+    ordering_key: str
+    def __init__(self, stream_name: _Optional[str] = ..., offset: _Optional[int] = ..., event_id: _Optional[str] = ..., event_type: _Optional[str] = ..., data: _Optional[bytes] = ..., content_type: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., correlation_id: _Optional[str] = ..., causation_id: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., global_position: _Optional[int] = ..., ordering_key: _Optional[str] = ...) -> None: ...
 
 class AppendToStreamRequest(_message.Message):
     __slots__ = ("stream_name", "events", "expected_last_offset")
@@ -147,7 +151,7 @@ class GetStreamMetadataRequest(_message.Message):
     def __init__(self, stream_name: _Optional[str] = ...) -> None: ...
 
 class GetStreamMetadataResponse(_message.Message):
-    __slots__ = ("stream_name", "stream_type", "length", "retained_count", "oldest_offset", "newest_offset", "oldest_event_timestamp", "newest_event_timestamp", "created_at", "pending_count", "in_flight_count", "dead_letter_count")
+    __slots__ = ("stream_name", "stream_type", "length", "retained_count", "oldest_offset", "newest_offset", "oldest_event_timestamp", "newest_event_timestamp", "created_at", "pending_count", "in_flight_count", "dead_letter_count", "oldest_message_enqueued_at")
     STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
     STREAM_TYPE_FIELD_NUMBER: _ClassVar[int]
     LENGTH_FIELD_NUMBER: _ClassVar[int]
@@ -160,6 +164,7 @@ class GetStreamMetadataResponse(_message.Message):
     PENDING_COUNT_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_COUNT_FIELD_NUMBER: _ClassVar[int]
     DEAD_LETTER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_MESSAGE_ENQUEUED_AT_FIELD_NUMBER: _ClassVar[int]
     stream_name: str
     stream_type: StreamType
     length: int
@@ -172,21 +177,28 @@ class GetStreamMetadataResponse(_message.Message):
     pending_count: int
     in_flight_count: int
     dead_letter_count: int
-    def __init__(self, stream_name: _Optional[str] = ..., stream_type: _Optional[_Union[StreamType, str]] = ..., length: _Optional[int] = ..., retained_count: _Optional[int] = ..., oldest_offset: _Optional[int] = ..., newest_offset: _Optional[int] = ..., oldest_event_timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., newest_event_timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pending_count: _Optional[int] = ..., in_flight_count: _Optional[int] = ..., dead_letter_count: _Optional[int] = ...) -> None: ...
+    oldest_message_enqueued_at: _timestamp_pb2.Timestamp
+    def __init__(self, stream_name: _Optional[str] = ..., stream_type: _Optional[_Union[StreamType, str]] = ..., length: _Optional[int] = ..., retained_count: _Optional[int] = ..., oldest_offset: _Optional[int] = ..., newest_offset: _Optional[int] = ..., oldest_event_timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., newest_event_timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pending_count: _Optional[int] = ..., in_flight_count: _Optional[int] = ..., dead_letter_count: _Optional[int] = ..., oldest_message_enqueued_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class EnqueueRequest(_message.Message):
-    __slots__ = ("stream_name", "events")
+    __slots__ = ("stream_name", "events", "delay", "deliver_at")
     STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    DELAY_FIELD_NUMBER: _ClassVar[int]
+    DELIVER_AT_FIELD_NUMBER: _ClassVar[int]
     stream_name: str
     events: _containers.RepeatedCompositeFieldContainer[EventData]
-    def __init__(self, stream_name: _Optional[str] = ..., events: _Optional[_Iterable[_Union[EventData, _Mapping]]] = ...) -> None: ...
+    delay: _duration_pb2.Duration
+    deliver_at: _timestamp_pb2.Timestamp
+    def __init__(self, stream_name: _Optional[str] = ..., events: _Optional[_Iterable[_Union[EventData, _Mapping]]] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., deliver_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class EnqueueResponse(_message.Message):
-    __slots__ = ("event_ids",)
+    __slots__ = ("event_ids", "duplicate_event_ids")
     EVENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_EVENT_IDS_FIELD_NUMBER: _ClassVar[int]
     event_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, event_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    duplicate_event_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, event_ids: _Optional[_Iterable[str]] = ..., duplicate_event_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DequeueRequest(_message.Message):
     __slots__ = ("stream_name", "consumer_id", "visibility_timeout", "max_messages", "wait_time")
@@ -203,14 +215,16 @@ class DequeueRequest(_message.Message):
     def __init__(self, stream_name: _Optional[str] = ..., consumer_id: _Optional[str] = ..., visibility_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_messages: _Optional[int] = ..., wait_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class QueueMessage(_message.Message):
-    __slots__ = ("event", "delivery_attempt", "visible_until")
+    __slots__ = ("event", "delivery_attempt", "visible_until", "receipt")
     EVENT_FIELD_NUMBER: _ClassVar[int]
     DELIVERY_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     VISIBLE_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
     event: Event
     delivery_attempt: int
     visible_until: _timestamp_pb2.Timestamp
-    def __init__(self, event: _Optional[_Union[Event, _Mapping]] = ..., delivery_attempt: _Optional[int] = ..., visible_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    receipt: str
+    def __init__(self, event: _Optional[_Union[Event, _Mapping]] = ..., delivery_attempt: _Optional[int] = ..., visible_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., receipt: _Optional[str] = ...) -> None: ...
 
 class DequeueResponse(_message.Message):
     __slots__ = ("messages",)
@@ -219,22 +233,26 @@ class DequeueResponse(_message.Message):
     def __init__(self, messages: _Optional[_Iterable[_Union[QueueMessage, _Mapping]]] = ...) -> None: ...
 
 class AcknowledgeRequest(_message.Message):
-    __slots__ = ("stream_name", "consumer_id", "event_ids")
+    __slots__ = ("stream_name", "consumer_id", "event_ids", "receipts")
     STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
     CONSUMER_ID_FIELD_NUMBER: _ClassVar[int]
     EVENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    RECEIPTS_FIELD_NUMBER: _ClassVar[int]
     stream_name: str
     consumer_id: str
     event_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, stream_name: _Optional[str] = ..., consumer_id: _Optional[str] = ..., event_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    receipts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, stream_name: _Optional[str] = ..., consumer_id: _Optional[str] = ..., event_ids: _Optional[_Iterable[str]] = ..., receipts: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AckFailure(_message.Message):
-    __slots__ = ("event_id", "reason")
+    __slots__ = ("event_id", "reason", "receipt")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     reason: str
-    def __init__(self, event_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    receipt: str
+    def __init__(self, event_id: _Optional[str] = ..., reason: _Optional[str] = ..., receipt: _Optional[str] = ...) -> None: ...
 
 class AcknowledgeResponse(_message.Message):
     __slots__ = ("acknowledged", "failed")
@@ -245,34 +263,38 @@ class AcknowledgeResponse(_message.Message):
     def __init__(self, acknowledged: _Optional[_Iterable[str]] = ..., failed: _Optional[_Iterable[_Union[AckFailure, _Mapping]]] = ...) -> None: ...
 
 class NackRequest(_message.Message):
-    __slots__ = ("stream_name", "consumer_id", "event_id", "delay", "reason")
+    __slots__ = ("stream_name", "consumer_id", "event_id", "delay", "reason", "receipt")
     STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
     CONSUMER_ID_FIELD_NUMBER: _ClassVar[int]
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     DELAY_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
     stream_name: str
     consumer_id: str
     event_id: str
     delay: _duration_pb2.Duration
     reason: str
-    def __init__(self, stream_name: _Optional[str] = ..., consumer_id: _Optional[str] = ..., event_id: _Optional[str] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+    receipt: str
+    def __init__(self, stream_name: _Optional[str] = ..., consumer_id: _Optional[str] = ..., event_id: _Optional[str] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reason: _Optional[str] = ..., receipt: _Optional[str] = ...) -> None: ...
 
 class NackResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class ExtendVisibilityRequest(_message.Message):
-    __slots__ = ("stream_name", "consumer_id", "event_id", "visibility_timeout")
+    __slots__ = ("stream_name", "consumer_id", "event_id", "visibility_timeout", "receipt")
     STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
     CONSUMER_ID_FIELD_NUMBER: _ClassVar[int]
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     VISIBILITY_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
     stream_name: str
     consumer_id: str
     event_id: str
     visibility_timeout: _duration_pb2.Duration
-    def __init__(self, stream_name: _Optional[str] = ..., consumer_id: _Optional[str] = ..., event_id: _Optional[str] = ..., visibility_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    receipt: str
+    def __init__(self, stream_name: _Optional[str] = ..., consumer_id: _Optional[str] = ..., event_id: _Optional[str] = ..., visibility_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., receipt: _Optional[str] = ...) -> None: ...
 
 class ExtendVisibilityResponse(_message.Message):
     __slots__ = ("visible_until",)
@@ -385,18 +407,26 @@ class SubscribeToStreamResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[Event, _Mapping]] = ..., caught_up: _Optional[_Union[CaughtUp, _Mapping]] = ...) -> None: ...
 
 class StreamConfiguration(_message.Message):
-    __slots__ = ("stream_type", "retention_max_age", "retention_max_count", "max_delivery_attempts", "default_visibility_timeout")
+    __slots__ = ("stream_type", "retention_max_age", "retention_max_count", "max_delivery_attempts", "default_visibility_timeout", "retry_initial_delay", "retry_max_delay", "retry_multiplier", "deduplication_window")
     STREAM_TYPE_FIELD_NUMBER: _ClassVar[int]
     RETENTION_MAX_AGE_FIELD_NUMBER: _ClassVar[int]
     RETENTION_MAX_COUNT_FIELD_NUMBER: _ClassVar[int]
     MAX_DELIVERY_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_VISIBILITY_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    RETRY_INITIAL_DELAY_FIELD_NUMBER: _ClassVar[int]
+    RETRY_MAX_DELAY_FIELD_NUMBER: _ClassVar[int]
+    RETRY_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    DEDUPLICATION_WINDOW_FIELD_NUMBER: _ClassVar[int]
     stream_type: StreamType
     retention_max_age: _duration_pb2.Duration
     retention_max_count: int
     max_delivery_attempts: int
     default_visibility_timeout: _duration_pb2.Duration
-    def __init__(self, stream_type: _Optional[_Union[StreamType, str]] = ..., retention_max_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retention_max_count: _Optional[int] = ..., max_delivery_attempts: _Optional[int] = ..., default_visibility_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    retry_initial_delay: _duration_pb2.Duration
+    retry_max_delay: _duration_pb2.Duration
+    retry_multiplier: float
+    deduplication_window: _duration_pb2.Duration
+    def __init__(self, stream_type: _Optional[_Union[StreamType, str]] = ..., retention_max_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retention_max_count: _Optional[int] = ..., max_delivery_attempts: _Optional[int] = ..., default_visibility_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_initial_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_max_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_multiplier: _Optional[float] = ..., deduplication_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class ConfigureStreamRequest(_message.Message):
     __slots__ = ("stream_name", "configuration")
@@ -573,3 +603,93 @@ class AppendSessionResponse(_message.Message):
     result: AppendToStreamsResponse
     error: _status_pb2.Status
     def __init__(self, request_id: _Optional[int] = ..., result: _Optional[_Union[AppendToStreamsResponse, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
+
+class ConsumeRequest(_message.Message):
+    __slots__ = ("start", "ack", "nack", "extend")
+    START_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    NACK_FIELD_NUMBER: _ClassVar[int]
+    EXTEND_FIELD_NUMBER: _ClassVar[int]
+    start: ConsumeStart
+    ack: ConsumeAck
+    nack: ConsumeNack
+    extend: ConsumeExtend
+    def __init__(self, start: _Optional[_Union[ConsumeStart, _Mapping]] = ..., ack: _Optional[_Union[ConsumeAck, _Mapping]] = ..., nack: _Optional[_Union[ConsumeNack, _Mapping]] = ..., extend: _Optional[_Union[ConsumeExtend, _Mapping]] = ...) -> None: ...
+
+class ConsumeStart(_message.Message):
+    __slots__ = ("stream_name", "consumer_id", "visibility_timeout", "max_outstanding", "max_batch")
+    STREAM_NAME_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_ID_FIELD_NUMBER: _ClassVar[int]
+    VISIBILITY_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    MAX_OUTSTANDING_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
+    stream_name: str
+    consumer_id: str
+    visibility_timeout: _duration_pb2.Duration
+    max_outstanding: int
+    max_batch: int
+    def __init__(self, stream_name: _Optional[str] = ..., consumer_id: _Optional[str] = ..., visibility_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_outstanding: _Optional[int] = ..., max_batch: _Optional[int] = ...) -> None: ...
+
+class ConsumeAck(_message.Message):
+    __slots__ = ("request_id", "event_ids", "receipts")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    RECEIPTS_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    event_ids: _containers.RepeatedScalarFieldContainer[str]
+    receipts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, request_id: _Optional[int] = ..., event_ids: _Optional[_Iterable[str]] = ..., receipts: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ConsumeNack(_message.Message):
+    __slots__ = ("request_id", "event_id", "delay", "reason", "receipt")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    DELAY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    event_id: str
+    delay: _duration_pb2.Duration
+    reason: str
+    receipt: str
+    def __init__(self, request_id: _Optional[int] = ..., event_id: _Optional[str] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reason: _Optional[str] = ..., receipt: _Optional[str] = ...) -> None: ...
+
+class ConsumeExtend(_message.Message):
+    __slots__ = ("request_id", "event_id", "visibility_timeout", "receipt")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    VISIBILITY_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    event_id: str
+    visibility_timeout: _duration_pb2.Duration
+    receipt: str
+    def __init__(self, request_id: _Optional[int] = ..., event_id: _Optional[str] = ..., visibility_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., receipt: _Optional[str] = ...) -> None: ...
+
+class ConsumeResult(_message.Message):
+    __slots__ = ("request_id", "succeeded", "failed", "visible_until")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    VISIBLE_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    succeeded: _containers.RepeatedScalarFieldContainer[str]
+    failed: _containers.RepeatedCompositeFieldContainer[AckFailure]
+    visible_until: _timestamp_pb2.Timestamp
+    def __init__(self, request_id: _Optional[int] = ..., succeeded: _Optional[_Iterable[str]] = ..., failed: _Optional[_Iterable[_Union[AckFailure, _Mapping]]] = ..., visible_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ConsumeBatch(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[QueueMessage]
+    def __init__(self, messages: _Optional[_Iterable[_Union[QueueMessage, _Mapping]]] = ...) -> None: ...
+
+class ConsumeResponse(_message.Message):
+    __slots__ = ("message", "result", "batch")
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    message: QueueMessage
+    result: ConsumeResult
+    batch: ConsumeBatch
+    def __init__(self, message: _Optional[_Union[QueueMessage, _Mapping]] = ..., result: _Optional[_Union[ConsumeResult, _Mapping]] = ..., batch: _Optional[_Union[ConsumeBatch, _Mapping]] = ...) -> None: ...

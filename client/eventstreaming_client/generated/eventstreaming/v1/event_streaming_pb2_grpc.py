@@ -81,6 +81,11 @@ class EventStreamingStub:
                 request_serializer=eventstreaming_dot_v1_dot_event__streaming__pb2.ExtendVisibilityRequest.SerializeToString,
                 response_deserializer=eventstreaming_dot_v1_dot_event__streaming__pb2.ExtendVisibilityResponse.FromString,
                 _registered_method=True)
+        self.Consume = channel.stream_stream(
+                '/eventstreaming.v1.EventStreaming/Consume',
+                request_serializer=eventstreaming_dot_v1_dot_event__streaming__pb2.ConsumeRequest.SerializeToString,
+                response_deserializer=eventstreaming_dot_v1_dot_event__streaming__pb2.ConsumeResponse.FromString,
+                _registered_method=True)
         self.ListDeadLetters = channel.unary_unary(
                 '/eventstreaming.v1.EventStreaming/ListDeadLetters',
                 request_serializer=eventstreaming_dot_v1_dot_event__streaming__pb2.ListDeadLettersRequest.SerializeToString,
@@ -192,8 +197,11 @@ class EventStreamingServicer:
 
     def Enqueue(self, request, context):
         """Adds 1..n messages to the end of an ephemeral stream, atomically. Creates
-        the stream on its first enqueue. Errors: FAILED_PRECONDITION on a
-        persistent stream.
+        the stream on its first enqueue. With delay or deliver_at the messages stay
+        invisible until then. An event_id the queue has seen within its
+        deduplication window (queued, held, acknowledged or dead-lettered) is not
+        written again: the call still succeeds and lists it in duplicate_event_ids.
+        Errors: FAILED_PRECONDITION on a persistent stream.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -202,24 +210,29 @@ class EventStreamingServicer:
     def Dequeue(self, request, context):
         """Leases up to max_messages visible messages, oldest first, to one consumer.
         Each stays invisible to every consumer until visible_until. With wait_time,
-        waits (long polling) until a message is visible or the time is up.
+        waits (long polling) until a message is visible or the time is up. Of the
+        messages sharing an ordering key only the oldest is ever delivered, and
+        only while no consumer holds it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Acknowledge(self, request, context):
-        """Deletes messages held by this consumer. Ids that cannot be acknowledged
-        are reported one by one in `failed`; the call itself succeeds.
+        """Deletes messages held by this consumer, named by event id or by the
+        receipt of one delivery. Those that cannot be acknowledged are reported
+        one by one in `failed`; the call itself succeeds.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Nack(self, request, context):
-        """Gives a held message back, visible again after `delay`. A message that has
-        reached max_delivery_attempts goes to the dead-letter queue with `reason`.
-        Errors: NOT_FOUND; FAILED_PRECONDITION when not held by this consumer.
+        """Gives a held message back, visible again after `delay` (absent: after the
+        stream's retry backoff). A message that has reached max_delivery_attempts
+        goes to the dead-letter queue with `reason`. Errors: NOT_FOUND;
+        FAILED_PRECONDITION when not held by this consumer (or, with a receipt,
+        when that delivery is no longer the one held).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -227,7 +240,23 @@ class EventStreamingServicer:
 
     def ExtendVisibility(self, request, context):
         """Sets a held message's lease to end visibility_timeout from now.
-        Errors: NOT_FOUND; FAILED_PRECONDITION when not held by this consumer.
+        Errors: NOT_FOUND; FAILED_PRECONDITION when not held by this consumer (or,
+        with a receipt, when that delivery is no longer the one held).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Consume(self, request_iterator, context):
+        """Streaming consumption. The first request is `start`; the server then
+        pushes leased messages as soon as they are visible, never holding more
+        than max_outstanding unacknowledged messages with this stream, and
+        answers every ack, nack and extend sent on the stream with one `result`,
+        in the order they were sent. When the client half-closes, the messages it
+        still holds are released at once (visible again, the attempt counted) and
+        the call ends OK; when the connection breaks they expire as leases do.
+        Errors: INVALID_ARGUMENT for a bad request (the stream ends);
+        FAILED_PRECONDITION on a persistent stream.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -396,6 +425,11 @@ def add_EventStreamingServicer_to_server(servicer, server):
                     servicer.ExtendVisibility,
                     request_deserializer=eventstreaming_dot_v1_dot_event__streaming__pb2.ExtendVisibilityRequest.FromString,
                     response_serializer=eventstreaming_dot_v1_dot_event__streaming__pb2.ExtendVisibilityResponse.SerializeToString,
+            ),
+            'Consume': grpc.stream_stream_rpc_method_handler(
+                    servicer.Consume,
+                    request_deserializer=eventstreaming_dot_v1_dot_event__streaming__pb2.ConsumeRequest.FromString,
+                    response_serializer=eventstreaming_dot_v1_dot_event__streaming__pb2.ConsumeResponse.SerializeToString,
             ),
             'ListDeadLetters': grpc.unary_unary_rpc_method_handler(
                     servicer.ListDeadLetters,
@@ -707,6 +741,33 @@ class EventStreaming:
             '/eventstreaming.v1.EventStreaming/ExtendVisibility',
             eventstreaming_dot_v1_dot_event__streaming__pb2.ExtendVisibilityRequest.SerializeToString,
             eventstreaming_dot_v1_dot_event__streaming__pb2.ExtendVisibilityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Consume(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/eventstreaming.v1.EventStreaming/Consume',
+            eventstreaming_dot_v1_dot_event__streaming__pb2.ConsumeRequest.SerializeToString,
+            eventstreaming_dot_v1_dot_event__streaming__pb2.ConsumeResponse.FromString,
             options,
             channel_credentials,
             insecure,
