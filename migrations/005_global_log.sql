@@ -27,6 +27,9 @@ CREATE TABLE event_streaming.log_head (
 );
 
 ALTER TABLE event_streaming.events ADD COLUMN global_position bigint;
+-- An event's ordering key (EventData.ordering_key), stored and returned on a log;
+-- queues order their deliveries by it (006).
+ALTER TABLE event_streaming.events ADD COLUMN ordering_key text;
 
 -- Events written before this migration take positions in the order they were
 -- appended (timestamps are taken under the stream's lock, so within a stream they
@@ -205,6 +208,7 @@ CREATE FUNCTION event_streaming.append_calls(
     p_correlation_ids       text[],
     p_causation_ids         text[],
     p_payload_bytes         integer[],
+    p_ordering_keys         text[],
     p_checkpoint_streams    text[],
     p_checkpoint_groups     text[],
     p_checkpoint_offsets    bigint[]
@@ -308,18 +312,18 @@ BEGIN
             INSERT INTO event_streaming.events (
                 stream_id, stream_offset, event_id, event_type, content_type, data_json,
                 data_bytes, metadata, correlation_id, causation_id, created_at,
-                payload_bytes, global_position)
+                payload_bytes, global_position, ordering_key)
             SELECT v_ids[v_slots[t.app]],
                    v_bases[t.app] + row_number() OVER (PARTITION BY t.app ORDER BY t.ord) - 1,
                    t.id, t.event_type, t.content_type, t.data_json, t.data_bytes,
                    t.metadata, t.correlation_id, t.causation_id, v_now, t.payload_bytes,
-                   v_head + t.ord
+                   v_head + t.ord, t.ordering_key
               FROM unnest(p_event_append, p_event_ids, p_event_types, p_content_types,
                           p_data_json, p_data_bytes, p_metadata, p_correlation_ids,
-                          p_causation_ids, p_payload_bytes)
+                          p_causation_ids, p_payload_bytes, p_ordering_keys)
                    WITH ORDINALITY AS t(app, id, event_type, content_type, data_json,
                                         data_bytes, metadata, correlation_id,
-                                        causation_id, payload_bytes, ord)
+                                        causation_id, payload_bytes, ordering_key, ord)
             ON CONFLICT (stream_id, event_id) DO NOTHING
             RETURNING 1
         )
@@ -465,13 +469,13 @@ BEGIN
                 INSERT INTO event_streaming.events (
                     stream_id, stream_offset, event_id, event_type, content_type, data_json,
                     data_bytes, metadata, correlation_id, causation_id, created_at,
-                    payload_bytes, global_position)
+                    payload_bytes, global_position, ordering_key)
                 SELECT v_app_ids[t.app - v_first + 1],
                        v_app_next[t.app - v_first + 1]
                            + row_number() OVER (PARTITION BY t.app ORDER BY t.ord) - 1,
                        t.id, t.event_type, t.content_type, t.data_json, t.data_bytes,
                        t.metadata, t.correlation_id, t.causation_id, v_now, t.payload_bytes,
-                       v_head + t.ord
+                       v_head + t.ord, t.ordering_key
                   FROM unnest(p_event_append[v_ev_first : v_ev_last],
                               p_event_ids[v_ev_first : v_ev_last],
                               p_event_types[v_ev_first : v_ev_last],
@@ -481,10 +485,11 @@ BEGIN
                               p_metadata[v_ev_first : v_ev_last],
                               p_correlation_ids[v_ev_first : v_ev_last],
                               p_causation_ids[v_ev_first : v_ev_last],
-                              p_payload_bytes[v_ev_first : v_ev_last])
+                              p_payload_bytes[v_ev_first : v_ev_last],
+                              p_ordering_keys[v_ev_first : v_ev_last])
                        WITH ORDINALITY AS t(app, id, event_type, content_type, data_json,
                                             data_bytes, metadata, correlation_id,
-                                            causation_id, payload_bytes, ord)
+                                            causation_id, payload_bytes, ordering_key, ord)
                 ON CONFLICT (stream_id, event_id) DO NOTHING
                 RETURNING 1
             )

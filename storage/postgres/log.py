@@ -69,7 +69,7 @@ class AppendOutcome(enum.StrEnum):
 
 APPEND_SQL = (
     "SELECT * FROM event_streaming.append_calls("
-    "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+    "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
 )
 
 _EVENT_NAMES = tuple(c.strip() for c in EVENT_COLUMNS.split(","))

@@ -147,7 +147,7 @@ WITH s AS (
                    AS lease_end) l
      WHERE m.ctid = ANY (ARRAY(SELECT ctid FROM chosen))
     RETURNING m.queue_offset, m.lease_until, m.delivery_attempts, m.delivery_id, m.created_at,
-              m.ordering_key, {_MESSAGE_COLUMNS}
+              {_MESSAGE_COLUMNS}
 )
 SELECT s.stream_type, s.stream_id, (SELECT moved FROM buried) AS buried, now() AS db_now,
        (SELECT count(*) FROM picked WHERE NOT exhausted) > (SELECT count(*) FROM chosen)
@@ -237,7 +237,6 @@ class PostgresQueue(PostgresBase):
             ENQUEUE_SQL,
             stream_name,
             *event_arrays(events),
-            [e.ordering_key or None for e in events],
             deliver_at,
         )
         assert row is not None

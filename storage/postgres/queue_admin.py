@@ -53,7 +53,6 @@ _DEAD_LETTER_COLUMNS = (
     "delivery_attempts",
     "reason",
     "dead_lettered_at",
-    "ordering_key",
     *(c.strip() for c in EVENT_COLUMNS.split(",")),
 )
 _DEAD_LETTER_PAGE = f"""

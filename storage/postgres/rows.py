@@ -15,7 +15,7 @@ T = TypeVar("T")
 #: Columns of event-shaped rows, in the order event_from_row() expects them.
 EVENT_COLUMNS = (
     "event_id, event_type, content_type, data_json, data_bytes, metadata, "
-    "correlation_id, causation_id"
+    "correlation_id, causation_id, ordering_key"
 )
 #: The columns that carry a row's bulk (storage.records.payload_size counts them).
 _PAYLOAD_COLUMNS = ("data_json", "data_bytes", "metadata")
@@ -70,7 +70,7 @@ def split_cut(rows: Sequence[T]) -> tuple[Sequence[T], T | None]:
 
 def event_arrays(events: Iterable[NewEvent]) -> tuple[list[Any], ...]:
     """Column arrays for ``unnest(...)``: one element per event, in batch order (the
-    last holds the payload sizes)."""
+    last two hold the payload sizes and the ordering keys)."""
     ids: list[Any] = []
     types: list[Any] = []
     content_types: list[Any] = []
@@ -80,6 +80,7 @@ def event_arrays(events: Iterable[NewEvent]) -> tuple[list[Any], ...]:
     correlation: list[Any] = []
     causation: list[Any] = []
     sizes: list[int] = []
+    keys: list[str | None] = []
     for e in events:
         ids.append(e.event_id)
         types.append(e.event_type)
@@ -94,7 +95,19 @@ def event_arrays(events: Iterable[NewEvent]) -> tuple[list[Any], ...]:
         correlation.append(e.correlation_id or None)
         causation.append(e.causation_id or None)
         sizes.append(e.size)
-    return ids, types, content_types, json_data, byte_data, metadata, correlation, causation, sizes
+        keys.append(e.ordering_key or None)
+    return (
+        ids,
+        types,
+        content_types,
+        json_data,
+        byte_data,
+        metadata,
+        correlation,
+        causation,
+        sizes,
+        keys,
+    )
 
 
 def _metadata(text: str) -> Mapping[str, str]:
@@ -121,5 +134,5 @@ def event_from_row(
         causation_id=row["causation_id"] or "",
         timestamp=row[timestamp_column],
         global_position=global_position,
-        ordering_key=row.get("ordering_key") or "",
+        ordering_key=row["ordering_key"] or "",
     )

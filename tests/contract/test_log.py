@@ -12,6 +12,7 @@ import pytest
 from storage.errors import DuplicateEvent, StreamNotFound, WrongExpectedOffset, WrongStreamType
 from storage.interface import EventStore
 from storage.records import (
+    AllFilter,
     NewEvent,
     ReadFilter,
     StreamConfiguration,
@@ -490,3 +491,18 @@ async def test_the_first_append_makes_a_stream_persistent(
     await store.append_to_stream(stream_name, new_events(1))
     assert (await store.get_stream_metadata(stream_name)).stream_type == StreamType.PERSISTENT
     assert (await store.get_stream_configuration(stream_name)).stream_type == StreamType.PERSISTENT
+
+
+async def test_ordering_keys_are_stored_and_returned_on_a_log(
+    store: EventStore, stream_name: str
+) -> None:
+    keyed = [new_event(ordering_key="customer-42"), new_event(), new_event(ordering_key="c-7")]
+    written = await store.append_to_stream(stream_name, keyed)
+    page = await store.read_stream(stream_name, 0, 10)
+    assert [e.ordering_key for e in page.events] == ["customer-42", "", "c-7"]
+    backward = await store.read_stream(stream_name, -1, 10, backward=True)
+    assert [e.ordering_key for e in backward.events] == ["c-7", "", "customer-42"]
+    log = await store.read_all(
+        written.first_global_position, 10, AllFilter(stream_prefixes=(stream_name,))
+    )
+    assert [e.ordering_key for e in log.events] == ["customer-42", "", "c-7"]
