@@ -4,11 +4,9 @@ a clean shutdown."""
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import signal
-import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +18,7 @@ from server.calls import CallPath
 from server.consume import Consumers
 from server.generated.eventstreaming.v1 import event_streaming_pb2 as pb
 from server.generated.eventstreaming.v1 import event_streaming_pb2_grpc as pb_grpc
+from server.listen import address_of, check_can_listen
 from server.metrics import Metrics, MetricsService
 from server.retention import RetentionTask
 from server.security import BearerTokens, server_credentials
@@ -36,46 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EventStreaming"].full_name
-
-
-def _address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def check_can_listen(host: str, port: int, setting: str) -> None:
-    """Raise StartupError (naming HOST or ``setting``) unless a listening socket
-    can be bound to ``host``:``port`` without sharing it. Checked with a socket of
-    our own before gRPC or the metrics server try, so that a taken port or an
-    unknown host is one clear line rather than their logged errors, and before
-    start-up waits for the database."""
-    bare = host.strip("[]")
-    try:
-        found = socket.getaddrinfo(
-            bare or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-    except socket.gaierror as exc:
-        raise StartupError("host", f"cannot resolve {host!r} ({exc.strerror})") from None
-    for family, kind, proto, _, sockaddr in found:
-        try:
-            sock = socket.socket(family, kind, proto)
-        except OSError:
-            continue  # e.g. no IPv6 on this machine; gRPC skips it too
-        with sock:
-            # As gRPC binds: reuse of a port in TIME_WAIT, never of one listened on.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            try:
-                sock.bind(sockaddr)
-            except OSError as exc:
-                where = _address(host, port)
-                if exc.errno == errno.EADDRINUSE:
-                    raise StartupError(setting, f"{where} is already in use") from None
-                if exc.errno == errno.EADDRNOTAVAIL:
-                    raise StartupError(
-                        "host", f"{host} is not an address of this machine"
-                    ) from None
-                raise StartupError(setting, f"cannot listen on {where}: {exc.strerror}") from None
 
 
 @dataclass
@@ -151,7 +110,7 @@ class EventStreamingServer:
             server,
         )
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        address = _address(host, self.settings.port)
+        address = address_of(host, self.settings.port)
         credentials = server_credentials(self.settings)
         try:
             if credentials is None:

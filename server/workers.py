@@ -46,7 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from server.app import check_can_listen
+from server.listen import check_can_listen
 from server.settings import Settings, StartupError
 from storage.factory import prepare_schema
 
