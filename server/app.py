@@ -88,7 +88,7 @@ class EventStreamingServer:
         sessions = self.sessions = AppendSessions(
             store, self.settings.append_session_max_in_flight, metered
         )
-        consumers = self.consumers = Consumers(store)
+        consumers = self.consumers = Consumers(store, metered)
         tokens = self.settings.auth_token_list
         calls = CallPath(
             metered,

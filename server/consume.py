@@ -44,6 +44,7 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 from server.errors import ServerShuttingDown
+from server.metrics import Metrics
 from server.validation import (
     MAX_ACK_IDS,
     ConsumeAckArgs,
@@ -148,8 +149,9 @@ class Consumers:
     """Every Consume stream of one server. ``close()`` (at shutdown) ends them all
     with UNAVAILABLE; their messages are left to their leases."""
 
-    def __init__(self, store: EventStore) -> None:
+    def __init__(self, store: EventStore, metrics: Metrics | None = None) -> None:
         self.store = store
+        self.metrics = metrics
         self.active: weakref.WeakSet[ConsumeStream] = weakref.WeakSet()
         self.gates: dict[str, QueueGate] = {}
         self.closed = False
@@ -167,7 +169,10 @@ class Consumers:
         stream = ConsumeStream(self.store, args, gate)
         self.active.add(stream)
         try:
+            dequeued = None if self.metrics is None else self.metrics.messages_dequeued
             async for item in stream.items(commands):
+                if dequeued is not None and isinstance(item, QueueMessage | Batch):
+                    dequeued.inc(1 if isinstance(item, QueueMessage) else len(item.messages))
                 yield item
         finally:
             self.active.discard(stream)

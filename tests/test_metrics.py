@@ -357,3 +357,23 @@ async def test_the_queue_table_dead_rows_sizes_and_in_flight_ages(pg_dsn: str) -
         await wait_until(sampled)
     finally:
         await server.close()
+
+
+async def test_consume_deliveries_count_as_dequeued(metered: MeteredServer) -> None:
+    stub = metered.stub
+    queue = unique_name()
+    counter = "eventstreaming_messages_dequeued_total"
+    before = await metered.value(counter) or 0.0
+    await stub.Enqueue(pb.EnqueueRequest(stream_name=queue, events=events(3)))
+    call = stub.Consume()
+    await call.write(
+        pb.ConsumeRequest(
+            start=pb.ConsumeStart(stream_name=queue, consumer_id="c", max_outstanding=10)
+        )
+    )
+    delivered = 0
+    while delivered < 3:
+        item = await asyncio.wait_for(call.read(), 10)
+        delivered += 1 if item.HasField("message") else len(item.batch.messages)
+    call.cancel()
+    await wait_until(lambda: _equals(metered.value(counter), before + 3))
