@@ -55,6 +55,7 @@ import json
 import logging
 import random
 import re
+import time
 import unicodedata
 import uuid
 from collections import Counter
@@ -104,6 +105,11 @@ MAX_APPENDS = 100
 MAX_FILTER_PREFIXES = 100
 MAX_FILTER_TYPES = 1000
 MAX_DURATION_SECONDS = 315_576_000_000
+#: Lease and nack delays, queue retry delays: at most 12 h.
+MAX_LEASE_SECONDS = 43_200
+#: Enqueue's delay and deliver_at, a queue's deduplication window: at most 7 days.
+MAX_AHEAD_SECONDS = 7 * 86_400
+MAX_RECEIPTS = 1000
 MIN_TIMESTAMP = -62_135_596_800  # 0001-01-01T00:00:00Z
 MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z
 INT64_MAX = 2**63 - 1
@@ -361,6 +367,85 @@ def token_level(token: str, kind: str) -> int:
     return level
 
 
+def receipt_level(value: str) -> int:
+    """A receipt the service could have issued: the canonical unpadded base64url
+    spelling of 32 bytes (an event id and a delivery id)."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", value):
+        return INVALID
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (binascii.Error, ValueError):
+        return INVALID
+    return VALID if len(raw) == 32 and _b64(raw) == value else INVALID
+
+
+def deliver_at_level(value: Timestamp) -> int:
+    """A Timestamp at most 7 days ahead (one in the past delivers at once)."""
+    level = timestamp_level(value)
+    if level != VALID:
+        return level
+    ahead = value.seconds - time.time()
+    if abs(ahead - MAX_AHEAD_SECONDS) < 3600:
+        return DOUBTFUL
+    return INVALID if ahead > MAX_AHEAD_SECONDS else VALID
+
+
+def multiplier_level(value: float) -> int:
+    """A queue's retry multiplier: 0 (the default) or 1 to 100; NaN is not."""
+    return VALID if value == 0 or 1 <= value <= 100 else INVALID
+
+
+def _nanos(value: Duration) -> int:
+    return value.seconds * 1_000_000_000 + value.nanos
+
+
+def _retry_policy(verdict: Verdict, config: pb.StreamConfiguration, where: str) -> None:
+    """Retry delays of at most 12 h, the longest at least the first (either absent: 0)."""
+    levels = {}
+    for name in ("retry_initial_delay", "retry_max_delay"):
+        levels[name] = VALID
+        if config.HasField(name):
+            levels[name] = duration_level(getattr(config, name), maximum=MAX_LEASE_SECONDS)
+            verdict.check(f"{where}.{name}", levels[name])
+    if INVALID not in levels.values():
+        initial, longest = _nanos(config.retry_initial_delay), _nanos(config.retry_max_delay)
+        if longest < initial:
+            # The service keeps microseconds: within one, either answer is right.
+            close = initial // 1000 == longest // 1000 or DOUBTFUL in levels.values()
+            verdict.check(f"{where}.retry_max_delay", DOUBTFUL if close else INVALID)
+    verdict.check(f"{where}.retry_multiplier", multiplier_level(config.retry_multiplier))
+
+
+def _message_refs(verdict: Verdict, request: Any) -> None:
+    """Acknowledge: 1..1000 event ids, or 1..1000 receipts instead (not both)."""
+    if not request.receipts:
+        _event_ids(verdict, request.event_ids, minimum=1)
+        return
+    if request.event_ids or len(request.receipts) > MAX_RECEIPTS:
+        verdict.check("receipts", INVALID)
+    for i, value in enumerate(request.receipts):
+        verdict.check(f"receipts[{i}]", receipt_level(value))
+
+
+def _message_ref(verdict: Verdict, request: Any) -> None:
+    """Nack, ExtendVisibility: an event id, or a receipt instead (not both)."""
+    if not request.receipt:
+        verdict.check("event_id", uuid_level(request.event_id, required=True))
+    elif request.event_id:
+        verdict.check("receipt", INVALID)
+    else:
+        verdict.check("receipt", receipt_level(request.receipt))
+
+
+def _delivery_time(verdict: Verdict, request: pb.EnqueueRequest) -> None:
+    """Enqueue: a delay or a time to deliver at, not both."""
+    if request.HasField("deliver_at"):
+        level = INVALID if request.HasField("delay") else deliver_at_level(request.deliver_at)
+        verdict.check("deliver_at", level)
+    elif request.HasField("delay"):
+        verdict.check("delay", duration_level(request.delay, maximum=MAX_AHEAD_SECONDS))
+
+
 def _events(verdict: Verdict, events: Sequence[pb.EventData], field: str = "events") -> None:
     if not events:
         verdict.check(field, INVALID)
@@ -379,7 +464,7 @@ def _events(verdict: Verdict, events: Sequence[pb.EventData], field: str = "even
             verdict.check(f"{where}.data", json_level(item.data))
         if any("\x00" in k or "\x00" in v for k, v in item.metadata.items()):
             verdict.check(f"{where}.metadata", INVALID)
-        for name in ("correlation_id", "causation_id"):
+        for name in ("correlation_id", "causation_id", "ordering_key"):
             verdict.check(f"{where}.{name}", text_level(getattr(item, name), required=False))
 
 
@@ -471,6 +556,8 @@ def violations(rpc: str, request: Any) -> Verdict:
         _events(verdict, request.events)
         if rpc == "AppendToStream":
             _expected(verdict, request)
+        else:
+            _delivery_time(verdict, request)
     elif rpc == "AppendToStreams":
         _several_appends(verdict, request)
     elif rpc == "ReadStream":
@@ -497,9 +584,9 @@ def violations(rpc: str, request: Any) -> Verdict:
             if request.HasField("wait_time"):
                 check("wait_time", duration_level(request.wait_time, maximum=None))
         elif rpc == "Acknowledge":
-            _event_ids(verdict, request.event_ids, minimum=1)
+            _message_refs(verdict, request)
         else:
-            check("event_id", uuid_level(request.event_id, required=True))
+            _message_ref(verdict, request)
         if rpc == "Nack":
             if request.HasField("delay"):
                 check("delay", duration_level(request.delay, maximum=43_200))
@@ -550,7 +637,13 @@ def violations(rpc: str, request: Any) -> Verdict:
         if config.HasField("default_visibility_timeout"):
             check(
                 f"{where}.default_visibility_timeout",
-                duration_level(config.default_visibility_timeout, maximum=43_200),
+                duration_level(config.default_visibility_timeout, maximum=MAX_LEASE_SECONDS),
+            )
+        _retry_policy(verdict, config, where)
+        if config.HasField("deduplication_window"):
+            check(
+                f"{where}.deduplication_window",
+                duration_level(config.deduplication_window, maximum=MAX_AHEAD_SECONDS),
             )
     return verdict
 
@@ -798,6 +891,46 @@ TIMESTAMPS: list[tuple[str, int, int]] = [
     ("far-future", 4_102_444_800, 0),
 ]
 
+
+def durations_around(label: str, seconds: int) -> list[tuple[str, int, int]]:
+    """A few durations at the edges of a maximum of ``seconds``, and a few wrong."""
+    return [
+        ("zero", 0, 0),
+        ("1us", 0, 1000),
+        ("1s", 1, 0),
+        (label, seconds, 0),
+        (f"{label}+1ns", seconds, 1),
+        (f"{label}+1s", seconds + 1, 0),
+        ("100-years", 36_500 * 86_400, 0),
+        ("negative", -1, 0),
+        ("nanos-1e9", 0, 1_000_000_000),
+        ("beyond-protobuf-max", MAX_DURATION_SECONDS + 1, 0),
+    ]
+
+
+#: Queue retry delays: up to 12 h.
+RETRY_DELAYS = durations_around("12h", MAX_LEASE_SECONDS)
+#: Enqueue's delay and a queue's deduplication window: up to 7 days.
+AHEAD_DURATIONS = durations_around("7d", MAX_AHEAD_SECONDS)
+#: Enqueue's deliver_at: a time past (delivers at once), or too far ahead.
+DELIVERY_TIMES = [*TIMESTAMPS, ("year-2000", 946_684_800, 0)]
+MULTIPLIERS: list[Pick] = [
+    ("0", 0.0),
+    ("-0", -0.0),
+    ("1", 1.0),
+    ("2", 2.0),
+    ("100", 100.0),
+    ("0.5", 0.5),
+    ("just-under-1", 0.999999),
+    ("just-over-100", 100.000001),
+    ("-1", -1.0),
+    ("nan", float("nan")),
+    ("inf", float("inf")),
+    ("-inf", float("-inf")),
+    ("min-subnormal", 5e-324),
+    ("double-max", 1.7976931348623157e308),
+]
+
 ENUMS: list[int] = [0, 1, 2, 3, -1, 100, 2**31 - 1, -(2**31)]
 
 
@@ -826,6 +959,36 @@ def uuid_pick(rng: random.Random, world: World) -> Pick:
     if rng.random() < 0.1:
         label, text = weird_text(rng)
         return f"text:{label}", text
+    return rng.choice(options)
+
+
+def receipt_pick(rng: random.Random, world: World) -> Pick:
+    """A receipt: well formed for a held message (of no delivery the run made), or
+    one of the ways a receipt can be mangled."""
+    held = uuid.UUID(rng.choice(world.held_ids)).bytes
+    good = _b64(held + rng.randbytes(16))
+    options: list[Pick] = [
+        ("held-message", good),
+        ("random-bytes", _b64(rng.randbytes(32))),
+        ("padded", good + "="),
+        ("standard-alphabet", _b64(rng.randbytes(32)).replace("-", "+").replace("_", "/") + "+/"),
+        ("short", good[:-1]),
+        ("long", good + "A"),
+        ("loose-last-bits", good[:-1] + rng.choice("BCDFGH")),
+        ("24-bytes", _b64(rng.randbytes(24))),
+        ("48-bytes", _b64(rng.randbytes(48))),
+        ("event-id", str(uuid.UUID(bytes=held))),
+        ("leading-space", " " + good[1:]),
+        ("non-ascii", good[:-1] + "\u00e9"),
+        ("nul", good[:-1] + "\x00"),
+        ("20KB", "A" * 20_000),
+    ]
+    if rng.random() < 0.1:
+        label, text = weird_text(rng)
+        return f"text:{label}", text
+    if rng.random() < 0.15:
+        # The one mangling that base64 decoders let through.
+        return "loose-last-bits", good[:-1] + rng.choice("BCDFGH")
     return rng.choice(options)
 
 
@@ -1098,7 +1261,7 @@ def _event_field(rng: random.Random, request: Any, world: World) -> str:
         request.events.append(_event(rng))
     i = rng.randrange(len(request.events))
     item = request.events[i]
-    choice = rng.randrange(9)
+    choice = rng.randrange(10)
     where = f"events[{i}]"
     if choice <= 2:
         label, data = json_pick(rng)
@@ -1131,10 +1294,61 @@ def _event_field(rng: random.Random, request: Any, world: World) -> str:
             return f"{where}.metadata.key={label}"
         item.metadata["k"] = value
         return f"{where}.metadata.value={label}"
+    if choice == 9:
+        label, value = rng.choice(
+            [("key", "k1"), ("len200", "o" * 200), ("len201", "o" * 201), weird_text(rng)]
+        )
+        item.ordering_key = value
+        return f"{where}.ordering_key={label}"
     name = rng.choice(["correlation_id", "causation_id"])
     label, value = short_text_pick(rng)
     setattr(item, name, value)
     return f"{where}.{name}={label}"
+
+
+def _deliver_at(rng: random.Random, request: Any, world: World) -> str:
+    if rng.random() < 0.1:
+        request.ClearField("deliver_at")
+        return "deliver_at=absent"
+    label, seconds, nanos = rng.choice(DELIVERY_TIMES)
+    request.deliver_at.seconds, request.deliver_at.nanos = seconds, nanos
+    return f"deliver_at={label}"
+
+
+def _receipt(rng: random.Random, request: Any, world: World) -> str:
+    """A receipt in place of the event id (or beside it, which is refused)."""
+    label, value = receipt_pick(rng, world)
+    request.receipt = value
+    if rng.random() < 0.8:
+        request.event_id = ""
+        return f"receipt={label}"
+    return f"receipt={label}(beside-event_id)"
+
+
+def _receipt_list(rng: random.Random, request: Any, world: World) -> str:
+    """Receipts in place of event ids: one, many, mangled, or beside event ids."""
+    choice = rng.randrange(6)
+    if choice == 0:
+        count = rng.choice([MAX_RECEIPTS, MAX_RECEIPTS + 1])
+        del request.event_ids[:], request.receipts[:]
+        request.receipts.extend(_b64(rng.randbytes(32)) for _ in range(count))
+        return f"receipts=count({count})"
+    label, value = receipt_pick(rng, world)
+    if choice == 1:
+        request.receipts.append(value)
+        return f"receipts[]={label}(beside-event_ids)"
+    del request.event_ids[:]
+    if not request.receipts or choice == 2:
+        request.receipts.append(value)
+    else:
+        request.receipts[rng.randrange(len(request.receipts))] = value
+    return f"receipts[]={label}"
+
+
+def _multiplier(rng: random.Random, request: Any, world: World) -> str:
+    label, value = rng.choice(MULTIPLIERS)
+    request.configuration.retry_multiplier = value
+    return f"configuration.retry_multiplier={label}"
 
 
 def _batch(rng: random.Random, request: Any, world: World) -> str:
@@ -1365,7 +1579,14 @@ MUTATORS: dict[str, list[Mutator]] = {
     ],
     "GetStreamLength": [_stream_name],
     "GetStreamMetadata": [_stream_name],
-    "Enqueue": [_stream_name, _event_field, _event_field, _batch],
+    "Enqueue": [
+        _stream_name,
+        _event_field,
+        _event_field,
+        _batch,
+        _set_duration("delay", AHEAD_DURATIONS),
+        _deliver_at,
+    ],
     "Dequeue": [
         _stream_name,
         _set_text("consumer_id", identifier_pick),
@@ -1373,11 +1594,17 @@ MUTATORS: dict[str, list[Mutator]] = {
         _set_int("max_messages", int32_pick),
         _set_duration("wait_time", SHORT_WAITS),
     ],
-    "Acknowledge": [_stream_name, _set_text("consumer_id", identifier_pick), _id_list],
+    "Acknowledge": [
+        _stream_name,
+        _set_text("consumer_id", identifier_pick),
+        _id_list,
+        _receipt_list,
+    ],
     "Nack": [
         _stream_name,
         _set_text("consumer_id", identifier_pick),
         _uuid("event_id"),
+        _receipt,
         _set_duration("delay"),
         _set_text("reason", lambda rng: rng.choice([*WEIRD_TEXT, weird_text(rng)])),
     ],
@@ -1385,6 +1612,7 @@ MUTATORS: dict[str, list[Mutator]] = {
         _stream_name,
         _set_text("consumer_id", identifier_pick),
         _uuid("event_id"),
+        _receipt,
         _set_duration("visibility_timeout"),
     ],
     "ListDeadLetters": [
@@ -1407,6 +1635,10 @@ MUTATORS: dict[str, list[Mutator]] = {
         _set_int("configuration.retention_max_count", int64_pick),
         _set_int("configuration.max_delivery_attempts", int32_pick),
         _set_duration("configuration.default_visibility_timeout"),
+        _set_duration("configuration.retry_initial_delay", RETRY_DELAYS),
+        _set_duration("configuration.retry_max_delay", RETRY_DELAYS),
+        _multiplier,
+        _set_duration("configuration.deduplication_window", AHEAD_DURATIONS),
         _clear_configuration,
     ],
     "GetStreamConfiguration": [_stream_name],
@@ -1797,8 +2029,12 @@ def corpus() -> Corpus:
         "AppendToStream": 3,
         "AppendToStreams": 3,
         "Enqueue": 3,
+        "ConfigureStream": 3,
         "ReadAll": 2,
         "SubscribeToAll": 2,
+        "Acknowledge": 2,
+        "Nack": 2,
+        "ExtendVisibility": 2,
     }
     weights = [heavy.get(rpc, 1) for rpc in rpcs]
     cases = [_field_case(rng, rng.choices(rpcs, weights)[0], world) for _ in range(FIELD_CASES)] + [
