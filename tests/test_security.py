@@ -250,6 +250,28 @@ async def test_calls_without_a_valid_token_are_unauthenticated(
         assert all(s.length for s in listed.streams)
 
 
+async def test_request_bytes_that_do_not_decode_need_a_token_first(
+    guarded: EventStreamingServer,
+) -> None:
+    """Without a token, even bytes that are no request at all are UNAUTHENTICATED:
+    the token is checked before the request is decoded, so nothing about the
+    message reaches an unauthenticated caller."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{guarded.port}") as channel:
+        call = channel.unary_unary(
+            "/eventstreaming.v1.EventStreaming/AppendToStream",
+            request_serializer=None,
+            response_deserializer=None,
+        )
+        garbage = b"\x0a\xff\xff\xff\xff\x0f"
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call(garbage)
+        assert refused.value.code() is Code.UNAUTHENTICATED
+        with pytest.raises(grpc.aio.AioRpcError) as invalid:
+            await call(garbage, metadata=bearer("first-token"))
+        assert invalid.value.code() is Code.INVALID_ARGUMENT
+        assert (invalid.value.details() or "").startswith("request")
+
+
 async def test_every_configured_token_is_accepted(guarded: EventStreamingServer) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{guarded.port}") as channel:
         stub = pb_grpc.EventStreamingStub(channel)
