@@ -21,7 +21,7 @@ from storage.postgres.group_commit import Call, GroupCommit
 from storage.postgres.rows import (
     EVENT_COLUMNS,
     event_arrays,
-    event_from_row,
+    log_events_from_rows,
     payload_size,
     split_cut,
     within_budget,
@@ -354,10 +354,7 @@ class PostgresLog(PostgresBase):
         check_stream_type(stream_name, rows[0]["stream_type"], StreamType.PERSISTENT)
         stream_next = rows[0]["next_offset"]
         page, left_out = split_cut([r for r in rows if r["stream_offset"] is not None])
-        events = tuple(
-            event_from_row(stream_name, r["stream_offset"], r, global_position=r["global_position"])
-            for r in page
-        )
+        events = log_events_from_rows(page, stream_name)
         if left_out is not None:
             # Cut at the byte budget: the next page starts at the event left out.
             return ReadResult(events, left_out["stream_offset"], False)
@@ -398,12 +395,7 @@ class PostgresLog(PostgresBase):
         )
         head: int = rows[0]["head"]
         page, left_out = split_cut([r for r in rows if r["global_position"] is not None])
-        events = tuple(
-            event_from_row(
-                r["stream_name"], r["stream_offset"], r, global_position=r["global_position"]
-            )
-            for r in page
-        )
+        events = log_events_from_rows(page)
         window = ALL_SCAN_WINDOW if kind == "window" else None
         return all_page(
             events,
