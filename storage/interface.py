@@ -38,7 +38,7 @@ from storage.records import (
     StreamMetadata,
     StreamPage,
 )
-from storage.signals import Look, StreamSignals
+from storage.signals import Look, StreamSignals, wait_for_items
 
 
 class EventStore(abc.ABC):
@@ -163,7 +163,6 @@ class EventStore(abc.ABC):
         duplicates. Keyed messages behind an earlier one of their key wait for it.
         Raises WrongStreamType."""
 
-    @abc.abstractmethod
     async def dequeue(
         self,
         stream_name: str,
@@ -173,7 +172,19 @@ class EventStore(abc.ABC):
         wait_time: timedelta = timedelta(0),
     ) -> Sequence[QueueMessage]:
         """Lease up to max_messages visible messages, oldest first, waiting up to
-        wait_time for one to become visible. Raises WrongStreamType."""
+        wait_time for one to become visible. Raises WrongStreamType.
+
+        Every backend waits alike: :meth:`lease_messages` looks, and between looks
+        the wait ends at a write to the stream (``signals``: on a shared database,
+        other replicas' writes arrive by notification, and a lost one is found by
+        the backend's watch) or when the look said a lease or delay runs out,
+        whichever comes first."""
+        return await wait_for_items(
+            self.signals,
+            stream_name,
+            wait_time,
+            lambda: self.lease_messages(stream_name, consumer_id, visibility_timeout, max_messages),
+        )
 
     @abc.abstractmethod
     async def lease_messages(

@@ -45,7 +45,7 @@ from storage.rules import (
     retry_delay,
     within_budget,
 )
-from storage.signals import Look, wait_for_items
+from storage.signals import Look
 
 
 def _schedule(queue: QueueState, entry: QueueEntry, now: datetime) -> None:
@@ -247,21 +247,6 @@ class MemoryQueue(MemoryBase):
         # Possibly stale (acked since); then we just look once more.
         due = (stream.queue.waiting[0][0] - utc_now()).total_seconds()
         return Look(leased, next_visible=max(0.0, due))
-
-    async def dequeue(
-        self,
-        stream_name: str,
-        consumer_id: str,
-        visibility_timeout: timedelta | None,
-        max_messages: int,
-        wait_time: timedelta = timedelta(0),
-    ) -> Sequence[QueueMessage]:
-        return await wait_for_items(
-            self.signals,
-            stream_name,
-            wait_time,
-            lambda: self.lease_messages(stream_name, consumer_id, visibility_timeout, max_messages),
-        )
 
     def _queue_or_none(self, stream_name: str) -> MemoryStream | None:
         """The queue, None when the stream does not exist; WrongStreamType for a log."""

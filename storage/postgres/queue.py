@@ -36,7 +36,7 @@ from storage.rules import (
     classify_acks,
     nack_reason,
 )
-from storage.signals import Look, wait_for_items
+from storage.signals import Look
 
 
 class EnqueueOutcome(enum.StrEnum):
@@ -292,23 +292,6 @@ class PostgresQueue(PostgresBase):
             # The head held only dead letters, now buried: look behind them; or
             # the byte budget left visible messages behind.
             again=bool(first["buried"]) or bool(first["cut"]),
-        )
-
-    async def dequeue(
-        self,
-        stream_name: str,
-        consumer_id: str,
-        visibility_timeout: timedelta | None,
-        max_messages: int,
-        wait_time: timedelta = timedelta(0),
-    ) -> Sequence[QueueMessage]:
-        # Other replicas' writes arrive by NOTIFY (and the notifier's watch finds
-        # one that was lost); a lease or delay running out, by the look's own timer.
-        return await wait_for_items(
-            self.signals,
-            stream_name,
-            wait_time,
-            lambda: self.lease_messages(stream_name, consumer_id, visibility_timeout, max_messages),
         )
 
     async def acknowledge(
