@@ -94,19 +94,25 @@ def first_page(items: Sequence[T], page_size: int) -> tuple[Sequence[T], bool]:
     return items[:page_size], len(items) > page_size
 
 
-def within_budget(items: Iterable[T], size: Callable[[T], int], budget: int) -> list[T]:
+def within_budget(
+    items: Iterable[T], size: Callable[[T], int], budget: int
+) -> tuple[list[T], T | None]:
     """The longest prefix of ``items`` whose sizes add up to at most ``budget`` bytes,
     and always at least the first item (one event larger than the budget still
-    travels alone). Every response that carries events is cut this way, so the
-    memory a call holds is bounded whatever the payload sizes."""
+    travels alone); and the first item left out (None when none was), where the
+    next page starts. Every response that carries events is cut this way, so the
+    memory a call holds is bounded whatever the payload sizes.
+
+    ``items`` is taken one at a time, and nothing after the item left out is
+    taken: a lazy iterable is read only as far as the budget reaches."""
     kept: list[T] = []
     total = 0
     for item in items:
         total += size(item)
         if kept and total > budget:
-            break
+            return kept, item
         kept.append(item)
-    return kept
+    return kept, None
 
 
 def classify_acks(

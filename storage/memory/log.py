@@ -4,6 +4,7 @@ backend."""
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Sequence
 from uuid import UUID
 
@@ -31,11 +32,21 @@ from storage.records import (
     StreamMetadata,
     StreamType,
 )
-from storage.rules import ALL_SCAN_WINDOW, MAX_PROBED_STREAMS, all_page, check_stream_type
+from storage.rules import (
+    ALL_SCAN_WINDOW,
+    MAX_PROBED_STREAMS,
+    all_page,
+    check_stream_type,
+    within_budget,
+)
 
 
 def _position(event: RecordedEvent) -> int:
     return event.global_position
+
+
+def _size(event: RecordedEvent) -> int:
+    return event.size
 
 
 class MemoryLog(MemoryBase):
@@ -169,20 +180,19 @@ class MemoryLog(MemoryBase):
         else:
             start = max(from_offset, first)
             candidates = stream.events[start - first :]
-        found: list[RecordedEvent] = []
+        matched: list[RecordedEvent] = []
         step = -1 if backward else 1
         next_offset = start
-        size = 0
         for event in candidates:
             if read_filter.matches(event):
-                size += event.size
-                if found and size > self.page_bytes:
-                    # Cut at the byte budget: the next page starts at this event.
-                    return ReadResult(tuple(found), event.offset, False)
-                found.append(event)
+                matched.append(event)
             next_offset = event.offset + step
-            if len(found) == max_count:
+            if len(matched) == max_count:
                 break
+        found, left_out = within_budget(matched, _size, self.page_bytes)
+        if left_out is not None:
+            # Cut at the byte budget: the next page starts at the event left out.
+            return ReadResult(tuple(found), left_out.offset, False)
         if backward:
             if not candidates or next_offset < first:
                 next_offset = -1
@@ -217,22 +227,13 @@ class MemoryLog(MemoryBase):
             candidates = log[bisect.bisect_left(log, start, key=_position) :]
             high = None if window is None else start + window
             in_window = (e for e in candidates if high is None or e.global_position < high)
-        found: list[RecordedEvent] = []
-        left_out = None
-        size = 0
-        for event in in_window:
-            if not read_filter.matches(event):
-                continue
-            size += event.size
-            if found and size > self.page_bytes:
-                left_out = event.global_position
-                break
-            found.append(event)
-            if len(found) == max_count:
-                break
+        matched = (e for e in in_window if read_filter.matches(e))
+        found, left_out = within_budget(
+            itertools.islice(matched, max_count), _size, self.page_bytes
+        )
         return all_page(
             tuple(found),
-            left_out,
+            None if left_out is None else left_out.global_position,
             start=start,
             max_count=max_count,
             backward=backward,

@@ -10,10 +10,11 @@ between reading and writing state, so it is atomic.
 from __future__ import annotations
 
 import heapq
+import itertools
 import random
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from uuid import UUID
 
@@ -111,6 +112,24 @@ def _bury(queue: QueueState, entry: QueueEntry, reason: str, now: datetime) -> N
     queue.next_dead_letter += 1
 
 
+def _ready(
+    queue: QueueState, max_attempts: int, now: datetime
+) -> Iterator[tuple[tuple[int, int, UUID], QueueEntry]]:
+    """The deliverable entries in queue order, with their ready-heap items, each
+    taken off the heap as it is looked at; stale items are dropped, and messages
+    that had their last allowed delivery are buried on the way."""
+    while queue.ready:
+        item = heapq.heappop(queue.ready)
+        _, version, event_id = item
+        entry = queue.messages.get(event_id)
+        if entry is None or entry.version != version:
+            continue
+        if entry.delivery_attempts >= max_attempts:
+            _bury(queue, entry, EXPIRED_REASON, now)
+            continue
+        yield item, entry
+
+
 def _exhausted(entry: QueueEntry, max_attempts: int, now: datetime) -> bool:
     """Due for another delivery with none left: a dead letter, wherever it still is."""
     return entry.visible_at <= now and entry.delivery_attempts >= max_attempts
@@ -197,22 +216,16 @@ class MemoryQueue(MemoryBase):
             entry = queue.messages.get(event_id)
             if entry is not None and entry.version == version:
                 heapq.heappush(queue.ready, (offset, version, event_id))
+        taken, left_out = within_budget(
+            itertools.islice(_ready(queue, config.max_delivery_attempts, now), max_messages),
+            lambda ready: ready[1].event.size,
+            self.page_bytes,
+        )
+        if left_out is not None:
+            # The byte budget: it goes back to the head for next time.
+            heapq.heappush(queue.ready, left_out[0])
         leased: list[QueueMessage] = []
-        size = 0
-        while queue.ready and len(leased) < max_messages:
-            _, version, event_id = queue.ready[0]
-            entry = queue.messages.get(event_id)
-            if entry is None or entry.version != version:
-                heapq.heappop(queue.ready)
-                continue
-            if entry.delivery_attempts >= config.max_delivery_attempts:
-                heapq.heappop(queue.ready)
-                _bury(queue, entry, EXPIRED_REASON, now)
-                continue
-            size += entry.event.size
-            if leased and size > self.page_bytes:
-                return leased, True  # the byte budget: it stays at the head for next time
-            heapq.heappop(queue.ready)
+        for (_, _, event_id), entry in taken:
             entry.delivery_attempts += 1
             entry.consumer_id = consumer_id
             entry.lease_until = lease_end
@@ -227,7 +240,7 @@ class MemoryQueue(MemoryBase):
                     Receipt(event_id, entry.delivery_id),
                 )
             )
-        return leased, False
+        return leased, left_out is not None
 
     async def lease_messages(
         self,
@@ -377,8 +390,8 @@ class MemoryQueue(MemoryBase):
             if position > after
         ]
         page, more = first_page(following, max_count)
-        fitting = within_budget(page, lambda item: item[1].event.size, self.page_bytes)
-        more = more or len(fitting) < len(page)
+        fitting, left_out = within_budget(page, lambda item: item[1].event.size, self.page_bytes)
+        more = more or left_out is not None
         token = encode_position_token(DEAD_LETTERS, fitting[-1][0]) if more else ""
         return DeadLetterPage(tuple(letter for _, letter in fitting), token)
 
