@@ -28,7 +28,7 @@ from storage.records import (
     StreamMetadata,
     StreamType,
 )
-from storage.rules import EXPIRED_REASON, FORGET_BATCH_SIZE, check_stream_type
+from storage.rules import EXPIRED_REASON, FORGET_BATCH_SIZE, check_stream_type, first_page
 
 log = logging.getLogger(__name__)
 
@@ -167,9 +167,9 @@ class PostgresQueueAdmin(PostgresBase):
                 max_count + 1,
                 self.page_bytes,
             )
-        page, left_out = split_cut(rows)
-        more = left_out is not None or len(page) > max_count
-        page = page[:max_count]
+        fitting, left_out = split_cut(rows)
+        page, more = first_page(fitting, max_count)
+        more = more or left_out is not None
         letters = tuple(
             DeadLetter(
                 event=event_from_row(stream_name, r["queue_offset"], r),
