@@ -87,26 +87,13 @@ class CheckpointExists(StorageError):
 class DuplicateEvent(StorageError):
     """A batch partly repeats event ids already in the stream."""
 
-    def __init__(self, stream_name: str, event_id: UUID, message: str | None = None) -> None:
+    def __init__(self, stream_name: str, event_id: UUID) -> None:
         super().__init__(
-            message
-            or f"stream '{stream_name}': event_id {event_id} is already in the stream "
+            f"stream '{stream_name}': event_id {event_id} is already in the stream "
             "and the batch is not an exact repeat of an earlier append"
         )
         self.stream_name = stream_name
         self.event_id = event_id
-
-
-class DuplicateMessage(DuplicateEvent):
-    """An enqueued id is already in the queue (pending, in flight or dead-lettered)."""
-
-    def __init__(self, stream_name: str, event_id: UUID) -> None:
-        super().__init__(
-            stream_name,
-            event_id,
-            f"queue '{stream_name}': a message with event_id {event_id} is already in the "
-            "queue or its dead-letter queue; nothing of the batch was enqueued",
-        )
 
 
 class MessageNotFound(StorageError):
