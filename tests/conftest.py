@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
+import socket
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ from storage.memory import InMemoryEventStore
 from storage.postgres import PostgresEventStore
 from tests.support import (
     ADMIN_DSN,
+    ROOT,
     TcpProxy,
     create_database,
     drop_database,
@@ -183,6 +186,24 @@ def memory_stub(memory_server: RunningServer) -> pb_grpc.EventStreamingStub:
 @pytest.fixture
 def stream_name() -> str:
     return unique_name()
+
+
+@pytest.fixture
+def no_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No EVENTSTREAMING_* variable and no .env file."""
+    for key in list(os.environ):
+        if key.startswith("EVENTSTREAMING_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(ROOT / "tests")
+
+
+@pytest.fixture
+def listening() -> Iterator[int]:
+    """A port something else listens on (a plain socket held open, no port reuse)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
 
 
 @pytest_asyncio.fixture

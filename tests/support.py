@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -245,6 +246,23 @@ def child_process(
         if process.poll() is None:
             process.kill()
         process.wait(timeout=10)
+
+
+def command() -> list[str]:
+    """The console script when installed next to this Python, else ``python -m server``."""
+    script = Path(sys.executable).parent / "eventstreaming"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("eventstreaming")
+    return [found] if found else [sys.executable, "-m", "server"]
+
+
+def clean_env(**variables: str) -> dict[str, str]:
+    """This process's environment without its EVENTSTREAMING_* settings, and
+    ``variables``: for a child process that sees only the settings a test gives."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTSTREAMING_")}
+    env.update(variables)
+    return env
 
 
 def stub_for(channel: grpc.aio.Channel) -> pb_grpc.EventStreamingStub:

@@ -3,11 +3,8 @@ default, ``config`` with secrets masked, ``health``, ``migrate`` (+ ``--status``
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from importlib.metadata import version
 from pathlib import Path
@@ -21,27 +18,14 @@ from tests.conftest import _run_in_thread
 from tests.support import (
     ROOT,
     child_process,
+    clean_env,
+    command,
     create_database,
     drop_database,
     dsn_for,
     free_port,
     wait_until_sync,
 )
-
-
-def command() -> list[str]:
-    """The console script when installed next to this Python, else ``python -m server``."""
-    script = Path(sys.executable).parent / "eventstreaming"
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("eventstreaming")
-    return [found] if found else [sys.executable, "-m", "server"]
-
-
-def clean_env(**variables: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTSTREAMING_")}
-    env.update(variables)
-    return env
 
 
 def run(
@@ -405,6 +389,7 @@ def test_readme_configuration_table_lists_every_setting() -> None:
     ],
 )
 def test_no_message_ever_shows_the_password(
+    no_settings: None,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     error: Exception,
@@ -412,10 +397,6 @@ def test_no_message_ever_shows_the_password(
 ) -> None:
     """The last line of defence: whatever an error quotes, the printed line is
     scrubbed of the password, and there is no traceback."""
-    for key in list(os.environ):
-        if key.startswith("EVENTSTREAMING_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(ROOT / "tests")
     monkeypatch.setenv("EVENTSTREAMING_DATABASE_URL", "postgresql://u:hunter2secret@h/d")
     monkeypatch.setattr("server.cli.configure_logging", lambda *args: None)
 

@@ -9,15 +9,13 @@ import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
-import sys
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,17 +27,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from server.settings import Settings
-from tests.support import ROOT, child_process, free_port, wait_until_sync
-
-
-def command() -> list[str]:
-    """The console script when installed next to this Python, else ``python -m server``."""
-    script = Path(sys.executable).parent / "eventstreaming"
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("eventstreaming")
-    return [found] if found else [sys.executable, "-m", "server"]
-
+from tests.support import ROOT, child_process, clean_env, command, free_port, wait_until_sync
 
 PINNED_PYTHON = re.compile(r"^python:3\.11\.\d+-slim-bookworm$")
 PINNED_POSTGRES = re.compile(r"^postgres:15\.\d+(-[a-z]+)?$")
@@ -422,8 +410,9 @@ def test_lock_names_the_script_that_regenerates_it() -> None:
 @pytest.fixture
 def image_process(runtime: Stage) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, str]]]:
     """ENTRYPOINT + CMD with the image's environment (ports moved to free ones)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTSTREAMING_")}
-    env.update({k: v for k, v in image_env(runtime).items() if k.startswith("EVENTSTREAMING_")})
+    env = clean_env(
+        **{k: v for k, v in image_env(runtime).items() if k.startswith("EVENTSTREAMING_")}
+    )
     env.update(
         EVENTSTREAMING_HOST="127.0.0.1",
         EVENTSTREAMING_PORT=str(free_port()),

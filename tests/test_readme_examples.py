@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest_asyncio
 
 from tests.conftest import RunningServer, server_settings, start_server
-from tests.support import ROOT
+from tests.support import ROOT, clean_env
 
 BLOCK_RE = re.compile(r"^```sh\n(.*?)^```", re.MULTILINE | re.DOTALL)
 ADDRESS = "localhost:50051"
@@ -60,7 +60,7 @@ async def test_every_grpcurl_example_runs_as_pasted(
     fresh_server: RunningServer, tmp_path: Path
 ) -> None:
     port = str(fresh_server.app.port)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTSTREAMING_")}
+    env = clean_env()
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["EVENTSTREAMING_PORT"] = port
     for number, block in enumerate(examples(), 1):

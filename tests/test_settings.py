@@ -10,16 +10,7 @@ from pathlib import Path
 import pytest
 
 from server.settings import Settings, SettingsError, load_settings, unknown_variables
-from tests.support import ROOT
-
-
-@pytest.fixture
-def no_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No EVENTSTREAMING_* variable and no .env file."""
-    for key in list(os.environ):
-        if key.startswith("EVENTSTREAMING_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(ROOT / "tests")
+from tests.support import ROOT, clean_env
 
 
 def test_defaults_are_the_development_setup(no_settings: None) -> None:
@@ -102,7 +93,7 @@ def test_choices_are_accepted_in_any_case(
 
 
 def test_process_accepts_a_lower_case_log_level() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTSTREAMING_")}
+    env = clean_env()
     result = subprocess.run(
         [sys.executable, "-m", "server", "config"],
         cwd=ROOT / "tests",

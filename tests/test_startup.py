@@ -7,7 +7,6 @@ from __future__ import annotations
 import ast
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from tests.support import (
     ROOT,
     ServerProcess,
     TcpProxy,
+    clean_env,
     create_database,
     drop_database,
     dsn_for,
@@ -38,12 +38,6 @@ from tests.support import (
 #: Far below the 60 s a silent database used to hold the boot, far above the
 #: few seconds the short limits these tests set should take.
 GENEROUS = 40.0
-
-
-def clean_env(**variables: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTSTREAMING_")}
-    env.update(variables)
-    return env
 
 
 def cli(
@@ -72,15 +66,6 @@ def assert_one_line_exit_2(result: subprocess.CompletedProcess[str], expected: s
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert error_lines(result) == [f"eventstreaming: {expected}"], result.stderr
-
-
-@pytest.fixture
-def listening() -> Iterator[int]:
-    """A port something else listens on (a plain socket held open, no port reuse)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        yield int(sock.getsockname()[1])
 
 
 # -- ports and hosts ------------------------------------------------------------------

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from tests.support import (
     ROOT,
     ServerProcess,
     TcpProxy,
+    clean_env,
     event,
     events,
     free_port,
@@ -59,12 +60,6 @@ WAITING_ON_A_LOCK = """
 SELECT count(*) FROM pg_stat_activity
  WHERE datname = current_database() AND wait_event_type = 'Lock'
 """
-
-
-def clean_env(**variables: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTSTREAMING_")}
-    env.update(variables)
-    return env
 
 
 def run_cli(args: Sequence[str], env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
@@ -179,14 +174,6 @@ def test_exits_are_described_by_code_or_signal() -> None:
 
 
 # -- the setting ------------------------------------------------------------------------
-@pytest.fixture
-def no_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in list(os.environ):
-        if key.startswith("EVENTSTREAMING_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(ROOT / "tests")
-
-
 def test_workers_default_to_one(no_settings: None) -> None:
     assert load_settings().workers == 1
 
@@ -209,15 +196,6 @@ def test_workers_out_of_range_name_the_setting(
 
 
 # -- refused before anything is bound ------------------------------------------------------
-@pytest.fixture
-def listening() -> Iterator[int]:
-    """A port something else listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        yield int(sock.getsockname()[1])
-
-
 def test_memory_storage_refuses_more_than_one_worker_before_binding(listening: int) -> None:
     # The port is taken: that the refusal names WORKERS shows it came first.
     env = clean_env(
