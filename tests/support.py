@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -369,6 +369,38 @@ async def read_all(
         if reply.end_of_stream:
             return found
     raise AssertionError("paging did not reach the end")
+
+
+#: Takes a stream's row lock, which an append to the stream waits for.
+LOCK_STREAM_ROW = "SELECT 1 FROM event_streaming.streams WHERE stream_name = $1 FOR UPDATE"
+WAITING_ON_A_LOCK = """
+SELECT count(*) FROM pg_stat_activity
+ WHERE datname = current_database() AND wait_event_type = 'Lock'
+"""
+
+
+@contextlib.asynccontextmanager
+async def append_in_progress(
+    locker: asyncpg.Connection, stub: Stub, name: str
+) -> AsyncIterator[asyncio.Future[pb.AppendToStreamResponse]]:
+    """An append of two events to ``name`` (PostgreSQL) held in progress for the
+    block: ``locker`` holds the stream's row lock in a transaction, and the append
+    waits for it. Yields the append's future once it waits; when the block ends the
+    transaction is rolled back and the append goes on."""
+    transaction = locker.transaction()
+    await transaction.start()
+    try:
+        # The append blocks on the stream's row lock: it is in progress.
+        await locker.execute(LOCK_STREAM_ROW, name)
+        append = asyncio.ensure_future(
+            stub.AppendToStream(
+                pb.AppendToStreamRequest(stream_name=name, events=events(2)), timeout=60
+            )
+        )
+        await wait_until(lambda: locker.fetchval(WAITING_ON_A_LOCK))
+        yield append
+    finally:
+        await transaction.rollback()  # let the append go on
 
 
 # -- queues -----------------------------------------------------------------------------

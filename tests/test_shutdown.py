@@ -21,13 +21,7 @@ from server.generated.eventstreaming.v1 import event_streaming_pb2_grpc as pb_gr
 from storage.errors import StorageUnavailable
 from storage.postgres import PostgresEventStore
 from tests.conftest import server_settings
-from tests.support import ServerProcess, events, unique_name, wait_until
-
-LOCK_STREAM_ROW = "SELECT 1 FROM event_streaming.streams WHERE stream_name = $1 FOR UPDATE"
-WAITING_ON_A_LOCK = """
-SELECT count(*) FROM pg_stat_activity
- WHERE datname = current_database() AND wait_event_type = 'Lock'
-"""
+from tests.support import ServerProcess, append_in_progress, events, unique_name, wait_until
 
 
 @pytest_asyncio.fixture
@@ -76,17 +70,7 @@ async def test_append_in_progress_at_sigterm_completes_and_is_readable_afterward
             first = await watch.read()
             assert isinstance(first, health_pb2.HealthCheckResponse)
             assert first.status == health_pb2.HealthCheckResponse.SERVING
-            transaction = locker.transaction()
-            await transaction.start()
-            try:
-                # The append blocks on the stream's row lock: it is in progress.
-                await locker.execute(LOCK_STREAM_ROW, name)
-                append = asyncio.ensure_future(
-                    stub.AppendToStream(
-                        pb.AppendToStreamRequest(stream_name=name, events=events(2)), timeout=60
-                    )
-                )
-                await wait_until(lambda: locker.fetchval(WAITING_ON_A_LOCK))
+            async with append_in_progress(locker, stub, name) as append:
                 assert process.process.poll() is None
                 process.process.terminate()  # SIGTERM
                 update = await asyncio.wait_for(watch.read(), 10)
@@ -95,8 +79,6 @@ async def test_append_in_progress_at_sigterm_completes_and_is_readable_afterward
                 watch.cancel()
                 await wait_until(lambda: refused(process.address))
                 assert not append.done()
-            finally:
-                await transaction.rollback()  # let the append go on
             result = await append
             assert (result.first_offset, result.last_offset) == (1, 2)
         assert await process.terminate(timeout=30) == 0
@@ -125,14 +107,7 @@ async def test_a_call_outlasting_the_grace_period_is_cut_off_and_nothing_half_wr
         async with grpc.aio.insecure_channel(process.address) as channel:
             stub = pb_grpc.EventStreamingStub(channel)
             await stub.AppendToStream(pb.AppendToStreamRequest(stream_name=name, events=events(1)))
-            async with locker.transaction():
-                await locker.execute(LOCK_STREAM_ROW, name)
-                append = asyncio.ensure_future(
-                    stub.AppendToStream(
-                        pb.AppendToStreamRequest(stream_name=name, events=events(2)), timeout=60
-                    )
-                )
-                await wait_until(lambda: locker.fetchval(WAITING_ON_A_LOCK))
+            async with append_in_progress(locker, stub, name) as append:
                 signalled = time.monotonic()
                 process.process.terminate()
                 with pytest.raises(grpc.aio.AioRpcError):

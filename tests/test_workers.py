@@ -35,6 +35,7 @@ from tests.support import (
     ROOT,
     ServerProcess,
     TcpProxy,
+    append_in_progress,
     clean_env,
     event,
     events,
@@ -55,11 +56,6 @@ RETRYABLE = (
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.CANCELLED,
 )
-LOCK_STREAM_ROW = "SELECT 1 FROM event_streaming.streams WHERE stream_name = $1 FOR UPDATE"
-WAITING_ON_A_LOCK = """
-SELECT count(*) FROM pg_stat_activity
- WHERE datname = current_database() AND wait_event_type = 'Lock'
-"""
 
 
 def run_cli(args: Sequence[str], env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
@@ -460,17 +456,7 @@ async def test_sigterm_drains_every_worker_and_the_supervisor_exits_0(
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = pb_grpc.EventStreamingStub(channel)
             await stub.AppendToStream(pb.AppendToStreamRequest(stream_name=name, events=events(1)))
-            transaction = locker.transaction()
-            await transaction.start()
-            try:
-                # The append blocks on the stream's row lock: it is in progress.
-                await locker.execute(LOCK_STREAM_ROW, name)
-                append = asyncio.ensure_future(
-                    stub.AppendToStream(
-                        pb.AppendToStreamRequest(stream_name=name, events=events(2)), timeout=60
-                    )
-                )
-                await wait_until(lambda: locker.fetchval(WAITING_ON_A_LOCK))
+            async with append_in_progress(locker, stub, name) as append:
                 server.process.send_signal(signal.SIGTERM)
                 # Every worker got it and stops taking calls; the append is still on.
                 await wait_until(
@@ -480,8 +466,6 @@ async def test_sigterm_drains_every_worker_and_the_supervisor_exits_0(
                     timeout=10,
                 )
                 assert not append.done()
-            finally:
-                await transaction.rollback()  # let the append go on
             result = await asyncio.wait_for(append, grace)
             assert (result.first_offset, result.last_offset) == (1, 2)
         code = await server.terminate(timeout=grace + 30)
