@@ -164,6 +164,18 @@ async def memory_server() -> AsyncIterator[RunningServer]:
 
 
 @pytest_asyncio.fixture(scope="session")
+async def postgres_store(pg_dsn: str) -> AsyncIterator[PostgresEventStore]:
+    """A started PostgreSQL store on the session's database, shared by the tests of
+    the run (the storage contract's, and those of PostgreSQL alone)."""
+    store = PostgresEventStore(pg_dsn)
+    await store.start()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@pytest_asyncio.fixture(scope="session")
 async def pg_server(pg_dsn: str) -> AsyncIterator[RunningServer]:
     """A PostgreSQL-backed server, for tests that only make sense there."""
     running = await start_server(server_settings("postgres", pg_dsn), "postgres")

@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 import asyncpg
+import pytest
 import pytest_asyncio
 
 from storage.postgres import PostgresEventStore
@@ -25,16 +26,6 @@ from tests.support import create_database, drop_database, dsn_for, unique_name, 
 
 #: Buffers an index scan of the dequeue may touch: a descent and a page or two.
 INDEX_SCAN_BUFFERS = 12
-
-
-@pytest_asyncio.fixture
-async def store(pg_dsn: str) -> AsyncIterator[PostgresEventStore]:
-    store = PostgresEventStore(pg_dsn)
-    await store.start()
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 @pytest_asyncio.fixture
@@ -74,12 +65,12 @@ async def _index_buffers(conn: asyncpg.Connection, *args: Any) -> dict[str, int]
 
 
 async def test_the_dequeue_never_reads_the_parked_messages_of_a_busy_key(
-    store: PostgresEventStore, conn: asyncpg.Connection
+    postgres_store: PostgresEventStore, conn: asyncpg.Connection
 ) -> None:
     name = unique_name("busy-key")
     for _ in range(40):
-        await store.enqueue(name, [_event("busy") for _ in range(100)])
-    (head,) = await store.dequeue(name, "a", timedelta(minutes=5), 10)
+        await postgres_store.enqueue(name, [_event("busy") for _ in range(100)])
+    (head,) = await postgres_store.dequeue(name, "a", timedelta(minutes=5), 10)
     assert head.event.offset == 0
     touched = await _index_buffers(conn, name, "b", None, 10, EXPIRED_REASON, 1 << 20, None, 0)
     assert touched, "the dequeue reads the partial indexes"
@@ -87,21 +78,21 @@ async def test_the_dequeue_never_reads_the_parked_messages_of_a_busy_key(
 
 
 async def test_the_dequeue_starts_at_its_low_water_mark(
-    store: PostgresEventStore, conn: asyncpg.Connection
+    postgres_store: PostgresEventStore, conn: asyncpg.Connection
 ) -> None:
     name = unique_name("churned")
     for _ in range(50):
-        await store.enqueue(name, [_event() for _ in range(100)])
-    while leased := await store.dequeue(name, "a", timedelta(minutes=5), 100):
-        await store.acknowledge(name, "a", [m.event.event_id for m in leased])
-    (fresh,) = (await store.enqueue(name, [_event()])).event_ids
-    stream_id, mark = store.ready_marks.get(name)
+        await postgres_store.enqueue(name, [_event() for _ in range(100)])
+    while leased := await postgres_store.dequeue(name, "a", timedelta(minutes=5), 100):
+        await postgres_store.acknowledge(name, "a", [m.event.event_id for m in leased])
+    (fresh,) = (await postgres_store.enqueue(name, [_event()])).event_ids
+    stream_id, mark = postgres_store.ready_marks.get(name)
     assert mark >= 5000, "the mark moved past every message leased"
     touched = await _index_buffers(
         conn, name, "b", None, 10, EXPIRED_REASON, 1 << 20, stream_id, mark
     )
     assert touched["queue_messages_ready_idx"] <= INDEX_SCAN_BUFFERS, touched
-    (message,) = await store.dequeue(name, "b", timedelta(minutes=5), 10)
+    (message,) = await postgres_store.dequeue(name, "b", timedelta(minutes=5), 10)
     assert message.event.event_id == fresh
 
 
@@ -131,23 +122,23 @@ async def test_the_sql_retry_delay_follows_the_shared_rule(conn: asyncpg.Connect
 
 
 async def test_retention_forgets_remembered_ids_in_batches(
-    store: PostgresEventStore, conn: asyncpg.Connection
+    postgres_store: PostgresEventStore, conn: asyncpg.Connection
 ) -> None:
     name = unique_name("forgotten")
-    await store.configure_stream(
+    await postgres_store.configure_stream(
         name,
         StreamConfiguration(StreamType.EPHEMERAL, deduplication_window=timedelta(seconds=0.1)),
     )
     count = FORGET_BATCH_SIZE + 500
     for start in range(0, count, 1000):
-        await store.enqueue(name, [_event() for _ in range(min(1000, count - start))])
+        await postgres_store.enqueue(name, [_event() for _ in range(min(1000, count - start))])
     stream_id = await conn.fetchval(
         "SELECT stream_id FROM event_streaming.streams WHERE stream_name = $1", name
     )
     remembered = "SELECT count(*) FROM event_streaming.queue_remembered_ids WHERE stream_id = $1"
     assert await conn.fetchval(remembered, stream_id) == count
     await conn.execute("SELECT pg_sleep(0.2)")
-    report = await store.enforce_retention()
+    report = await postgres_store.enforce_retention()
     assert report.ids_forgotten >= count
     assert await conn.fetchval(remembered, stream_id) == 0
 
@@ -223,7 +214,7 @@ async def test_migration_006_keeps_what_a_queue_held(old_database: str) -> None:
 
 
 async def test_keyed_enqueues_and_acks_of_many_keys_at_once_never_deadlock(
-    store: PostgresEventStore,
+    postgres_store: PostgresEventStore,
 ) -> None:
     """Enqueues take their keys' locks while acks of many keys at once release
     theirs; neither may wait for the other in a cycle (PostgreSQL would fail one
@@ -233,18 +224,22 @@ async def test_keyed_enqueues_and_acks_of_many_keys_at_once_never_deadlock(
 
     async def produce(worker: int) -> None:
         for n in range(worker, batches, 4):
-            await store.enqueue(name, [_event(f"k{(n * 100 + i) % keys}") for i in range(100)])
+            await postgres_store.enqueue(
+                name, [_event(f"k{(n * 100 + i) % keys}") for i in range(100)]
+            )
 
     acked = 0
 
     async def consume(worker: int) -> None:
         nonlocal acked
         while acked < batches * 100:
-            leased = await store.dequeue(name, f"c{worker}", timedelta(minutes=5), 100)
+            leased = await postgres_store.dequeue(name, f"c{worker}", timedelta(minutes=5), 100)
             if not leased:
                 await asyncio.sleep(0.005)
                 continue
-            result = await store.acknowledge(name, f"c{worker}", [m.receipt for m in leased])
+            result = await postgres_store.acknowledge(
+                name, f"c{worker}", [m.receipt for m in leased]
+            )
             assert not result.failed
             acked += len(result.acknowledged)
 
@@ -252,21 +247,21 @@ async def test_keyed_enqueues_and_acks_of_many_keys_at_once_never_deadlock(
         asyncio.gather(*(produce(w) for w in range(4)), *(consume(w) for w in range(4))),
         timeout=120,
     )
-    meta = await store.get_stream_metadata(name)
+    meta = await postgres_store.get_stream_metadata(name)
     assert (meta.retained_count, meta.length) == (0, batches * 100)
 
 
 async def test_retention_vacuums_a_queue_table_full_of_dead_rows(
-    store: PostgresEventStore, conn: asyncpg.Connection
+    postgres_store: PostgresEventStore, conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Whether or not autovacuum runs on this server (it may be off), the
     retention pass vacuums queue tables past their dead-row threshold."""
-    store.vacuum_dead_rows = 500
+    monkeypatch.setattr(postgres_store, "vacuum_dead_rows", 500)
     name = unique_name("churn")
     for _ in range(10):
-        await store.enqueue(name, [_event() for _ in range(100)])
-    while leased := await store.dequeue(name, "a", timedelta(minutes=5), 100):
-        await store.acknowledge(name, "a", [m.receipt for m in leased])
+        await postgres_store.enqueue(name, [_event() for _ in range(100)])
+    while leased := await postgres_store.dequeue(name, "a", timedelta(minutes=5), 100):
+        await postgres_store.acknowledge(name, "a", [m.receipt for m in leased])
     stats = (
         "SELECT n_dead_tup, coalesce(vacuum_count, 0) + coalesce(autovacuum_count, 0) AS runs "
         "FROM pg_stat_user_tables WHERE relid = 'event_streaming.queue_messages'::regclass"
@@ -278,7 +273,7 @@ async def test_retention_vacuums_a_queue_table_full_of_dead_rows(
 
     await wait_until(dead_rows_counted)
     before = (await conn.fetchrow(stats))["runs"]
-    await store.enforce_retention()
+    await postgres_store.enforce_retention()
 
     async def vacuumed() -> bool:
         row = await conn.fetchrow(stats)

@@ -1,8 +1,8 @@
 """The storage contract runs against every backend through one ``store`` fixture.
 
-Each backend's store is made once per test session (PostgreSQL in the session's
-database, migrated at start), so tests make their own stream names and never look
-at what other tests wrote.
+Each backend's store is made once per test session (PostgreSQL's, postgres_store
+of tests/conftest.py, in the session's database, migrated at start), so tests
+make their own stream names and never look at what other tests wrote.
 """
 
 from __future__ import annotations
@@ -14,23 +14,12 @@ import pytest_asyncio
 
 from storage.interface import EventStore
 from storage.memory import InMemoryEventStore
-from storage.postgres import PostgresEventStore
 from tests.contract.backends import BACKENDS
 
 
 @pytest_asyncio.fixture(scope="session")
 async def memory_store() -> AsyncIterator[EventStore]:
     store = InMemoryEventStore()
-    await store.start()
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
-@pytest_asyncio.fixture(scope="session")
-async def postgres_store(pg_dsn: str) -> AsyncIterator[EventStore]:
-    store = PostgresEventStore(pg_dsn)
     await store.start()
     try:
         yield store
