@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
 from storage.interface import EventStore
 from storage.records import NO_FILTER, DeadLetter, ReadFilter, RecordedEvent, StreamSummary
 
 #: More pages than any test needs: paging that never ends fails instead of hanging.
 MAX_PAGES = 10_000
+
+T = TypeVar("T")
 
 
 async def read_to_end(
@@ -31,33 +36,41 @@ async def read_to_end(
     raise AssertionError("paging did not reach the end of the stream")
 
 
+async def _follow_tokens(
+    list_page: Callable[[str], Awaitable[tuple[Sequence[T], str]]], page_size: int, last: str
+) -> list[T]:
+    """Every item of a listing whose pages go on by next_page_token (``list_page``:
+    a page's items and token, from a token), checking each page's size."""
+    found: list[T] = []
+    token = ""
+    for _ in range(MAX_PAGES):
+        items, token = await list_page(token)
+        assert len(items) <= page_size
+        found.extend(items)
+        if not token:
+            return found
+    raise AssertionError(f"paging did not reach the last {last}")
+
+
 async def all_dead_letters(
     store: EventStore, stream_name: str, *, page_size: int = 1000
 ) -> list[DeadLetter]:
     """Every dead letter of a queue, following next_page_token."""
-    found: list[DeadLetter] = []
-    token = ""
-    for _ in range(MAX_PAGES):
+
+    async def list_page(token: str) -> tuple[Sequence[DeadLetter], str]:
         page = await store.list_dead_letters(stream_name, page_size, token)
-        assert len(page.dead_letters) <= page_size
-        found.extend(page.dead_letters)
-        if not page.next_page_token:
-            return found
-        token = page.next_page_token
-    raise AssertionError("paging did not reach the last dead letter")
+        return page.dead_letters, page.next_page_token
+
+    return await _follow_tokens(list_page, page_size, "dead letter")
 
 
 async def all_streams(
     store: EventStore, prefix: str, *, page_size: int = 1000
 ) -> list[StreamSummary]:
     """Every stream whose name starts with ``prefix``, following next_page_token."""
-    found: list[StreamSummary] = []
-    token = ""
-    for _ in range(MAX_PAGES):
+
+    async def list_page(token: str) -> tuple[Sequence[StreamSummary], str]:
         page = await store.list_streams(prefix, page_size, token)
-        assert len(page.streams) <= page_size
-        found.extend(page.streams)
-        if not page.next_page_token:
-            return found
-        token = page.next_page_token
-    raise AssertionError("paging did not reach the last stream")
+        return page.streams, page.next_page_token
+
+    return await _follow_tokens(list_page, page_size, "stream")
