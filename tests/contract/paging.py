@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from storage.interface import EventStore
 from storage.records import NO_FILTER, DeadLetter, ReadFilter, RecordedEvent, StreamSummary
@@ -36,19 +36,32 @@ async def read_to_end(
     raise AssertionError("paging did not reach the end of the stream")
 
 
+class _TokenPage(Protocol):
+    @property
+    def next_page_token(self) -> str: ...
+
+
+P = TypeVar("P", bound=_TokenPage)
+
+
 async def _follow_tokens(
-    list_page: Callable[[str], Awaitable[tuple[Sequence[T], str]]], page_size: int, last: str
+    list_page: Callable[[str], Awaitable[P]],
+    items_of: Callable[[P], Sequence[T]],
+    page_size: int,
+    last: str,
 ) -> list[T]:
-    """Every item of a listing whose pages go on by next_page_token (``list_page``:
-    a page's items and token, from a token), checking each page's size."""
+    """Every item of a listing, following next_page_token from the first page
+    (``list_page``: the page a token names), checking each page's size."""
     found: list[T] = []
     token = ""
     for _ in range(MAX_PAGES):
-        items, token = await list_page(token)
+        page = await list_page(token)
+        items = items_of(page)
         assert len(items) <= page_size
         found.extend(items)
-        if not token:
+        if not page.next_page_token:
             return found
+        token = page.next_page_token
     raise AssertionError(f"paging did not reach the last {last}")
 
 
@@ -56,21 +69,21 @@ async def all_dead_letters(
     store: EventStore, stream_name: str, *, page_size: int = 1000
 ) -> list[DeadLetter]:
     """Every dead letter of a queue, following next_page_token."""
-
-    async def list_page(token: str) -> tuple[Sequence[DeadLetter], str]:
-        page = await store.list_dead_letters(stream_name, page_size, token)
-        return page.dead_letters, page.next_page_token
-
-    return await _follow_tokens(list_page, page_size, "dead letter")
+    return await _follow_tokens(
+        lambda token: store.list_dead_letters(stream_name, page_size, token),
+        lambda page: page.dead_letters,
+        page_size,
+        "dead letter",
+    )
 
 
 async def all_streams(
     store: EventStore, prefix: str, *, page_size: int = 1000
 ) -> list[StreamSummary]:
     """Every stream whose name starts with ``prefix``, following next_page_token."""
-
-    async def list_page(token: str) -> tuple[Sequence[StreamSummary], str]:
-        page = await store.list_streams(prefix, page_size, token)
-        return page.streams, page.next_page_token
-
-    return await _follow_tokens(list_page, page_size, "stream")
+    return await _follow_tokens(
+        lambda token: store.list_streams(prefix, page_size, token),
+        lambda page: page.streams,
+        page_size,
+        "stream",
+    )
