@@ -7,11 +7,18 @@ persistence module for the eventsourcing library (install the ``eventsourcing``
 extra).
 """
 
-from eventstreaming_client.aio import AsyncClient, AsyncSubscription, AsyncWorker
+from eventstreaming_client.aio import (
+    AsyncAppendSession,
+    AsyncClient,
+    AsyncConsumeStream,
+    AsyncSubscription,
+    AsyncWorker,
+)
 from eventstreaming_client.errors import (
     AlreadyExists,
     CheckpointAlreadyCommitted,
     ConsumerOffsetNotFound,
+    ConsumeStreamClosed,
     DeadlineExceeded,
     DuplicateEvent,
     EventStreamingError,
@@ -31,11 +38,13 @@ from eventstreaming_client.errors import (
 from eventstreaming_client.models import (
     ALL,
     NO_EVENTS,
+    AckFailure,
     AckResult,
     AppendResult,
     ConsumerCheckpoint,
     DeadLetter,
     DeadLetterPage,
+    EnqueueResult,
     NewEvent,
     QueueMessage,
     ReadAllResult,
@@ -49,26 +58,33 @@ from eventstreaming_client.models import (
     StreamType,
 )
 from eventstreaming_client.options import ConnectionOptions, RetryPolicy
-from eventstreaming_client.sync import Client, Subscription, Worker
+from eventstreaming_client.sync import AppendSession, Client, ConsumeStream, Subscription, Worker
 
 __all__ = [
     "ALL",
     "NO_EVENTS",
+    "AckFailure",
     "AckResult",
     "AlreadyExists",
     "AppendResult",
+    "AppendSession",
+    "AsyncAppendSession",
     "AsyncClient",
+    "AsyncConsumeStream",
     "AsyncSubscription",
     "AsyncWorker",
     "CheckpointAlreadyCommitted",
     "Client",
     "ConnectionOptions",
+    "ConsumeStream",
+    "ConsumeStreamClosed",
     "ConsumerCheckpoint",
     "ConsumerOffsetNotFound",
     "DeadLetter",
     "DeadLetterPage",
     "DeadlineExceeded",
     "DuplicateEvent",
+    "EnqueueResult",
     "EventStreamingError",
     "FailedPrecondition",
     "InvalidArgument",

@@ -3,6 +3,7 @@ Both clients build their requests and read their responses through here."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -12,11 +13,17 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from eventstreaming_client.generated.eventstreaming.v1 import event_streaming_pb2 as pb
 from eventstreaming_client.models import (
+    DEFAULT_DEDUPLICATION_WINDOW,
+    DEFAULT_MAX_DELIVERY_ATTEMPTS,
+    DEFAULT_RETRY_MULTIPLIER,
+    DEFAULT_VISIBILITY_TIMEOUT,
+    AckFailure,
     AckResult,
     AppendResult,
     ConsumerCheckpoint,
     DeadLetter,
     DeadLetterPage,
+    EnqueueResult,
     NewEvent,
     QueueMessage,
     ReadAllResult,
@@ -30,11 +37,69 @@ from eventstreaming_client.models import (
     StreamType,
 )
 
+#: The most ids (or receipts) one acknowledgement takes.
+MAX_ACK_IDS = 1000
+
 
 def duration(value: timedelta) -> Duration:
     result = Duration()
     result.FromTimedelta(value)
     return result
+
+
+def check_timedelta(name: str, value: object, *, optional: bool = True) -> timedelta | None:
+    """``value`` when it is a timedelta that is not negative (or None, when that is
+    allowed); a clear error otherwise."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, timedelta):
+        wanted = "a datetime.timedelta or None" if optional else "a datetime.timedelta"
+        raise TypeError(f"{name} must be {wanted}, not {type(value).__name__}")
+    if value < timedelta(0):
+        raise ValueError(f"{name} must not be negative (got {value})")
+    return value
+
+
+def check_positive(name: str, value: object) -> timedelta:
+    checked = check_timedelta(name, value, optional=False)
+    assert checked is not None
+    if checked <= timedelta(0):
+        raise ValueError(f"{name} must be more than 0 (got {checked})")
+    return checked
+
+
+def check_ids(name: str, values: object) -> list[str]:
+    """A list of ids or receipts; a lone string is refused (it would be taken for
+    a sequence of one-character ids)."""
+    if isinstance(values, str | bytes):
+        raise TypeError(f"{name} must be a sequence of strings, not one string: use [{name[:-1]}]")
+    if not isinstance(values, Iterable):
+        raise TypeError(f"{name} must be a sequence of strings, not {type(values).__name__}")
+    found = [str(item) for item in values]
+    if any(not item for item in found):
+        raise ValueError(f"{name} must not contain an empty string")
+    return found
+
+
+def message_target(
+    event_id: str | None, receipt: str | None, *, what: str = "a message"
+) -> tuple[str, str]:
+    """(event_id, receipt) of a request that names one message by one of them."""
+    if (event_id is None or event_id == "") == (receipt is None or receipt == ""):
+        raise ValueError(f"name {what} by event_id or by receipt (one of them, not both)")
+    if event_id is not None and not isinstance(event_id, str):
+        raise TypeError(f"event_id must be a string, not {type(event_id).__name__}")
+    if receipt is not None and not isinstance(receipt, str):
+        raise TypeError(f"receipt must be a string, not {type(receipt).__name__}")
+    return event_id or "", receipt or ""
+
+
+def ack_targets(event_ids: object, receipts: object) -> tuple[list[str], list[str]]:
+    """The event ids or the receipts of an acknowledgement (one kind, 1 or more)."""
+    ids, handles = check_ids("event_ids", event_ids), check_ids("receipts", receipts)
+    if bool(ids) == bool(handles):
+        raise ValueError("acknowledge by event_ids or by receipts (one of them, not both)")
+    return ids, handles
 
 
 def timestamp(value: datetime) -> Timestamp:
@@ -59,20 +124,14 @@ def with_ids(events: Iterable[NewEvent]) -> list[NewEvent]:
     result: list[NewEvent] = []
     for item in events:
         if item.event_id is None or item.event_id == "":
-            item = NewEvent(
-                event_type=item.event_type,
-                data=item.data,
-                content_type=item.content_type,
-                metadata=item.metadata,
-                event_id=uuid.uuid4(),
-                correlation_id=item.correlation_id,
-                causation_id=item.causation_id,
-            )
+            item = dataclasses.replace(item, event_id=uuid.uuid4())
         result.append(item)
     return result
 
 
 def event_data(item: NewEvent) -> pb.EventData:
+    if not isinstance(item, NewEvent):
+        raise TypeError(f"events must be NewEvent values, not {type(item).__name__}")
     return pb.EventData(
         event_id="" if item.event_id is None else str(item.event_id),
         event_type=item.event_type,
@@ -81,6 +140,7 @@ def event_data(item: NewEvent) -> pb.EventData:
         metadata=dict(item.metadata),
         correlation_id=item.correlation_id,
         causation_id=item.causation_id,
+        ordering_key=item.ordering_key,
     )
 
 
@@ -97,6 +157,7 @@ def recorded_event(message: pb.Event) -> RecordedEvent:
         causation_id=message.causation_id,
         timestamp=from_timestamp(message.timestamp, message.HasField("timestamp")),
         global_position=message.global_position,
+        ordering_key=message.ordering_key,
     )
 
 
@@ -212,7 +273,40 @@ def stream_metadata(reply: pb.GetStreamMetadataResponse) -> StreamMetadata:
         pending_count=reply.pending_count,
         in_flight_count=reply.in_flight_count,
         dead_letter_count=reply.dead_letter_count,
+        oldest_message_enqueued_at=from_timestamp(
+            reply.oldest_message_enqueued_at, reply.HasField("oldest_message_enqueued_at")
+        ),
     )
+
+
+def enqueue_request(
+    stream_name: str,
+    events: Sequence[NewEvent],
+    delay: timedelta | None,
+    deliver_at: datetime | None,
+) -> pb.EnqueueRequest:
+    request = pb.EnqueueRequest(stream_name=stream_name, events=[event_data(e) for e in events])
+    check_timedelta("delay", delay)
+    if deliver_at is not None:
+        if delay is not None:
+            raise ValueError("give delay or deliver_at, not both")
+        if not isinstance(deliver_at, datetime):
+            raise TypeError(
+                f"deliver_at must be a datetime.datetime, not {type(deliver_at).__name__}"
+            )
+        if deliver_at.tzinfo is None or deliver_at.utcoffset() is None:
+            raise ValueError(
+                "deliver_at must be an aware datetime (e.g. datetime.now(UTC) + ...): "
+                "a naive one would be read as UTC"
+            )
+        request.deliver_at.CopyFrom(timestamp(deliver_at))
+    elif delay is not None:
+        request.delay.CopyFrom(duration(delay))
+    return request
+
+
+def enqueue_result(reply: pb.EnqueueResponse) -> EnqueueResult:
+    return EnqueueResult(list(reply.event_ids), list(reply.duplicate_event_ids))
 
 
 def dequeue_request(
@@ -237,25 +331,196 @@ def queue_message(message: pb.QueueMessage) -> QueueMessage:
         event=recorded_event(message.event),
         delivery_attempt=message.delivery_attempt,
         visible_until=from_timestamp(message.visible_until, message.HasField("visible_until")),
+        receipt=message.receipt,
     )
 
 
-def ack_result(reply: pb.AcknowledgeResponse) -> AckResult:
+def ack_result(reply: pb.AcknowledgeResponse | pb.ConsumeResult) -> AckResult:
+    """The outcome of an acknowledgement (or of a Consume stream's ack, nack or
+    extend), message by message."""
+    succeeded = reply.acknowledged if isinstance(reply, pb.AcknowledgeResponse) else reply.succeeded
+    failures = [AckFailure(f.event_id, f.reason, f.receipt) for f in reply.failed]
     return AckResult(
-        acknowledged=list(reply.acknowledged),
-        failed={f.event_id: f.reason for f in reply.failed},
+        acknowledged=list(succeeded),
+        failed={f.event_id: f.reason for f in failures},
+        failures=failures,
+    )
+
+
+def merge_ack_results(results: Sequence[AckResult]) -> AckResult:
+    if len(results) == 1:
+        return results[0]
+    failures = [f for r in results for f in r.failures]
+    return AckResult(
+        acknowledged=[i for r in results for i in r.acknowledged],
+        failed={f.event_id: f.reason for f in failures},
+        failures=failures,
+    )
+
+
+def acknowledge_request(
+    stream_name: str, consumer_id: str, event_ids: object, receipts: object
+) -> pb.AcknowledgeRequest:
+    ids, handles = ack_targets(event_ids, receipts)
+    return pb.AcknowledgeRequest(
+        stream_name=stream_name, consumer_id=consumer_id, event_ids=ids, receipts=handles
     )
 
 
 def nack_request(
-    stream_name: str, consumer_id: str, event_id: str, delay: timedelta | None, reason: str
+    stream_name: str,
+    consumer_id: str,
+    event_id: str | None,
+    receipt: str | None,
+    delay: timedelta | None,
+    reason: str,
 ) -> pb.NackRequest:
+    """A Nack. ``delay`` None sends none (the stream's retry policy decides);
+    ``timedelta(0)`` is sent as an explicit zero: visible again at once."""
+    event_id, receipt = message_target(event_id, receipt)
     request = pb.NackRequest(
-        stream_name=stream_name, consumer_id=consumer_id, event_id=event_id, reason=reason
+        stream_name=stream_name,
+        consumer_id=consumer_id,
+        event_id=event_id,
+        receipt=receipt,
+        reason=reason,
     )
-    if delay:
+    if check_timedelta("delay", delay) is not None:
+        assert delay is not None
         request.delay.CopyFrom(duration(delay))
     return request
+
+
+def extend_request(
+    stream_name: str,
+    consumer_id: str,
+    event_id: str | None,
+    receipt: str | None,
+    visibility_timeout: timedelta | None,
+) -> pb.ExtendVisibilityRequest:
+    event_id, receipt = message_target(event_id, receipt)
+    return pb.ExtendVisibilityRequest(
+        stream_name=stream_name,
+        consumer_id=consumer_id,
+        event_id=event_id,
+        receipt=receipt,
+        visibility_timeout=duration(check_positive("visibility_timeout", visibility_timeout)),
+    )
+
+
+#: Consume: the most messages a stream holds unacknowledged, and per response.
+MAX_OUTSTANDING = 1000
+MAX_BATCH = 100
+
+
+def consume_start(
+    stream_name: str,
+    consumer_id: str,
+    visibility_timeout: timedelta | None,
+    max_outstanding: int,
+    max_batch: int,
+) -> pb.ConsumeRequest:
+    if not consumer_id or not isinstance(consumer_id, str):
+        raise ValueError("consumer_id must be a non-empty string")
+    if isinstance(max_outstanding, bool) or not isinstance(max_outstanding, int):
+        raise TypeError("max_outstanding must be an int")
+    if not 1 <= max_outstanding <= MAX_OUTSTANDING:
+        raise ValueError(f"max_outstanding must be between 1 and {MAX_OUTSTANDING}")
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int):
+        raise TypeError("max_batch must be an int")
+    if not 0 <= max_batch <= MAX_BATCH:
+        raise ValueError(f"max_batch must be between 0 and {MAX_BATCH} (0 or 1: one at a time)")
+    start = pb.ConsumeStart(
+        stream_name=stream_name,
+        consumer_id=consumer_id,
+        max_outstanding=max_outstanding,
+        max_batch=max_batch,
+    )
+    if visibility_timeout is not None:
+        start.visibility_timeout.CopyFrom(
+            duration(check_positive("visibility_timeout", visibility_timeout))
+        )
+    return pb.ConsumeRequest(start=start)
+
+
+def ack_chunks(event_ids: object, receipts: object) -> list[tuple[list[str], list[str]]]:
+    """The ids or receipts of an acknowledgement, a thousand at most per part (the
+    most one request takes)."""
+    ids, handles = ack_targets(event_ids, receipts)
+    return [
+        (ids[at : at + MAX_ACK_IDS], handles[at : at + MAX_ACK_IDS])
+        for at in range(0, max(len(ids), len(handles)), MAX_ACK_IDS)
+    ]
+
+
+def consume_ack(request_id: int, *, ids: list[str], receipts: list[str]) -> pb.ConsumeRequest:
+    return pb.ConsumeRequest(
+        ack=pb.ConsumeAck(request_id=request_id, event_ids=ids, receipts=receipts)
+    )
+
+
+def ack_named(
+    messages: Sequence[QueueMessage], event_ids: object, receipts: object
+) -> tuple[list[str], list[str]]:
+    """The ids and receipts an acknowledgement names: ``messages`` by their receipts
+    (by id when a message has none), added to ``event_ids`` / ``receipts``."""
+    ids, handles = check_ids("event_ids", event_ids), check_ids("receipts", receipts)
+    for message in messages:
+        if not isinstance(message, QueueMessage):
+            raise TypeError(
+                f"messages must be QueueMessage values, not {type(message).__name__} "
+                "(pass several as ack(*messages), ids as event_ids=)"
+            )
+        if message.receipt:
+            handles.append(message.receipt)
+        else:
+            ids.append(message.event_id)
+    return ids, handles
+
+
+def named_message(
+    message: QueueMessage | None, event_id: str | None, receipt: str | None
+) -> tuple[str | None, str | None]:
+    """The message a nack or extend names: a QueueMessage (by its receipt), or an
+    event id, or a receipt."""
+    if message is None:
+        return event_id, receipt
+    if event_id is not None or receipt is not None:
+        raise ValueError("name the message once: a QueueMessage, an event_id or a receipt")
+    if not isinstance(message, QueueMessage):
+        raise TypeError(f"message must be a QueueMessage, not {type(message).__name__}")
+    return (None, message.receipt) if message.receipt else (message.event_id, None)
+
+
+def consume_nack(
+    request_id: int,
+    event_id: str | None,
+    receipt: str | None,
+    delay: timedelta | None,
+    reason: str,
+) -> pb.ConsumeRequest:
+    """As :func:`nack_request`: ``timedelta(0)`` is an explicit zero (at once), None
+    leaves the delay to the stream's retry policy."""
+    event_id, receipt = message_target(event_id, receipt)
+    nack = pb.ConsumeNack(request_id=request_id, event_id=event_id, receipt=receipt, reason=reason)
+    if check_timedelta("delay", delay) is not None:
+        assert delay is not None
+        nack.delay.CopyFrom(duration(delay))
+    return pb.ConsumeRequest(nack=nack)
+
+
+def consume_extend(
+    request_id: int, event_id: str | None, receipt: str | None, visibility_timeout: timedelta
+) -> pb.ConsumeRequest:
+    event_id, receipt = message_target(event_id, receipt)
+    return pb.ConsumeRequest(
+        extend=pb.ConsumeExtend(
+            request_id=request_id,
+            event_id=event_id,
+            receipt=receipt,
+            visibility_timeout=duration(check_positive("visibility_timeout", visibility_timeout)),
+        )
+    )
 
 
 def dead_letter_page(reply: pb.ListDeadLettersResponse) -> DeadLetterPage:
@@ -274,30 +539,53 @@ def dead_letter_page(reply: pb.ListDeadLettersResponse) -> DeadLetterPage:
 
 
 def configuration_message(config: StreamConfiguration) -> pb.StreamConfiguration:
+    """Every setting of ``config``, each sent explicitly: ConfigureStream replaces
+    the whole stored configuration, and an absent duration means the server's
+    default (for ``deduplication_window``, 5 minutes, where 0 means another thing)."""
+    if not isinstance(config, StreamConfiguration):
+        raise TypeError(f"configuration must be a StreamConfiguration, not {type(config).__name__}")
+    if not isinstance(config.stream_type, StreamType):
+        raise TypeError("stream_type must be a StreamType")
     # The enum by name: protobuf's typed constructor takes "STREAM_TYPE_..." names.
     message = pb.StreamConfiguration(
         stream_type=f"STREAM_TYPE_{config.stream_type.name}",
         retention_max_count=config.retention_max_count,
         max_delivery_attempts=config.max_delivery_attempts,
+        retry_multiplier=config.retry_multiplier,
     )
-    if config.retention_max_age is not None:
-        message.retention_max_age.CopyFrom(duration(config.retention_max_age))
-    if config.default_visibility_timeout is not None:
-        message.default_visibility_timeout.CopyFrom(duration(config.default_visibility_timeout))
+    durations = {
+        "retention_max_age": config.retention_max_age,
+        "default_visibility_timeout": config.default_visibility_timeout,
+        "retry_initial_delay": config.retry_initial_delay,
+        "retry_max_delay": config.retry_max_delay,
+        "deduplication_window": config.deduplication_window,
+    }
+    for name, value in durations.items():
+        if check_timedelta(name, value) is not None:
+            assert value is not None
+            getattr(message, name).CopyFrom(duration(value))
     return message
 
 
 def configuration(message: pb.StreamConfiguration) -> StreamConfiguration:
+    """A stored configuration (the server fills in every default; a missing
+    duration is read as the default the server would apply)."""
+
+    def length(name: str, default: timedelta) -> timedelta:
+        return getattr(message, name).ToTimedelta() if message.HasField(name) else default
+
     return StreamConfiguration(
         stream_type=stream_type(message.stream_type),
         retention_max_age=from_duration(
             message.retention_max_age, message.HasField("retention_max_age")
         ),
         retention_max_count=message.retention_max_count,
-        max_delivery_attempts=message.max_delivery_attempts,
-        default_visibility_timeout=from_duration(
-            message.default_visibility_timeout, message.HasField("default_visibility_timeout")
-        ),
+        max_delivery_attempts=message.max_delivery_attempts or DEFAULT_MAX_DELIVERY_ATTEMPTS,
+        default_visibility_timeout=length("default_visibility_timeout", DEFAULT_VISIBILITY_TIMEOUT),
+        retry_initial_delay=length("retry_initial_delay", timedelta(0)),
+        retry_max_delay=length("retry_max_delay", timedelta(0)),
+        retry_multiplier=message.retry_multiplier or DEFAULT_RETRY_MULTIPLIER,
+        deduplication_window=length("deduplication_window", DEFAULT_DEDUPLICATION_WINDOW),
     )
 
 

@@ -201,6 +201,11 @@ class Cancelled(EventStreamingError):
     code = grpc.StatusCode.CANCELLED
 
 
+class ConsumeStreamClosed(Cancelled):
+    """An ack, nack or extend sent on a Consume stream that is over (closed by this
+    side, or ended by the server)."""
+
+
 class Unimplemented(EventStreamingError):
     """The server does not offer this RPC (an older server)."""
 
@@ -301,6 +306,33 @@ def error_from_status(status: status_pb2.Status) -> EventStreamingError:
 
 
 _CODES_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
+
+#: How a Consume stream's per-message outcomes map to the errors the unary Nack
+#: and ExtendVisibility raise.
+_FAILURE_KINDS = {
+    "NOT_FOUND": (grpc.StatusCode.NOT_FOUND, "MESSAGE_NOT_FOUND", "no message with event_id"),
+    "NOT_HELD": (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "MESSAGE_NOT_HELD",
+        "not held by this consumer (or not by this delivery): message",
+    ),
+}
+
+
+def error_from_failure(
+    stream_name: str, event_id: str, reason: str, receipt: str = ""
+) -> EventStreamingError:
+    """The exception for a nack or extend that a Consume stream reports as failed
+    (``reason`` ``"NOT_FOUND"`` or ``"NOT_HELD"``): the one the unary call would
+    raise (:class:`MessageNotFound`, :class:`MessageNotHeld`)."""
+    code, info_reason, text = _FAILURE_KINDS.get(
+        reason, (grpc.StatusCode.UNKNOWN, reason, f"failed ({reason}):")
+    )
+    details = {"stream_name": stream_name, "event_id": event_id}
+    if receipt:
+        details["receipt"] = receipt
+    message = f"stream '{stream_name}': {text} {event_id}"
+    return _error(code, message, [(info_reason, details)])
 
 
 def _error(

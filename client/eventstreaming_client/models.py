@@ -46,6 +46,9 @@ class NewEvent:
     event_id: uuid.UUID | str | None = None
     correlation_id: str = ""
     causation_id: str = ""
+    #: Queues: messages with the same non-empty key are delivered one at a time,
+    #: in enqueue order (other keys flow in parallel). Logs store and return it.
+    ordering_key: str = ""
 
     def encoded_data(self) -> bytes:
         if isinstance(self.data, bytes | bytearray | memoryview):
@@ -69,6 +72,8 @@ class RecordedEvent:
     timestamp: datetime | None
     #: Position in the global log ($all); 0 for queue messages.
     global_position: int = 0
+    #: The ordering key it was written with; empty when none.
+    ordering_key: str = ""
 
     def json(self) -> Any:
         """The payload parsed as JSON."""
@@ -134,19 +139,78 @@ class StreamMetadata:
     pending_count: int = 0
     in_flight_count: int = 0
     dead_letter_count: int = 0
+    #: Queues: when the oldest message still in the queue (waiting, delayed or
+    #: held; dead letters aside) was enqueued; None when the queue is empty. Now
+    #: minus this is the queue's age.
+    oldest_message_enqueued_at: datetime | None = None
+
+
+class EnqueueResult(list[str]):
+    """What ``enqueue`` returns: the ids of the messages in request order (assigned
+    by the server where not given), duplicates included, as a list; and in
+    ``duplicate_event_ids`` those that were not written because the queue has seen
+    them within its deduplication window (or still holds them)."""
+
+    def __init__(self, event_ids: Sequence[str], duplicate_event_ids: Sequence[str] = ()) -> None:
+        super().__init__(event_ids)
+        self.duplicate_event_ids: list[str] = list(duplicate_event_ids)
+
+    @property
+    def event_ids(self) -> list[str]:
+        return list(self)
+
+    @property
+    def written_event_ids(self) -> list[str]:
+        """The ids written by this call (the duplicates left out)."""
+        duplicates = set(self.duplicate_event_ids)
+        return [item for item in self if item not in duplicates]
+
+    def __repr__(self) -> str:
+        return f"EnqueueResult({list(self)!r}, duplicate_event_ids={self.duplicate_event_ids!r})"
 
 
 @dataclass(frozen=True)
 class QueueMessage:
-    """A leased message: invisible to other consumers until ``visible_until``."""
+    """A leased message: invisible to other consumers until ``visible_until``.
+
+    ``receipt`` names this delivery and no other: an acknowledgement, nack or
+    extension by receipt acts only while this delivery is the one held (a stale
+    one fails as not held, even when the same consumer holds a newer delivery).
+    """
 
     event: RecordedEvent
+    #: 1 on the first delivery, +1 on each redelivery.
     delivery_attempt: int
+    #: When the lease ends.
     visible_until: datetime | None
+    #: Opaque; pass it back as received.
+    receipt: str = ""
 
     @property
     def event_id(self) -> str:
         return self.event.event_id
+
+    @property
+    def ordering_key(self) -> str:
+        return self.event.ordering_key
+
+
+#: Why a message could not be acknowledged (nacked, extended): no such message in
+#: the queue, or not held by this consumer (another holds it, it was never delivered
+#: to this one, or the receipt names an earlier delivery).
+NOT_FOUND = "NOT_FOUND"
+NOT_HELD = "NOT_HELD"
+
+
+@dataclass(frozen=True)
+class AckFailure:
+    """One message an acknowledgement did not apply to."""
+
+    event_id: str
+    #: ``"NOT_FOUND"`` or ``"NOT_HELD"``.
+    reason: str
+    #: The receipt it was named by; empty when named by event id.
+    receipt: str = ""
 
 
 @dataclass(frozen=True)
@@ -154,6 +218,8 @@ class AckResult:
     acknowledged: list[str]
     #: event id -> why it was not acknowledged ("NOT_FOUND" or "NOT_HELD").
     failed: dict[str, str]
+    #: The same failures one by one, with the receipt each was named by.
+    failures: list[AckFailure] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -171,15 +237,45 @@ class DeadLetterPage:
     next_page_token: str
 
 
+#: The server's defaults of a queue's settings.
+DEFAULT_MAX_DELIVERY_ATTEMPTS = 5
+DEFAULT_VISIBILITY_TIMEOUT = timedelta(seconds=30)
+DEFAULT_RETRY_MULTIPLIER = 2.0
+DEFAULT_DEDUPLICATION_WINDOW = timedelta(minutes=5)
+
+
 @dataclass(frozen=True)
 class StreamConfiguration:
-    """A stream's settings; zero values and None mean the server's default."""
+    """A stream's settings. The defaults are the server's, so a configuration made
+    here and one read back compare equal.
+
+    ``configure_stream`` replaces the whole stored configuration with this one:
+    to change one setting, read the configuration, ``dataclasses.replace`` the
+    field and write it back, or every other setting returns to its default.
+    """
 
     stream_type: StreamType = StreamType.UNSPECIFIED
+    #: Logs: delete events older than this; None: no age limit.
     retention_max_age: timedelta | None = None
+    #: Logs: keep only the newest N events; 0: no count limit.
     retention_max_count: int = 0
-    max_delivery_attempts: int = 0
-    default_visibility_timeout: timedelta | None = None
+    #: Queues: deliveries before a message is dead-lettered (0 also means 5).
+    max_delivery_attempts: int = DEFAULT_MAX_DELIVERY_ATTEMPTS
+    #: Queues: lease length when a dequeue gives none (None also means 30 s).
+    default_visibility_timeout: timedelta | None = DEFAULT_VISIBILITY_TIMEOUT
+    #: Queues: the wait before a redelivery after a lease ran out, or a nack
+    #: without a delay; 0: visible again at once. Delivery n + 1 waits
+    #: ``min(retry_max_delay, retry_initial_delay * retry_multiplier**(n-1))``,
+    #: give or take 10% (the server's jitter).
+    retry_initial_delay: timedelta = timedelta(0)
+    #: Queues: the longest retry delay (at least ``retry_initial_delay``).
+    retry_max_delay: timedelta = timedelta(0)
+    #: Queues: growth of the retry delay per delivery, 1 to 100 (0 also means 2).
+    retry_multiplier: float = DEFAULT_RETRY_MULTIPLIER
+    #: Queues: how long an enqueued event id is remembered, even after its message
+    #: is acknowledged or dead-lettered, so that enqueuing it again is a duplicate;
+    #: 0: only while the message is in the queue (None also means 5 minutes).
+    deduplication_window: timedelta | None = DEFAULT_DEDUPLICATION_WINDOW
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import grpc
 
 from eventstreaming_client import _convert
 from eventstreaming_client._resume import SubscriptionStart
+from eventstreaming_client._worker_common import default_consumer_id
 from eventstreaming_client.errors import (
     CheckpointAlreadyCommitted,
     ConsumerOffsetNotFound,
@@ -27,6 +28,7 @@ from eventstreaming_client.models import (
     AppendResult,
     ConsumerCheckpoint,
     DeadLetterPage,
+    EnqueueResult,
     NewEvent,
     QueueMessage,
     ReadAllResult,
@@ -39,6 +41,8 @@ from eventstreaming_client.models import (
     StreamSummary,
 )
 from eventstreaming_client.options import ConnectionOptions, RetryPolicy, seconds
+from eventstreaming_client.sync.consume import ConsumeStream
+from eventstreaming_client.sync.session import AppendSession
 from eventstreaming_client.sync.subscription import Subscription
 from eventstreaming_client.sync.worker import Handler, Worker
 
@@ -152,6 +156,13 @@ class Client:
         reply = self._call(self._stub.AppendToStreams, request, retry=True, timeout=timeout)
         return [_convert.append_result(r) for r in reply.results]
 
+    def append_session(self) -> AppendSession:
+        """A bidirectional AppendSession: appends pipelined over one call (see
+        :class:`AppendSession`): ``submit_append_to_stream`` returns a future at
+        once, ``append_to_stream`` waits for its answer. The token goes with it;
+        no deadline applies to the session itself."""
+        return AppendSession(self._stub.AppendSession, self._metadata)
+
     def read_stream(
         self,
         stream_name: str,
@@ -240,15 +251,20 @@ class Client:
         stream_name: str,
         events: Sequence[NewEvent],
         *,
+        delay: timedelta | None = None,
+        deliver_at: datetime | None = None,
         timeout: float | timedelta | None = None,
-    ) -> list[str]:
-        """Add messages to a queue, atomically; returns their ids. Not retried: a
-        queue without deduplication would deliver a repeated message twice."""
-        request = pb.EnqueueRequest(
-            stream_name=stream_name, events=[_convert.event_data(e) for e in events]
-        )
+    ) -> EnqueueResult:
+        """Add messages to a queue, atomically. ``delay`` (or ``deliver_at``, an
+        aware datetime; not both) keeps them invisible until then, at most 7 days.
+        Returns their ids in order (a list), with ``duplicate_event_ids``: those
+        the queue had seen within its deduplication window, not written again.
+        Not retried here (a queue whose deduplication window is 0 would deliver a
+        repeated message twice); a producer that gives its messages ids can repeat
+        the call safely and finds its earlier writes among the duplicates."""
+        request = _convert.enqueue_request(stream_name, events, delay, deliver_at)
         reply = self._call(self._stub.Enqueue, request, retry=False, timeout=timeout)
-        return list(reply.event_ids)
+        return _convert.enqueue_result(reply)
 
     def dequeue(
         self,
@@ -279,13 +295,16 @@ class Client:
         self,
         stream_name: str,
         consumer_id: str,
-        event_ids: Sequence[str],
+        event_ids: Sequence[str] = (),
         *,
+        receipts: Sequence[str] = (),
         timeout: float | timedelta | None = None,
     ) -> AckResult:
-        request = pb.AcknowledgeRequest(
-            stream_name=stream_name, consumer_id=consumer_id, event_ids=list(event_ids)
-        )
+        """Delete held messages, named by ``event_ids`` or by ``receipts`` (one
+        or the other, 1..1000): a receipt acknowledges its message only while that
+        delivery is the one held. Those that could not be acknowledged are in
+        ``failed`` / ``failures`` (``"NOT_FOUND"`` or ``"NOT_HELD"``)."""
+        request = _convert.acknowledge_request(stream_name, consumer_id, event_ids, receipts)
         reply = self._call(self._stub.Acknowledge, request, retry=True, timeout=timeout)
         return _convert.ack_result(reply)
 
@@ -293,31 +312,35 @@ class Client:
         self,
         stream_name: str,
         consumer_id: str,
-        event_id: str,
+        event_id: str | None = None,
         *,
+        receipt: str | None = None,
         delay: timedelta | None = None,
         reason: str = "",
         timeout: float | timedelta | None = None,
     ) -> None:
-        request = _convert.nack_request(stream_name, consumer_id, event_id, delay, reason)
+        """Give a held message back (by ``event_id`` or by the ``receipt`` of its
+        delivery): visible again after ``delay``; ``timedelta(0)``: at once; None:
+        after the queue's retry delay (at once when it has none). On its last
+        allowed delivery it goes to the dead letters with ``reason``. Raises
+        ``MessageNotHeld`` / ``MessageNotFound``."""
+        request = _convert.nack_request(stream_name, consumer_id, event_id, receipt, delay, reason)
         self._call(self._stub.Nack, request, retry=False, timeout=timeout)
 
     def extend_visibility(
         self,
         stream_name: str,
         consumer_id: str,
-        event_id: str,
-        visibility_timeout: timedelta,
+        event_id: str | None = None,
+        visibility_timeout: timedelta | None = None,
         *,
+        receipt: str | None = None,
         timeout: float | timedelta | None = None,
     ) -> datetime | None:
-        """Make a held message's lease end ``visibility_timeout`` from now; returns
-        the new end."""
-        request = pb.ExtendVisibilityRequest(
-            stream_name=stream_name,
-            consumer_id=consumer_id,
-            event_id=event_id,
-            visibility_timeout=_convert.duration(visibility_timeout),
+        """Make a held message's lease (by ``event_id`` or by ``receipt``) end
+        ``visibility_timeout`` from now (required); returns the new end."""
+        request = _convert.extend_request(
+            stream_name, consumer_id, event_id, receipt, visibility_timeout
         )
         reply = self._call(self._stub.ExtendVisibility, request, retry=True, timeout=timeout)
         return _convert.from_timestamp(reply.visible_until, reply.HasField("visible_until"))
@@ -346,6 +369,34 @@ class Client:
         request = pb.RedriveDeadLettersRequest(stream_name=stream_name, event_ids=list(event_ids))
         reply = self._call(self._stub.RedriveDeadLetters, request, retry=False, timeout=timeout)
         return int(reply.redriven_count)
+
+    def consume_stream(
+        self,
+        stream_name: str,
+        *,
+        consumer_id: str | None = None,
+        max_outstanding: int = 10,
+        visibility_timeout: timedelta | None = None,
+        max_batch: int = 0,
+    ) -> ConsumeStream:
+        """Open a ``Consume`` stream on a queue: messages are pushed as soon as they
+        are visible, at most ``max_outstanding`` (1..1000) held by the stream and
+        not yet acknowledged, nacked or run out of lease; ``visibility_timeout``
+        is each lease (None: the queue's default); ``max_batch`` (2..100) lets the
+        server send messages leased together in one response. ``consumer_id``:
+        one per stream (default: a new unique one).
+
+        ``with client.consume_stream(queue) as stream: for message in stream: ...
+        stream.ack(message)``. See :class:`ConsumeStream`. The token goes with it;
+        no deadline applies to the stream itself."""
+        start = _convert.consume_start(
+            stream_name,
+            default_consumer_id() if consumer_id is None else consumer_id,
+            visibility_timeout,
+            max_outstanding,
+            max_batch,
+        )
+        return ConsumeStream(self._stub.Consume, self._metadata, start)
 
     def consume(
         self,

@@ -46,13 +46,16 @@ class _Held:
 class Worker:
     """Runs ``handler`` on a queue's messages in ``concurrency`` threads.
 
-    Each message is leased for ``visibility_timeout``; while its handler runs, a
+    Each slot thread leases one message at a time with a long-polling ``Dequeue``
+    (``poll_wait``), for ``visibility_timeout``; while its handler runs, a
     heartbeat thread extends the lease every ``heartbeat_interval`` (default: a
     third of it), so a slow handler keeps its message. A handler that returns gets
     its message acknowledged; one that raises gets it nacked, with the exception as
     the reason (and ``nack_delay``, else the queue's retry settings). :meth:`stop`
     stops leasing (long polls are cancelled), lets running handlers finish for up
-    to ``drain_timeout``, and gives back the messages of handlers still running.
+    to ``drain_timeout``, and gives back the messages of handlers still running,
+    visible again at once (an explicit zero delay, whatever the queue's retry
+    delay). Acks, nacks and extensions name each delivery by its receipt.
 
     ``with client.consume(queue, handler, concurrency=4) as worker:`` runs it for
     the block; ``worker.wait()`` blocks until another thread (or a signal handler)
@@ -221,9 +224,14 @@ class Worker:
                 due = [h for h in self._held.values() if h.next_beat <= now and not h.released]
             for held in due:
                 held.next_beat = now + s.heartbeat_interval.total_seconds()
+                event_id, receipt = _named(held.message)
                 try:
                     self._client.extend_visibility(
-                        s.stream_name, s.consumer_id, held.message.event_id, s.visibility_timeout
+                        s.stream_name,
+                        s.consumer_id,
+                        event_id,
+                        s.visibility_timeout,
+                        receipt=receipt,
                     )
                     self.stats.extensions += 1
                 except (MessageNotHeld, NotFound):
@@ -234,8 +242,14 @@ class Worker:
 
     def _acknowledge(self, message: QueueMessage) -> None:
         s = self.settings
+        event_id, receipt = _named(message)
         try:
-            result = self._client.acknowledge(s.stream_name, s.consumer_id, [message.event_id])
+            result = self._client.acknowledge(
+                s.stream_name,
+                s.consumer_id,
+                [event_id] if event_id else (),
+                receipts=[receipt] if receipt else (),
+            )
         except EventStreamingError as exc:
             log.warning("acknowledging %s failed: %s", message.event_id, exc)
             return
@@ -252,11 +266,13 @@ class Worker:
     def _nack(self, message: QueueMessage, error: BaseException) -> None:
         s = self.settings
         log.info("handler failed on %s: %s", message.event_id, failure_reason(error))
+        event_id, receipt = _named(message)
         try:
             self._client.nack(
                 s.stream_name,
                 s.consumer_id,
-                message.event_id,
+                event_id,
+                receipt=receipt,
                 delay=s.nack_delay,
                 reason=failure_reason(error),
             )
@@ -266,8 +282,23 @@ class Worker:
 
     def _release(self, message: QueueMessage) -> None:
         s = self.settings
+        event_id, receipt = _named(message)
         try:
-            self._client.nack(s.stream_name, s.consumer_id, message.event_id, reason=STOPPED_REASON)
+            # An explicit zero delay: at once, whatever the queue's retry delay.
+            self._client.nack(
+                s.stream_name,
+                s.consumer_id,
+                event_id,
+                receipt=receipt,
+                delay=timedelta(0),
+                reason=STOPPED_REASON,
+            )
             self.stats.released += 1
         except EventStreamingError as exc:
             log.warning("releasing %s failed: %s", message.event_id, exc)
+
+
+def _named(message: QueueMessage) -> tuple[str | None, str | None]:
+    """(event_id, receipt): a message named by its delivery's receipt (by id when it
+    has none), so that nothing done here can touch a later delivery of it."""
+    return _convert.named_message(message, None, None)
