@@ -18,6 +18,7 @@ from tests.conftest import RunningServer, server_settings, start_server
 from tests.support import (
     ConsumeClient,
     Stub,
+    TcpProxy,
     append,
     configure_queue,
     dequeue,
@@ -151,6 +152,32 @@ async def test_a_broken_connection_leaves_messages_to_their_leases(
     (again,) = await dequeue(stub, stream_name, "other", wait=15)
     assert (again.event.event_id, again.delivery_attempt) == (only, 2)
     assert time.time() >= epoch(held.visible_until) - 0.05
+
+
+async def test_a_cut_connection_is_not_taken_for_a_half_close(
+    server: RunningServer, stub: Stub, stream_name: str
+) -> None:
+    """A connection that breaks under a stream (no half-close sent) leaves the held
+    message to its lease, however the break and the end of the requests interleave
+    in the server: tried twenty times."""
+    proxy = await TcpProxy("127.0.0.1", server.app.port).start()
+    try:
+        for attempt in range(20):
+            name = f"{stream_name}-{attempt}"
+            (only,) = await enqueue(stub, name)
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{proxy.port}") as channel:
+                client = await ConsumeClient.start(
+                    Stub(channel), name, "c", max_outstanding=1, visibility=60
+                )
+                (held,) = await client.receive()
+                assert held.event.event_id == only
+                proxy.cut()
+                await client.finished()
+                await wait_until(lambda: not _streams(server), timeout=10)
+                assert await dequeue(stub, name, "other") == [], f"given back on try {attempt}"
+            proxy.restore()
+    finally:
+        await proxy.close()
 
 
 async def test_a_lease_that_runs_out_frees_room_in_the_window(stub: Stub, stream_name: str) -> None:
