@@ -8,7 +8,8 @@ acknowledge it; 1% of messages are nacked and 0.5% left for their 5-second lease
 to run out, so the queue always has leases in flight, redeliveries and dead rows.
 Dequeues do not long-poll (an empty one sleeps 5 ms), so the latencies are the
 work alone. Every 10 seconds the table is sampled: live and dead tuples as PostgreSQL counts
-them, the sizes of the table and of each index, and autovacuum runs.
+them, the sizes of the table and of each index, autovacuum runs, and the
+VACUUMs the service's retention pass ran.
 
 Reported: the Dequeue call's p50/p99 in the first and in the last minute, the
 rates, and the samples at start, peak and end. Run through scripts/bench_queue.py:
@@ -53,6 +54,7 @@ PAYLOAD = b'{"order_id": 12345, "customer": "c-42", "total": 99.5, "items": [1, 
 SAMPLE_SQL = """
 SELECT coalesce(s.n_live_tup, 0) AS live, coalesce(s.n_dead_tup, 0) AS dead,
        coalesce(s.autovacuum_count, 0) AS autovacuums,
+       coalesce(s.vacuum_count, 0) AS vacuums,
        pg_table_size('event_streaming.queue_messages') AS table_bytes,
        pg_indexes_size('event_streaming.queue_messages') AS index_bytes,
        coalesce(pg_total_relation_size(to_regclass('event_streaming.queue_remembered_ids')), 0)
@@ -256,7 +258,8 @@ def _rows(soak: Soak, rate: float, label: str) -> list[dict[str, Any]]:
                 f"peak {peak.get('index_bytes', 0) / mib:.1f} -> "
                 f"end {end.get('index_bytes', 0) / mib:.1f} MiB, "
                 f"dead tuples peak {dead_peak:,} end {end.get('dead', 0):,}, "
-                f"autovacuums {end.get('autovacuums', 0)}"
+                f"autovacuums {end.get('autovacuums', 0)}, "
+                f"vacuums by the service {end.get('vacuums', 0)}"
             ),
             extra={"samples": soak.samples},
         ).as_dict()
