@@ -182,14 +182,23 @@ def _all_read(kind: str, *, backward: bool) -> str:
      ORDER BY x.stream_id {direction}, x.global_position {direction} LIMIT $2) e
  ORDER BY e.global_position {direction} LIMIT $2"""
     else:
-        bound = (
-            f"e.global_position > least($1, h.last_position) - {ALL_SCAN_WINDOW}"
+        # Both ends of the window are index bounds (an expression of the parameters, not
+        # of the column), and OFFSET 0 keeps the window the driving side: the position
+        # index is walked over at most ALL_SCAN_WINDOW positions, each event's stream
+        # looked up, never the other way round (thousands of matching streams probed
+        # one by one, or all their events read).
+        window = (
+            f"x.global_position > least($1, h.last_position) - {ALL_SCAN_WINDOW}"
             if backward
-            else f"e.global_position - $1 < {ALL_SCAN_WINDOW}"  # never $1 + ... (overflow)
+            # never $1 + ... unguarded: $1 may be near the largest bigint
+            else f"x.global_position < least($1, {_LAST - ALL_SCAN_WINDOW}) + {ALL_SCAN_WINDOW}"
         )
-        page = f"""{_ALL_SELECT} {joined}
- WHERE e.global_position {op} $1 AND {bound}
-   AND ($4::text[] IS NULL OR e.event_type = ANY($4))
+        page = f"""{_ALL_SELECT}
+  FROM (SELECT * FROM event_streaming.events x
+         WHERE x.global_position {op} $1 AND {window}
+         ORDER BY x.global_position {direction} OFFSET 0) e
+  JOIN event_streaming.streams s ON s.stream_id = e.stream_id
+ WHERE ($4::text[] IS NULL OR e.event_type = ANY($4))
    AND EXISTS (SELECT 1 FROM unnest($5::text[]) AS p(prefix)
                 WHERE starts_with(s.stream_name, p.prefix))
  ORDER BY e.global_position {direction} LIMIT $2"""
