@@ -151,8 +151,10 @@ def _all_read(kind: str, *, backward: bool) -> str:
 
     - "all": no filter; the log in order.
     - "types": $4 event types; each type's own run of the type index.
-    - "streams": $4 event types (NULL: any), $5 stream prefixes; each matching
-      stream's own run of the stream index (when few streams match).
+    - "streams": $4 NULL, $5 stream prefixes; each matching stream's own run of the
+      stream index (when few streams match).
+    - "streams-types": the same with $4 event types; each matching stream's run of
+      each type.
     - "window": the same filters over a bounded window of the log (when many
       streams match a prefix): at most ALL_SCAN_WINDOW positions per call.
     """
@@ -178,8 +180,26 @@ def _all_read(kind: str, *, backward: bool) -> str:
   CROSS JOIN LATERAL (
     SELECT * FROM event_streaming.events x
      WHERE x.stream_id = s.stream_id AND x.global_position {op} $1
-       AND ($4::text[] IS NULL OR x.event_type = ANY($4))
      ORDER BY x.stream_id {direction}, x.global_position {direction} LIMIT $2) e
+ WHERE $4::text[] IS NULL
+ ORDER BY e.global_position {direction} LIMIT $2"""
+    elif kind == "streams-types":
+        # Each matching stream's run of each type (the stream-type index, by offset:
+        # within a stream, offsets follow positions), from the offset of the stream's
+        # first event at or past $1: never the stream's events of other types.
+        page = f"""{_ALL_SELECT}
+  FROM ({_prefix_streams("$5")}) s
+  CROSS JOIN LATERAL (
+    SELECT b.stream_offset FROM event_streaming.events b
+     WHERE b.stream_id = s.stream_id AND b.global_position {op} $1
+     ORDER BY b.stream_id {direction}, b.global_position {direction} LIMIT 1) f
+  CROSS JOIN unnest($4::text[]) AS t(event_type)
+  CROSS JOIN LATERAL (
+    SELECT * FROM event_streaming.events x
+     WHERE x.stream_id = s.stream_id AND x.event_type = t.event_type
+       AND x.stream_offset {op} f.stream_offset
+     ORDER BY x.stream_id {direction}, x.event_type {direction}, x.stream_offset {direction}
+     LIMIT $2) e
  ORDER BY e.global_position {direction} LIMIT $2"""
     else:
         # Both ends of the window are index bounds (an expression of the parameters, not
@@ -220,7 +240,7 @@ SELECT h.last_position AS head, {oldest} AS oldest, p.*
 
 READ_ALL_SQL = {
     (kind, backward): _all_read(kind, backward=backward)
-    for kind in ("all", "types", "streams", "window")
+    for kind in ("all", "types", "streams", "streams-types", "window")
     for backward in (False, True)
 }
 
@@ -395,7 +415,10 @@ class PostgresLog(PostgresBase):
             matching = await self.db.fetchval(
                 COUNT_PREFIX_STREAMS_SQL, prefixes, MAX_PROBED_STREAMS + 1
             )
-            kind = "streams" if matching <= MAX_PROBED_STREAMS else "window"
+            if matching > MAX_PROBED_STREAMS:
+                kind = "window"
+            else:
+                kind = "streams" if types is None else "streams-types"
             filters = (types, prefixes)
         elif types is not None:
             kind, filters = "types", (types,)
