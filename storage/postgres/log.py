@@ -132,12 +132,14 @@ SELECT e.global_position, e.stream_offset, e.created_at, s.stream_name,
 
 def _prefix_streams(prefixes: str) -> str:
     """The logs whose names start with one of the text[] ``prefixes`` (each found by
-    a range of the name index)."""
+    a range of the name index: stream names are ASCII, so every name that starts
+    with a prefix sorts below the prefix followed by DEL, byte by byte)."""
     return f"""
     SELECT s.stream_id, s.stream_name
       FROM unnest({prefixes}::text[]) AS p(prefix)
       JOIN event_streaming.streams s
-        ON s.stream_name ~>=~ p.prefix AND left(s.stream_name, char_length(p.prefix)) = p.prefix
+        ON s.stream_name ~>=~ p.prefix AND s.stream_name ~<~ (p.prefix || chr(127))
+       AND left(s.stream_name, char_length(p.prefix)) = p.prefix
      WHERE s.stream_type = 1
 """
 
