@@ -174,7 +174,8 @@ def _all_read(kind: str, *, backward: bool) -> str:
         page = f"""{_ALL_SELECT}
   FROM unnest($4::text[]) AS t(event_type)
   CROSS JOIN LATERAL event_streaming.events_of_type(t.event_type, $1, $2, {backward_flag}) e
-  JOIN event_streaming.streams s ON s.stream_id = e.stream_id
+  CROSS JOIN LATERAL (
+    SELECT n.stream_name FROM event_streaming.streams n WHERE n.stream_id = e.stream_id LIMIT 1) s
  ORDER BY e.global_position {direction} LIMIT $2"""
     elif kind == "streams":
         page = f"""{_ALL_SELECT}
