@@ -207,9 +207,10 @@ def _all_read(kind: str, *, backward: bool) -> str:
     else:
         # Both ends of the window are index bounds (an expression of the parameters, not
         # of the column), and OFFSET 0 keeps the window the driving side: the position
-        # index is walked over at most ALL_SCAN_WINDOW positions, each event's stream
-        # looked up, never the other way round (thousands of matching streams probed
-        # one by one, or all their events read).
+        # index is walked over at most ALL_SCAN_WINDOW positions, the type filter
+        # applied there, and each event left looked up by its stream's key, never the
+        # other way round (thousands of matching streams probed one by one, or all
+        # their events read, or every stream hashed).
         window = (
             f"x.global_position > least($1, h.last_position) - {ALL_SCAN_WINDOW}"
             if backward
@@ -219,10 +220,11 @@ def _all_read(kind: str, *, backward: bool) -> str:
         page = f"""{_ALL_SELECT}
   FROM (SELECT * FROM event_streaming.events x
          WHERE x.global_position {op} $1 AND {window}
+           AND ($4::text[] IS NULL OR x.event_type = ANY($4))
          ORDER BY x.global_position {direction} OFFSET 0) e
-  JOIN event_streaming.streams s ON s.stream_id = e.stream_id
- WHERE ($4::text[] IS NULL OR e.event_type = ANY($4))
-   AND EXISTS (SELECT 1 FROM unnest($5::text[]) AS p(prefix)
+  CROSS JOIN LATERAL (
+    SELECT n.stream_name FROM event_streaming.streams n WHERE n.stream_id = e.stream_id LIMIT 1) s
+ WHERE EXISTS (SELECT 1 FROM unnest($5::text[]) AS p(prefix)
                 WHERE starts_with(s.stream_name, p.prefix))
  ORDER BY e.global_position {direction} LIMIT $2"""
     budgeted = within_budget(page, _ALL_COLUMNS, "global_position", "$3", descending=backward)
