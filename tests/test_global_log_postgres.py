@@ -60,6 +60,13 @@ async def many_streams() -> AsyncIterator[str]:
             common = [NewEvent(uuid.uuid4(), "Common", b"{}") for _ in range(LONG_STREAM)]
             rare = NewEvent(uuid.uuid4(), "Rare", b"{}")
             await store.append_to_streams([StreamAppend(f"{FEW}{k}", [*common, rare])])
+        # Statistics as autovacuum would gather them (where it runs), so that the plans
+        # are those of a database that knows its tables.
+        connection = await asyncpg.connect(dsn_for(name))
+        try:
+            await connection.execute("ANALYZE")
+        finally:
+            await connection.close()
         yield dsn_for(name)
     finally:
         await store.close()
