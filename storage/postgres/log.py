@@ -147,18 +147,26 @@ def _prefix_streams(prefixes: str) -> str:
 COUNT_PREFIX_STREAMS_SQL = f"SELECT count(*) FROM ({_prefix_streams('$1')} LIMIT $2) m"
 
 
+#: The stream name of each event ``e`` of a page, looked up by key (LIMIT 1 keeps the
+#: planner from hashing every stream to join a page of events).
+_STREAM_NAME_BY_KEY = """CROSS JOIN LATERAL (
+    SELECT n.stream_name FROM event_streaming.streams n
+     WHERE n.stream_id = e.stream_id LIMIT 1) s"""
+
+
 def _all_read(kind: str, *, backward: bool) -> str:
     """A page of the global log: $1 the position to start from (inclusive), $2 the
     page size, $3 the byte budget, then by ``kind``:
 
     - "all": no filter; the log in order.
     - "types": $4 event types; each type's own run of the type index.
-    - "streams": $4 NULL, $5 stream prefixes; each matching stream's own run of the
-      stream index (when few streams match).
-    - "streams-types": the same with $4 event types; each matching stream's run of
-      each type.
-    - "window": the same filters over a bounded window of the log (when many
-      streams match a prefix): at most ALL_SCAN_WINDOW positions per call.
+    - "streams": $4 stream prefixes; each matching stream's own run of the stream
+      index (when few streams match).
+    - "streams-types": $4 event types, $5 stream prefixes; each matching stream's run
+      of each type.
+    - "window": $4 event types (NULL: any), $5 stream prefixes, over a bounded
+      window of the log (when many streams match a prefix): at most ALL_SCAN_WINDOW
+      positions per call.
     """
     op, direction = ("<=", "DESC") if backward else (">=", "")
     joined = (
@@ -174,17 +182,15 @@ def _all_read(kind: str, *, backward: bool) -> str:
         page = f"""{_ALL_SELECT}
   FROM unnest($4::text[]) AS t(event_type)
   CROSS JOIN LATERAL event_streaming.events_of_type(t.event_type, $1, $2, {backward_flag}) e
-  CROSS JOIN LATERAL (
-    SELECT n.stream_name FROM event_streaming.streams n WHERE n.stream_id = e.stream_id LIMIT 1) s
+  {_STREAM_NAME_BY_KEY}
  ORDER BY e.global_position {direction} LIMIT $2"""
     elif kind == "streams":
         page = f"""{_ALL_SELECT}
-  FROM ({_prefix_streams("$5")}) s
+  FROM ({_prefix_streams("$4")}) s
   CROSS JOIN LATERAL (
     SELECT * FROM event_streaming.events x
      WHERE x.stream_id = s.stream_id AND x.global_position {op} $1
      ORDER BY x.stream_id {direction}, x.global_position {direction} LIMIT $2) e
- WHERE $4::text[] IS NULL
  ORDER BY e.global_position {direction} LIMIT $2"""
     elif kind == "streams-types":
         # Each matching stream's run of each type (the stream-type index, by offset:
@@ -222,8 +228,7 @@ def _all_read(kind: str, *, backward: bool) -> str:
          WHERE x.global_position {op} $1 AND {window}
            AND ($4::text[] IS NULL OR x.event_type = ANY($4))
          ORDER BY x.global_position {direction} OFFSET 0) e
-  CROSS JOIN LATERAL (
-    SELECT n.stream_name FROM event_streaming.streams n WHERE n.stream_id = e.stream_id LIMIT 1) s
+  {_STREAM_NAME_BY_KEY}
  WHERE EXISTS (SELECT 1 FROM unnest($5::text[]) AS p(prefix)
                 WHERE starts_with(s.stream_name, p.prefix))
  ORDER BY e.global_position {direction} LIMIT $2"""
@@ -421,10 +426,11 @@ class PostgresLog(PostgresBase):
                 COUNT_PREFIX_STREAMS_SQL, prefixes, MAX_PROBED_STREAMS + 1
             )
             if matching > MAX_PROBED_STREAMS:
-                kind = "window"
+                kind, filters = "window", (types, prefixes)
+            elif types is None:
+                kind, filters = "streams", (prefixes,)
             else:
-                kind = "streams" if types is None else "streams-types"
-            filters = (types, prefixes)
+                kind, filters = "streams-types", (types, prefixes)
         elif types is not None:
             kind, filters = "types", (types,)
         rows = await self.db.fetch(
